@@ -1,0 +1,37 @@
+"""The one entry point: `python -m pipeline <command>` (run, status, commit, demo, simulate)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> module with `add_arguments(parser)` and `main(args, argv) -> int`, where `argv` is every
+# argument after the command's name (what `run` hands to Beam's PipelineOptions).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("pipeline.run", "run the backfill pipeline once"),
+    "status": ("pipeline.status", "show progress from the checkpoint table"),
+    "commit": ("pipeline.commit", "commit one run's staging into the warehouse (recovery)"),
+    "demo": ("pipeline.demo", "start the simulator, seed wallets, run the pipeline, show status"),
+    "simulate": ("pipeline.simulator.cli", "serve the Dome API simulator on 127.0.0.1"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
+    # Options this parser does not know are Beam's (`--runner`, ...): only `run` accepts them.
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "run":
+        parser.error(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
+    return int(modules[args.command].main(args, argv[argv.index(args.command) + 1 :]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

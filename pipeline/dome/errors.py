@@ -1,0 +1,36 @@
+"""The Dome client's exceptions: each names the input it failed on and never carries the API key."""
+
+from __future__ import annotations
+
+
+class DomeError(Exception):
+    """Any failure talking to the Dome API; `str()` is safe to log and to store in a table."""
+
+
+class ConfigError(DomeError):
+    """A setting the API rejects (e.g. a page `limit` it does not accept): fix the option, not the data."""
+
+
+class TransientError(DomeError):
+    """Worth another attempt: 429, 5xx, a dropped connection, a timeout, an unreadable body."""
+
+    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.throttled = throttled
+
+
+class HTTPStatusError(DomeError):
+    """A 4xx other than 429: the request itself is wrong for this input, so retrying cannot help."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class PageError(DomeError):
+    """A page that parsed as JSON but breaks the documented shape (missing field, wrong type)."""
+
+
+class PaginationError(DomeError):
+    """The server's paging would loop or never end: a repeated key, an empty page with has_more."""

@@ -1,0 +1,234 @@
+"""The backfill's pipeline options, and their validation before anything starts.
+
+Beam's own options (`--runner`, `--direct_running_mode`, `--direct_num_workers`, `--max_num_workers`,
+...) pass straight through; ours are declared here once, so the README, the Flex Template metadata
+and `--help` all describe the same set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import secrets
+from dataclasses import dataclass
+
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+    WorkerOptions,
+)
+
+from pipeline.dome.client import DEFAULT_BASE_URL, ClientSettings
+from pipeline.dome.limiter import TIERS, RateLimit
+from pipeline.warehouse import TableNames, parse_warehouse_spec
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class BackfillOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        add = parser.add_argument
+        add(
+            "--warehouse",
+            default="duckdb:backfill.duckdb",
+            help="duckdb:PATH (local, the default) or bigquery:PROJECT.DATASET",
+        )
+        add(
+            "--staging_root",
+            default="./staging",
+            help="folder or gs:// prefix; each run stages under <staging_root>/<run_id>/",
+        )
+        add(
+            "--run_id",
+            default=None,
+            help="names this run's staging; default: UTC time plus a random suffix",
+        )
+        add("--api_base_url", default=DEFAULT_BASE_URL, help="the Dome API, or the simulator")
+        add(
+            "--tier",
+            default="free",
+            choices=sorted(TIERS),
+            help="the API key's rate-limit tier (dome-api.md)",
+        )
+        add(
+            "--rate_per_second",
+            type=float,
+            default=None,
+            help="overrides the tier's queries per second, for the whole job",
+        )
+        add(
+            "--rate_per_10s",
+            type=float,
+            default=None,
+            help="overrides the tier's queries per 10 seconds, for the whole job",
+        )
+        add(
+            "--rate_shares",
+            type=int,
+            default=None,
+            help="processes that share the limit; default: derived from the runner's options",
+        )
+        add(
+            "--max_wallets",
+            type=int,
+            default=None,
+            help="fetch at most N pending wallets this run (the same N for the same state)",
+        )
+        add(
+            "--fetch_threads",
+            type=int,
+            default=8,
+            help="requests in flight per fetching step in each worker process",
+        )
+        add("--page_limit", type=int, default=1000, help="orders per page (the API allows 1-1000)")
+        add(
+            "--max_pages",
+            type=int,
+            default=10_000,
+            help="a wallet with more pages than this fails instead of looping",
+        )
+        add("--max_attempts", type=int, default=5, help="attempts per request before giving up")
+        add("--connect_timeout", type=float, default=5.0, help="seconds")
+        add("--read_timeout", type=float, default=30.0, help="seconds")
+        for field in dataclasses.fields(TableNames):
+            name, default = field.name, field.default
+            add(f"--{name}_table", default=default, help=f"the {name} table's name")
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    """The validated, resolved form of the options that the graph's steps carry (picklable)."""
+
+    warehouse: str
+    tables: TableNames
+    staging_root: str
+    run_id: str
+    client: ClientSettings
+    rate_limit: RateLimit  # the whole job's limit
+    rate_shares: int
+    max_wallets: int | None
+    fetch_threads: int
+
+    @property
+    def process_rate_limit(self) -> RateLimit:
+        """What one worker process may use, so that all processes together stay inside the limit."""
+        return self.rate_limit.share(self.rate_shares)
+
+    @property
+    def run_staging(self) -> str:
+        return f"{self.staging_root.rstrip('/')}/{self.run_id}"
+
+
+class OptionsError(ValueError):
+    """Every problem with the options at once, each saying what to fix."""
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    moment = now or dt.datetime.now(dt.UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def derive_rate_shares(options: PipelineOptions) -> int:
+    """How many processes may fetch at once, from the runner's own options.
+
+    DirectRunner: one process, or `direct_num_workers` with multi_processing. Dataflow:
+    `max_num_workers` × the SDK processes per worker (one per vCPU unless
+    `--experiments=no_use_multiple_sdk_containers`), which the autoscaler never exceeds.
+    """
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
+    if "dataflow" in runner:
+        workers = options.view_as(WorkerOptions)
+        max_workers = workers.max_num_workers or workers.num_workers or 1
+        vcpus = _machine_vcpus(workers.machine_type)
+        experiments = options.view_as(PipelineOptions).get_all_options().get("experiments") or []
+        per_worker = 1 if "no_use_multiple_sdk_containers" in experiments else vcpus
+        return max(1, max_workers * per_worker)
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_processing":
+        return max(1, direct.direct_num_workers or 1)
+    return 1
+
+
+def _machine_vcpus(machine_type: str | None) -> int:
+    # n1-standard-1 is Dataflow's default; custom types end in -<vcpus>-<memory>.
+    if not machine_type:
+        return 1
+    match = re.search(r"-(\d+)(?:-\d+)?$", machine_type)
+    return int(match.group(1)) if match else 1
+
+
+def resolve(options: PipelineOptions) -> BackfillConfig:
+    """Checks every option and returns the config, or raises OptionsError listing all problems."""
+    opts = options.view_as(BackfillOptions)
+    problems: list[str] = []
+
+    try:
+        parse_warehouse_spec(opts.warehouse)
+    except ValueError as exc:
+        problems.append(f"--warehouse: {exc}")
+    try:
+        names = [field.name for field in dataclasses.fields(TableNames)]
+        tables = TableNames(**{name: getattr(opts, f"{name}_table") for name in names})
+    except ValueError as exc:
+        problems.append(f"table names: {exc}")
+        tables = TableNames()
+
+    run_id = opts.run_id or new_run_id()
+    if not RUN_ID_PATTERN.match(run_id):
+        problems.append(f"--run_id {run_id!r}: use 1-64 letters, digits, '_' or '-'")
+    if not opts.staging_root:
+        problems.append("--staging_root: give a folder or a gs:// prefix")
+    if not re.match(r"^https?://[^\s/]+", opts.api_base_url or ""):
+        problems.append(f"--api_base_url {opts.api_base_url!r}: give an http(s) URL")
+
+    rate_limit = RateLimit.for_tier(opts.tier)
+    per_second = opts.rate_per_second if opts.rate_per_second is not None else rate_limit.per_second
+    per_10s = opts.rate_per_10s if opts.rate_per_10s is not None else rate_limit.per_10s
+    if per_second <= 0 or per_10s <= 0:
+        problems.append("--rate_per_second and --rate_per_10s must be positive")
+    else:
+        rate_limit = RateLimit(per_second, per_10s)
+    shares = opts.rate_shares if opts.rate_shares is not None else derive_rate_shares(options)
+    if shares < 1:
+        problems.append("--rate_shares must be at least 1")
+    elif min(rate_limit.per_second, rate_limit.per_10s / 10) / shares < 0.1:
+        problems.append(
+            f"--rate_shares {shares}: each process would get under 0.1 request/s; "
+            "lower --max_num_workers or raise the rate limit"
+        )
+
+    checks = [
+        (opts.max_wallets is None or opts.max_wallets >= 1, "--max_wallets must be at least 1"),
+        (opts.fetch_threads >= 1, "--fetch_threads must be at least 1"),
+        (1 <= opts.page_limit <= 1000, "--page_limit must be 1-1000 (the API's range)"),
+        (opts.max_pages >= 1, "--max_pages must be at least 1"),
+        (1 <= opts.max_attempts <= 20, "--max_attempts must be 1-20"),
+        (opts.connect_timeout > 0 and opts.read_timeout > 0, "timeouts must be positive"),
+    ]
+    problems.extend(message for ok, message in checks if not ok)
+    if problems:
+        raise OptionsError("invalid options:\n  " + "\n  ".join(problems))
+
+    client = ClientSettings(
+        base_url=opts.api_base_url,
+        connect_timeout_s=opts.connect_timeout,
+        read_timeout_s=opts.read_timeout,
+        max_attempts=opts.max_attempts,
+        page_limit=opts.page_limit,
+        max_pages=opts.max_pages,
+        pool_size=max(4, 3 * opts.fetch_threads),
+    )
+    return BackfillConfig(
+        warehouse=opts.warehouse,
+        tables=tables,
+        staging_root=opts.staging_root,
+        run_id=run_id,
+        client=client,
+        rate_limit=rate_limit,
+        rate_shares=shares,
+        max_wallets=opts.max_wallets,
+        fetch_threads=opts.fetch_threads,
+    )

@@ -1,0 +1,168 @@
+"""The columns of every staged and landed table: the one contract between the graph and the warehouse.
+
+Staging files are newline-delimited JSON whose keys are exactly these columns; the warehouse builds
+its DDL, its load schemas and its SQL column lists from the same tuples, so a column is added in one
+place. Types are BigQuery's standard SQL names; the DuckDB warehouse translates them with sqlglot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # BigQuery standard SQL type: STRING, INT64, FLOAT64, BOOL, TIMESTAMP
+    mode: str = "NULLABLE"  # NULLABLE | REQUIRED | REPEATED
+    description: str = ""
+
+
+def _c(name: str, type_: str, mode: str = "NULLABLE", description: str = "") -> Column:
+    return Column(name, type_, mode, description)
+
+
+# One fill of one wallet, as the orders endpoint returns it, plus what the pipeline derives.
+TRADE_COLUMNS: tuple[Column, ...] = (
+    _c("id", "STRING", "REQUIRED", "derived trade id, see pipeline.dome.ids"),
+    _c("wallet_address", "STRING", "REQUIRED", "the wallet whose history this fill came from"),
+    _c("token_id", "STRING", "REQUIRED", "outcome token id; a ~77-digit integer kept as text"),
+    _c("token_label", "STRING"),
+    _c("side", "STRING", "REQUIRED"),
+    _c("market_slug", "STRING", "REQUIRED"),
+    _c("condition_id", "STRING", "REQUIRED"),
+    _c("shares", "INT64", "REQUIRED", "raw on-chain amount"),
+    _c("shares_normalized", "FLOAT64", "REQUIRED"),
+    _c("price", "FLOAT64", "REQUIRED"),
+    _c("tx_hash", "STRING", "REQUIRED"),
+    _c("title", "STRING", "REQUIRED"),
+    _c("timestamp", "INT64", "REQUIRED", "unix seconds, as the API sends it"),
+    _c("traded_at", "TIMESTAMP", "REQUIRED", "timestamp as a TIMESTAMP: the partitioning column"),
+    _c("order_hash", "STRING", "REQUIRED"),
+    _c("user", "STRING", "REQUIRED", "maker address"),
+    _c("taker", "STRING"),
+    _c("block_number", "INT64"),
+    _c("log_index", "INT64"),
+    _c("run_id", "STRING", "REQUIRED", "the run that fetched it"),
+    _c("fetched_at", "TIMESTAMP", "REQUIRED"),
+)
+
+MARKET_COLUMNS: tuple[Column, ...] = (
+    _c("condition_id", "STRING", "REQUIRED"),
+    _c("market_slug", "STRING"),
+    _c("title", "STRING"),
+    _c("start_time", "INT64"),
+    _c("end_time", "INT64"),
+    _c("completed_time", "INT64"),
+    _c("close_time", "INT64"),
+    _c("game_start_time", "STRING"),
+    _c("tags", "STRING", "REPEATED"),
+    _c("volume_1_week", "FLOAT64"),
+    _c("volume_1_month", "FLOAT64"),
+    _c("volume_1_year", "FLOAT64"),
+    _c("volume_total", "FLOAT64"),
+    _c("resolution_source", "STRING"),
+    _c("image", "STRING"),
+    _c("description", "STRING"),
+    _c("negative_risk_id", "STRING"),
+    _c("side_a_id", "STRING"),
+    _c("side_a_label", "STRING"),
+    _c("side_b_id", "STRING"),
+    _c("side_b_label", "STRING"),
+    _c("winning_side_id", "STRING"),
+    _c("winning_side_label", "STRING"),
+    _c("status", "STRING"),
+    _c("extra_fields", "STRING", description="the API's extra_fields object as JSON text"),
+    _c("event_slug", "STRING"),
+    _c("run_id", "STRING", "REQUIRED"),
+    _c("updated_at", "TIMESTAMP", "REQUIRED", "when this run fetched it"),
+)
+
+EVENT_COLUMNS: tuple[Column, ...] = (
+    _c("event_slug", "STRING", "REQUIRED"),
+    _c("title", "STRING"),
+    _c("subtitle", "STRING"),
+    _c("status", "STRING"),
+    _c("start_time", "INT64"),
+    _c("end_time", "INT64"),
+    _c("volume_fiat_amount", "FLOAT64"),
+    _c(
+        "settlement_sources", "STRING", description="as the API sends it; JSON text if not a string"
+    ),
+    _c("rules_url", "STRING"),
+    _c("image", "STRING"),
+    _c("tags", "STRING", "REPEATED"),
+    _c("market_count", "INT64"),
+    _c("run_id", "STRING", "REQUIRED"),
+    _c("updated_at", "TIMESTAMP", "REQUIRED", "when this run fetched it"),
+)
+
+# What one run learned about one wallet; merged into the checkpoint by the commit.
+OUTCOME_COLUMNS: tuple[Column, ...] = (
+    _c("wallet_address", "STRING", "REQUIRED"),
+    _c("upload_successful", "BOOL", "REQUIRED", "true: every page fetched; its trades are staged"),
+    _c("trade_count", "INT64", "REQUIRED"),
+    _c("error", "STRING"),
+    _c("last_trade_at", "TIMESTAMP"),
+    _c("gcs_file", "STRING", description="where this run staged the wallet's trades"),
+    _c("processed_at", "TIMESTAMP", "REQUIRED"),
+    _c("run_id", "STRING", "REQUIRED"),
+)
+
+# The users' existing monitoring reads completed/upload_successful/trade_count/processed_at.
+CHECKPOINT_COLUMNS: tuple[Column, ...] = (
+    _c("wallet_address", "STRING", "REQUIRED"),
+    _c("completed", "BOOL", "REQUIRED"),
+    _c("upload_successful", "BOOL", "REQUIRED"),
+    _c("trade_count", "INT64"),
+    _c("gcs_file", "STRING"),
+    _c("processed_at", "TIMESTAMP"),
+    _c("run_id", "STRING"),
+    _c("attempts", "INT64"),
+    _c("error", "STRING"),
+    _c("last_trade_at", "TIMESTAMP"),
+)
+
+# An input row of `traders` that is not a wallet address; staged for inspection, never committed.
+REJECT_COLUMNS: tuple[Column, ...] = (
+    _c("wallet_address", "STRING", description="the raw value, null if it was null"),
+    _c("reason", "STRING", "REQUIRED"),
+    _c("run_id", "STRING", "REQUIRED"),
+)
+
+# One row per committed run, written in the commit's transaction: what makes a commit idempotent.
+RUN_COLUMNS: tuple[Column, ...] = (
+    _c("run_id", "STRING", "REQUIRED"),
+    _c("committed_at", "TIMESTAMP", "REQUIRED"),
+    _c("wallets_done", "INT64"),
+    _c("wallets_failed", "INT64"),
+    _c("trades_staged", "INT64"),
+    _c("markets_staged", "INT64"),
+    _c("events_staged", "INT64"),
+)
+
+TRADERS_COLUMNS: tuple[Column, ...] = (_c("wallet_address", "STRING"),)
+
+# Staging folder name -> columns. The folder names are the ones design.md gives.
+STAGED_KINDS: dict[str, tuple[Column, ...]] = {
+    "trades": TRADE_COLUMNS,
+    "markets": MARKET_COLUMNS,
+    "events": EVENT_COLUMNS,
+    "outcomes": OUTCOME_COLUMNS,
+    "rejects": REJECT_COLUMNS,
+}
+
+
+def column_names(columns: tuple[Column, ...]) -> tuple[str, ...]:
+    return tuple(c.name for c in columns)
+
+
+def format_timestamp(epoch_seconds: float) -> str:
+    """Render a TIMESTAMP value for NDJSON staging.
+
+    `YYYY-MM-DD HH:MM:SS.ffffff+00:00` is accepted by BigQuery's JSON loader and by DuckDB's
+    TIMESTAMPTZ parser alike, so one staging file serves both warehouses.
+    """
+    moment = dt.datetime.fromtimestamp(epoch_seconds, tz=dt.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")

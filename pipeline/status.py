@@ -1,0 +1,45 @@
+"""`status`: done, failed (with their errors), remaining, percent done and the last runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.options import BackfillOptions, OptionsError, resolve
+from pipeline.status_report import render_status
+from pipeline.warehouse import open_warehouse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    BackfillOptions._add_argparse_args(parser)
+    parser.add_argument("--last_runs", type=int, default=5, help="how many recent runs to list")
+
+
+def show_status(warehouse: str, tables, last_runs: int = 5) -> str:
+    with open_warehouse(warehouse, tables) as handle:
+        handle.ensure_tables()
+        return render_status(handle.status(last_runs=last_runs))
+
+
+def _without(argv: list[str], name: str) -> list[str]:
+    """argv minus `--name V` / `--name=V`, the one option Beam's PipelineOptions does not know."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(f"{name}="):
+            kept.append(arg)
+    return kept
+
+
+def main(args: argparse.Namespace, argv: list[str]) -> int:
+    try:
+        config = resolve(PipelineOptions(_without(argv, "--last_runs")))
+    except OptionsError as exc:
+        print(exc)
+        return 2
+    print(show_status(config.warehouse, config.tables, args.last_runs))
+    return 0

@@ -1,0 +1,63 @@
+"""The process-wide limiter on its own: both windows hold under threads; 429 slows, then recovers."""
+
+import threading
+import time
+from bisect import bisect_left
+
+import pytest
+
+from pipeline.dome.limiter import RateLimit, RateLimiter
+
+
+def peak(stamps: list[float], window: float) -> int:
+    stamps = sorted(stamps)
+    return max(i - bisect_left(stamps, t - window + 1e-9) + 1 for i, t in enumerate(stamps))
+
+
+def test_both_windows_hold_across_threads():
+    limiter = RateLimiter(RateLimit(per_second=8, per_10s=20), margin_s=0.0)
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def worker():
+        for _ in range(5):
+            limiter.acquire()
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(stamps) == 20
+    assert peak(stamps, 1.0) <= 8
+    # 20 requests at 8/s need at least two full one-second windows.
+    assert max(stamps) - min(stamps) >= 2.0
+
+
+def test_shares_never_add_up_past_the_whole():
+    whole = RateLimit.for_tier("dev")
+    share = whole.share(3)
+    limiter = RateLimiter(share)
+    capacities = [capacity for capacity, _ in limiter._windows]
+    assert capacities == [33, 166]
+    assert 3 * capacities[0] <= whole.per_second and 3 * capacities[1] <= whole.per_10s
+    assert whole.sustained == 50 and RateLimit.for_tier("free").sustained == 10
+
+
+def test_throttle_pauses_everyone_then_capacity_recovers():
+    limiter = RateLimiter(RateLimit(per_second=100, per_10s=1000))
+    limiter.throttled(0.3)
+    assert limiter.factor == 0.5
+    waited = limiter.acquire()
+    assert waited >= 0.25
+    for _ in range(30):
+        limiter.succeeded()
+    assert limiter.factor == 1.0
+
+
+@pytest.mark.parametrize("tier", ["gold", ""])
+def test_unknown_tier_is_refused_with_the_choices(tier):
+    with pytest.raises(ValueError, match="free, dev, pro"):
+        RateLimit.for_tier(tier)

@@ -1,0 +1,117 @@
+"""The graph's steps that need no API, each in a TestPipeline on the DirectRunner with a real DuckDB."""
+
+import json
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline.options import BackfillConfig, resolve
+from pipeline.warehouse import TableNames
+from tests.support import query, seed_traders
+from transforms.dedup import DedupFirst
+from transforms.read_wallets import ReadWallets, normalize_wallet
+from transforms.select_wallets import SelectPending
+from transforms.stage import WriteStaging
+
+A = "0x" + "a" * 40
+B = "0x" + "b" * 40
+C = "0x" + "c" * 40
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (f"  {A.upper().replace('0X', '0x')} ", (A, None)),
+        ("A" * 40, ("0x" + "a" * 40, None)),
+        (None, (None, "null wallet_address")),
+        ("", (None, "empty wallet_address")),
+        ("0x123", (None, "not 0x followed by 40 hex digits")),
+        ("0x" + "z" * 40, (None, "not 0x followed by 40 hex digits")),
+        (12, (None, "not a string: int")),
+    ],
+)
+def test_normalize_wallet(raw, expected):
+    assert normalize_wallet(raw) == expected
+
+
+def test_read_wallets_normalizes_dedups_and_rejects(tmp_path):
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, [A, A.upper().replace("0X", "0x"), f" {B}", None, "junk"])
+    with TestPipeline() as p:
+        read = p | ReadWallets(f"duckdb:{db}", TableNames(), "run1")
+        assert_that(read["wallets"], equal_to([A, B]), label="wallets")
+        reasons = read["rejects"] | beam.Map(
+            lambda r: (r["wallet_address"], r["reason"], r["run_id"])
+        )
+        assert_that(
+            reasons,
+            equal_to(
+                [
+                    (None, "null wallet_address", "run1"),
+                    ("junk", "not 0x followed by 40 hex digits", "run1"),
+                ]
+            ),
+            label="rejects",
+        )
+
+
+def _checkpoint_done(db, wallet, successful):
+    query(
+        db,
+        "INSERT INTO backfill_checkpoint (wallet_address, completed, upload_successful) "
+        f"VALUES ('{wallet}', true, {str(successful).lower()})",
+    )
+
+
+def test_select_pending_skips_done_and_keeps_failed(tmp_path):
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, [])
+    _checkpoint_done(db, A, True)
+    _checkpoint_done(db, B, False)
+    with TestPipeline() as p:
+        pending = p | beam.Create([A, B, C]) | SelectPending(f"duckdb:{db}", TableNames(), None)
+        assert_that(pending, equal_to([B, C]))
+
+
+def test_max_wallets_picks_the_same_wallets_every_time(tmp_path):
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, [])
+    wallets = ["0x" + f"{i:040x}" for i in range(50)]
+    for order in (wallets, list(reversed(wallets))):
+        with TestPipeline() as p:
+            chosen = p | beam.Create(order) | SelectPending(f"duckdb:{db}", TableNames(), 5)
+            assert_that(chosen, equal_to(sorted(wallets)[:5]))
+
+
+def test_dedup_first_emits_each_key_once():
+    keys = ["m1", "m2", "m1", "m3", "m2", "m1"]
+    with TestPipeline() as p:
+        assert_that(p | beam.Create(keys) | DedupFirst(), equal_to(["m1", "m2", "m3"]))
+
+
+def _one_file(files):
+    assert len(files) == 1 and files[0].endswith(".json"), files
+
+
+def test_write_staging_writes_ndjson_and_returns_final_files(tmp_path):
+    config: BackfillConfig = resolve(PipelineOptions([f"--staging_root={tmp_path}", "--run_id=r1"]))
+    pages = [[{"id": "1"}, {"id": "2"}], [{"id": "3"}]]
+    with TestPipeline() as p:
+        trade_files = (
+            p | "Pages" >> beam.Create(pages) | "T" >> WriteStaging(config, "trades", True)
+        )
+        outcome_files = (
+            p
+            | "Outcomes" >> beam.Create([{"wallet_address": A}])
+            | "O" >> WriteStaging(config, "outcomes", after=trade_files)
+        )
+        assert_that(outcome_files, _one_file)
+    lines = [
+        json.loads(line)
+        for path in (tmp_path / "r1" / "trades").glob("part-*.json")
+        for line in path.read_text().splitlines()
+    ]
+    assert sorted(row["id"] for row in lines) == ["1", "2", "3"]

@@ -1,0 +1,83 @@
+"""ReadWallets: the `traders` table's addresses, normalized; anything that is not an address is a reject."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from pipeline.warehouse import TableNames, open_warehouse
+from transforms.api import NAMESPACE
+
+REJECTS = "rejects"
+_ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
+
+
+def normalize_wallet(raw: object) -> tuple[str | None, str | None]:
+    """(address, None) for a usable wallet, (None, reason) otherwise: trimmed, lowercased, 0x+40 hex."""
+    if raw is None:
+        return None, "null wallet_address"
+    if not isinstance(raw, str):
+        return None, f"not a string: {type(raw).__name__}"
+    text = raw.strip().lower()
+    if not text:
+        return None, "empty wallet_address"
+    if not text.startswith("0x") and len(text) == 40:
+        text = "0x" + text
+    if not _ADDRESS.match(text):
+        return None, "not 0x followed by 40 hex digits"
+    return text, None
+
+
+class ReadWarehouseFn(beam.DoFn):
+    """Reads one query's rows from the warehouse inside the graph (one code path for every runner)."""
+
+    def __init__(self, warehouse: str, tables: TableNames, method: str) -> None:
+        self._warehouse = warehouse
+        self._tables = tables
+        self._method = method
+
+    def process(self, _: object) -> Iterator[object]:
+        with open_warehouse(self._warehouse, self._tables) as warehouse:
+            yield from getattr(warehouse, self._method)()
+
+
+class _NormalizeFn(beam.DoFn):
+    def __init__(self, run_id: str) -> None:
+        self._run_id = run_id
+        self._rejected = Metrics.counter(NAMESPACE, "wallets_rejected")
+
+    def process(self, raw: object) -> Iterator[object]:
+        wallet, reason = normalize_wallet(raw)
+        if wallet is not None:
+            yield wallet
+            return
+        self._rejected.inc()
+        shown = raw if isinstance(raw, str) or raw is None else repr(raw)
+        yield TaggedOutput(
+            REJECTS, {"wallet_address": shown, "reason": reason, "run_id": self._run_id}
+        )
+
+
+class ReadWallets(beam.PTransform):
+    """Distinct normalized wallets (main output) and reject rows (`rejects`) from `traders`."""
+
+    def __init__(self, warehouse: str, tables: TableNames, run_id: str) -> None:
+        super().__init__()
+        self._warehouse, self._tables, self._run_id = warehouse, tables, run_id
+
+    def expand(self, pbegin):
+        raw = (
+            pbegin
+            | "Start" >> beam.Create([None])
+            | "ReadTraders"
+            >> beam.ParDo(ReadWarehouseFn(self._warehouse, self._tables, "read_traders"))
+        )
+        checked = raw | "Normalize" >> beam.ParDo(_NormalizeFn(self._run_id)).with_outputs(
+            REJECTS, main="wallets"
+        )
+        wallets = checked.wallets | "Distinct" >> beam.Distinct()
+        return {"wallets": wallets, REJECTS: checked[REJECTS]}
