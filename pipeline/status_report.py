@@ -1,0 +1,124 @@
+"""The backfill's status as data (`StatusReport`) and as a compact human-readable table."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FailedWallet:
+    """A wallet tried and failed (`completed AND NOT upload_successful`): retried next run."""
+
+    wallet_address: str
+    trade_count: int | None
+    processed_at: dt.datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of the runs table: a committed run and what it staged."""
+
+    run_id: str
+    committed_at: dt.datetime
+    wallets_done: int | None
+    wallets_failed: int | None
+    trades_staged: int | None
+    markets_staged: int | None
+    events_staged: int | None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """The users' three monitoring numbers plus production totals and the latest runs.
+
+    `progress_percent` is done * 100 / distinct non-null traders, rounded to 2 places (None
+    when `traders` is empty); `remaining_wallets` counts raw trader values, as the users'
+    existing query does, so malformed addresses stay in it.
+    """
+
+    done_wallets: int
+    failed_wallets: int
+    total_wallets: int
+    progress_percent: float | None
+    remaining_wallets: int
+    failed: tuple[FailedWallet, ...] = ()
+    trades_rows: int = 0
+    markets_rows: int = 0
+    events_rows: int = 0
+    last_runs: tuple[RunSummary, ...] = ()
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _ts(value: dt.datetime | None) -> str:
+    if value is None:
+        return "-"
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _clip(text: str | None, width: int) -> str:
+    if not text:
+        return "-"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def render_status(report: StatusReport) -> str:
+    """Render the report as a few aligned lines for a terminal (times in UTC)."""
+    percent = "-" if report.progress_percent is None else f"{report.progress_percent:.2f} %"
+    lines = [
+        f"done wallets     {_n(report.done_wallets)} of {_n(report.total_wallets)} "
+        f"({percent}), remaining {_n(report.remaining_wallets)}",
+        f"failed wallets   {_n(report.failed_wallets)}",
+        f"production rows  trades {_n(report.trades_rows)}, markets {_n(report.markets_rows)}, "
+        f"events {_n(report.events_rows)}",
+    ]
+    if report.failed:
+        lines.append("")
+        lines.append(
+            f"failed wallets, newest first ({len(report.failed)} of {report.failed_wallets}):"
+        )
+        rows = [
+            (w.wallet_address, _n(w.trade_count), _ts(w.processed_at), _clip(w.error, 60))
+            for w in report.failed
+        ]
+        header = ("wallet_address", "trades", "processed_at (UTC)", "error")
+        lines.extend(_table(header, rows, right={1}))
+    lines.append("")
+    if report.last_runs:
+        lines.append("last runs, newest first:")
+        rows = [
+            (
+                r.run_id,
+                _ts(r.committed_at),
+                _n(r.wallets_done),
+                _n(r.wallets_failed),
+                _n(r.trades_staged),
+                _n(r.markets_staged),
+                _n(r.events_staged),
+            )
+            for r in report.last_runs
+        ]
+        header = ("run_id", "committed_at (UTC)", "done", "failed", "trades", "markets", "events")
+        lines.extend(_table(header, rows, right={2, 3, 4, 5, 6}))
+    else:
+        lines.append("no committed runs yet")
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""The warehouse interface the pipeline talks to, and `open_warehouse` to pick an implementation.
+
+The graph and the CLI only see `Warehouse`; which engine is behind it (a DuckDB file locally,
+BigQuery in production) is chosen by a spec string, so no transform knows where it runs.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from pipeline.status_report import StatusReport
+from pipeline.warehouse.sql import TableNames, validate_dataset, validate_run_id
+
+__all__ = [
+    "CommitError",
+    "CommitReport",
+    "TableNames",
+    "Warehouse",
+    "open_warehouse",
+    "parse_warehouse_spec",
+    "validate_run_id",
+]
+
+WAREHOUSE_KINDS = ("duckdb", "bigquery")
+_SPEC_HELP = "use duckdb:PATH (e.g. duckdb:backfill.duckdb) or bigquery:PROJECT.DATASET"
+
+
+class CommitError(RuntimeError):
+    """A run's commit failed and was rolled back: production and checkpoint are untouched."""
+
+
+@dataclass(frozen=True)
+class CommitReport:
+    """What one `commit_run` did; all zeros (but wallet counts) when it changed nothing.
+
+    `trades_inserted`, `markets_merged` and `events_merged` are rows the statements changed;
+    `wallets_done` / `wallets_failed` are the run's staged outcomes, as its runs row records.
+    """
+
+    run_id: str
+    already_committed: bool
+    trades_inserted: int = 0
+    markets_merged: int = 0
+    events_merged: int = 0
+    wallets_done: int = 0
+    wallets_failed: int = 0
+
+
+class Warehouse(abc.ABC):
+    """Tables the backfill reads and writes, and the one transactional commit per run.
+
+    Implementations hold no open connection in their state: they are cheap to build and
+    picklable, so Beam can ship them to workers.
+    """
+
+    @abc.abstractmethod
+    def ensure_tables(self) -> None:
+        """Create every missing table (traders too, but it is never written otherwise)."""
+
+    @abc.abstractmethod
+    def read_traders(self) -> Iterator[str | None]:
+        """The raw `wallet_address` values of `traders`, as stored (null or garbage included)."""
+
+    @abc.abstractmethod
+    def read_done_wallets(self) -> Iterator[str]:
+        """Wallets whose trades are in production (`completed AND upload_successful`)."""
+
+    @abc.abstractmethod
+    def committed_run_ids(self) -> set[str]:
+        """Ids of every run whose commit succeeded."""
+
+    @abc.abstractmethod
+    def commit_run(
+        self,
+        run_id: str,
+        files: Mapping[str, Sequence[str]],
+        *,
+        committed_at: dt.datetime | None = None,
+    ) -> CommitReport:
+        """Load the run's staging files and land them in one transaction (design.md, step 3).
+
+        `files` maps a staging kind to that run's NDJSON files; `committed_at` (default: now,
+        UTC) is recorded in the runs table. Idempotent; raises CommitError after a rollback.
+        """
+
+    @abc.abstractmethod
+    def status(self, last_runs: int = 5) -> StatusReport:
+        """The monitoring numbers of design.md, production totals and the last runs."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook: implementations may hold nothing
+        """Release resources; implementations that keep no connection need not override."""
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def parse_warehouse_spec(spec: str) -> tuple[str, str]:
+    """Split `duckdb:PATH` or `bigquery:PROJECT.DATASET` into (kind, target), validated."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"warehouse spec {spec!r} has no kind: {_SPEC_HELP}")
+    kind, _, target = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind not in WAREHOUSE_KINDS:
+        raise ValueError(f"warehouse kind {kind!r} in {spec!r} is unknown: {_SPEC_HELP}")
+    if not target.strip():
+        raise ValueError(f"warehouse spec {spec!r} names no {kind} target: {_SPEC_HELP}")
+    if kind == "bigquery":
+        validate_dataset(target)
+    return kind, target
+
+
+def open_warehouse(spec: str, tables: TableNames = TableNames()) -> Warehouse:  # noqa: B008
+    """Build the warehouse a spec names; no connection is opened until a method needs one."""
+    kind, target = parse_warehouse_spec(spec)
+    if kind == "duckdb":
+        from pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
+
+        return DuckDBWarehouse(target, tables)
+    raise NotImplementedError(
+        f"warehouse {spec!r}: the BigQuery warehouse comes with the BigQuery issue; "
+        "use duckdb:PATH for now"
+    )

@@ -1,0 +1,277 @@
+"""The DuckDB warehouse: the local, no-cloud implementation of `Warehouse` on one database file."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from pipeline.schema import STAGED_KINDS
+from pipeline.status_report import FailedWallet, RunSummary, StatusReport
+from pipeline.warehouse import CommitError, CommitReport, TableNames, Warehouse
+from pipeline.warehouse import sql as q
+
+log = logging.getLogger(__name__)
+
+# How many failed wallets `status` lists (the total is always reported).
+FAILED_WALLETS_LISTED = 50
+_LOCK_MESSAGE = "Could not set lock on file"
+
+
+class DuckDBWarehouse(Warehouse):
+    """A DuckDB file as the warehouse.
+
+    DuckDB lets one process at a time open a file read-write, and Beam's multi_processing
+    workers are separate processes: so every method opens its own short-lived connection, waits
+    (with backoff) while another process holds the file, and closes it before returning. The
+    object itself holds only the path and the table names, so it pickles and builds for free.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        tables: TableNames = TableNames(),  # noqa: B008 - frozen, validated, immutable
+        *,
+        lock_timeout: float = 60.0,
+    ) -> None:
+        # Absolute now, so a copy unpickled in a worker with another cwd opens the same file.
+        self._path = str(Path(path).expanduser().absolute())
+        self._tables = tables
+        self._lock_timeout = lock_timeout
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def tables(self) -> TableNames:
+        return self._tables
+
+    def __repr__(self) -> str:
+        return f"DuckDBWarehouse({self._path!r}, {self._tables!r})"
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """Open the file read-write, retrying while another process holds its lock."""
+        Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self._lock_timeout
+        delay = 0.02
+        while True:
+            try:
+                conn = duckdb.connect(self._path)
+                break
+            except duckdb.IOException as exc:
+                if _LOCK_MESSAGE not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"DuckDB file {self._path} stayed locked by another process for "
+                        f"{self._lock_timeout:g} s; is another pipeline or a DuckDB shell "
+                        f"holding it open? ({exc})"
+                    ) from exc
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0)) * random.uniform(1, 1.5))
+                delay = min(delay * 2, 1.0)
+        try:
+            conn.execute(q.render_duckdb(q.DUCKDB_SET_UTC, self._tables))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        conn = self._connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def _execute(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        statement: q.Statement,
+        params: Mapping[str, Any] | None = None,
+        *,
+        staging: str | None = None,
+    ) -> duckdb.DuckDBPyConnection:
+        """Run one statement from sql.py with exactly the parameters it declares.
+
+        `staging` is the run id whose staging tables the statement refers to, if any.
+        """
+        params = dict(params or {})
+        if set(params) != set(statement.param_names):
+            raise TypeError(
+                f"statement {statement.name} takes {statement.param_names}, got {sorted(params)}"
+            )
+        text = q.render_duckdb(statement, self._tables, staging)
+        return conn.execute(text, params) if params else conn.execute(text)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def ensure_tables(self) -> None:
+        with self._connection() as conn:
+            for statement in q.ENSURE_TABLES:
+                self._execute(conn, statement)
+
+    def read_traders(self) -> Iterator[str | None]:
+        # Fetched whole, then the connection closes: holding the file lock while a slow
+        # consumer iterates would lock every other worker out.
+        with self._connection() as conn:
+            rows = self._execute(conn, q.SELECT_TRADERS).fetchall()
+        return iter([row[0] for row in rows])
+
+    def read_done_wallets(self) -> Iterator[str]:
+        with self._connection() as conn:
+            rows = self._execute(conn, q.SELECT_DONE_WALLETS).fetchall()
+        return iter([row[0] for row in rows])
+
+    def committed_run_ids(self) -> set[str]:
+        with self._connection() as conn:
+            return {row[0] for row in self._execute(conn, q.SELECT_COMMITTED_RUN_IDS).fetchall()}
+
+    # -- the commit ------------------------------------------------------------------------------
+
+    def commit_run(
+        self,
+        run_id: str,
+        files: Mapping[str, Sequence[str]],
+        *,
+        committed_at: dt.datetime | None = None,
+    ) -> CommitReport:
+        q.validate_run_id(run_id)
+        paths = _check_files(run_id, files)
+        if committed_at is None:
+            committed_at = dt.datetime.now(dt.UTC)
+        elif committed_at.tzinfo is None:
+            raise ValueError("committed_at must be timezone-aware (UTC)")
+
+        # One connection for the whole commit: the file lock makes it exclusive across processes.
+        with self._connection() as conn:
+            if self._execute(conn, q.SELECT_RUN, {"run_id": run_id}).fetchone() is not None:
+                return CommitReport(run_id, already_committed=True)
+            try:
+                self._load_staging(conn, run_id, paths)
+                inserted, markets, events = self._transaction(conn, run_id, committed_at)
+                run_row = self._execute(conn, q.SELECT_RUN, {"run_id": run_id}).fetchone()
+            finally:
+                self._drop_staging(conn, run_id)
+        assert run_row is not None  # the transaction just inserted it (or a twin did)
+        return CommitReport(
+            run_id,
+            already_committed=False,
+            trades_inserted=inserted,
+            markets_merged=markets,
+            events_merged=events,
+            wallets_done=run_row[2] or 0,
+            wallets_failed=run_row[3] or 0,
+        )
+
+    def _load_staging(
+        self, conn: duckdb.DuckDBPyConnection, run_id: str, paths: Mapping[str, list[str]]
+    ) -> None:
+        """Create the run's staging tables (empty if a kind has no files) and load its files."""
+        for kind in q.COMMITTED_KINDS:
+            try:
+                self._execute(conn, q.CREATE_STAGING[kind], staging=run_id)
+                if paths[kind]:
+                    load = q.DUCKDB_LOAD_STAGING[kind]
+                    self._execute(conn, load, {"files": paths[kind]}, staging=run_id)
+            except duckdb.Error as exc:
+                raise CommitError(
+                    f"run {run_id}: loading its {kind} staging files failed, nothing was "
+                    f"committed: {exc}"
+                ) from exc
+
+    def _transaction(
+        self, conn: duckdb.DuckDBPyConnection, run_id: str, committed_at: dt.datetime
+    ) -> tuple[int, int, int]:
+        """Run COMMIT_STATEMENTS in one transaction; return rows inserted/merged per table."""
+        values = {"run_id": run_id, "committed_at": committed_at}
+        counts: dict[str, int] = {}
+        self._execute(conn, q.BEGIN_TRANSACTION)
+        try:
+            for statement in q.COMMIT_STATEMENTS:
+                params = {name: values[name] for name in statement.param_names}
+                row = self._execute(conn, statement, params, staging=run_id).fetchone()
+                counts[statement.name] = row[0] if row else 0
+            self._execute(conn, q.COMMIT_TRANSACTION)
+        except BaseException as exc:
+            with contextlib.suppress(duckdb.Error):  # a failed COMMIT has rolled back already
+                self._execute(conn, q.ROLLBACK_TRANSACTION)
+            if isinstance(exc, duckdb.Error):
+                raise CommitError(
+                    f"run {run_id}: the commit transaction failed and was rolled back "
+                    f"(production and checkpoint untouched; commit it again once fixed): {exc}"
+                ) from exc
+            raise
+        return (
+            counts[q.INSERT_TRADES.name],
+            counts[q.MERGE_MARKETS.name],
+            counts[q.MERGE_EVENTS.name],
+        )
+
+    def _drop_staging(self, conn: duckdb.DuckDBPyConnection, run_id: str) -> None:
+        for kind in q.COMMITTED_KINDS:
+            try:
+                self._execute(conn, q.DROP_STAGING[kind], staging=run_id)
+            except duckdb.Error as exc:  # best effort: the next commit replaces it anyway
+                log.warning("run %s: could not drop its %s staging table: %s", run_id, kind, exc)
+
+    # -- monitoring ------------------------------------------------------------------------------
+
+    def status(self, last_runs: int = 5) -> StatusReport:
+        if isinstance(last_runs, bool) or not isinstance(last_runs, int) or last_runs < 0:
+            raise ValueError(f"last_runs must be a non-negative integer, got {last_runs!r}")
+        with self._connection() as conn:
+            done, failed, total, percent, remaining = self._execute(
+                conn, q.STATUS_PROGRESS
+            ).fetchone()
+            failed_rows = self._execute(
+                conn, q.STATUS_FAILED_WALLETS, {"limit": FAILED_WALLETS_LISTED}
+            ).fetchall()
+            trades, markets, events = self._execute(conn, q.STATUS_TOTALS).fetchone()
+            run_rows = self._execute(conn, q.STATUS_LAST_RUNS, {"limit": last_runs}).fetchall()
+        return StatusReport(
+            done_wallets=done,
+            failed_wallets=failed,
+            total_wallets=total,
+            progress_percent=None if percent is None else float(percent),
+            remaining_wallets=remaining,
+            failed=tuple(FailedWallet(*row) for row in failed_rows),
+            trades_rows=trades,
+            markets_rows=markets,
+            events_rows=events,
+            last_runs=tuple(RunSummary(*row) for row in run_rows),
+        )
+
+
+def _check_files(run_id: str, files: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Validate the kinds and that every file exists, before anything touches the database.
+
+    Rejects are staged for inspection only and never committed, so their files are accepted
+    and not loaded.
+    """
+    unknown = sorted(set(files) - set(STAGED_KINDS))
+    if unknown:
+        raise ValueError(
+            f"run {run_id}: unknown staging kinds {unknown}; "
+            f"expected some of {sorted(STAGED_KINDS)}"
+        )
+    paths: dict[str, list[str]] = {}
+    for kind in q.COMMITTED_KINDS:
+        kind_files = files.get(kind, ())
+        if isinstance(kind_files, str):
+            raise TypeError(f"run {run_id}: files[{kind!r}] must be a list of paths, not a str")
+        paths[kind] = [str(Path(p).absolute()) for p in kind_files]
+        missing = [p for p in paths[kind] if not Path(p).is_file()]
+        if missing:
+            raise CommitError(f"run {run_id}: {kind} staging files are missing: {missing}")
+    return paths

@@ -1,0 +1,152 @@
+"""The SQL catalogue: every statement renders for BigQuery and DuckDB, and only names get formatted."""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+import pytest
+import sqlglot
+from sqlglot import exp
+
+from pipeline.schema import STAGED_KINDS
+from pipeline.warehouse import TableNames
+from pipeline.warehouse import sql as q
+
+RUN_ID = "run-2026_11_23-XYZ"
+BIGQUERY_STATEMENTS = [s for s in q.ALL_STATEMENTS if s.dialect == "bigquery"]
+DUCKDB_ONLY = [s for s in q.ALL_STATEMENTS if s.dialect == "duckdb"]
+
+
+def _ids(statements: list[q.Statement]) -> list[str]:
+    return [s.name for s in statements]
+
+
+def test_statement_names_are_unique() -> None:
+    names = [s.name for s in q.ALL_STATEMENTS]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("statement", BIGQUERY_STATEMENTS, ids=_ids(BIGQUERY_STATEMENTS))
+def test_bigquery_rendering_parses_and_quotes_tables(statement: q.Statement) -> None:
+    sql = q.render(statement, TableNames(), RUN_ID, dataset="my-project.polymarket")
+    parsed = sqlglot.parse_one(sql, read="bigquery")
+    for table in parsed.find_all(exp.Table):
+        # Every table is fully qualified: project, dataset, name.
+        assert table.catalog == "my-project"
+        assert table.db == "polymarket"
+    assert "{" not in sql and "}" not in sql
+
+
+@pytest.mark.parametrize("statement", BIGQUERY_STATEMENTS, ids=_ids(BIGQUERY_STATEMENTS))
+def test_duckdb_translation_parses(statement: q.Statement) -> None:
+    sql = q.render_duckdb(statement, TableNames(), RUN_ID)
+    sqlglot.parse_one(sql, read="duckdb")
+    assert len(duckdb.extract_statements(sql)) == 1  # DuckDB's own parser accepts it
+    assert "`" not in sql
+
+
+@pytest.mark.parametrize("statement", DUCKDB_ONLY, ids=_ids(DUCKDB_ONLY))
+def test_duckdb_only_statements_parse_and_are_refused_for_bigquery(
+    statement: q.Statement,
+) -> None:
+    sql = q.render_duckdb(statement, TableNames(), RUN_ID)
+    assert len(duckdb.extract_statements(sql)) == 1
+    with pytest.raises(ValueError, match="duckdb-only"):
+        q.render(statement, TableNames(), RUN_ID)
+
+
+@pytest.mark.parametrize("statement", q.ALL_STATEMENTS, ids=_ids(list(q.ALL_STATEMENTS)))
+def test_declared_params_are_exactly_the_placeholders(statement: q.Statement) -> None:
+    duck = q.render_duckdb(statement, TableNames(), RUN_ID)
+    assert set(re.findall(r"\$(\w+)", duck)) == set(statement.param_names)
+    if statement.dialect == "bigquery":
+        bq = q.render(statement, TableNames(), RUN_ID)
+        assert set(re.findall(r"@(\w+)", bq)) == set(statement.param_names)
+
+
+@pytest.mark.parametrize("statement", BIGQUERY_STATEMENTS, ids=_ids(BIGQUERY_STATEMENTS))
+def test_no_value_is_formatted_into_sql(statement: q.Statement) -> None:
+    sql = q.render(statement, TableNames(), RUN_ID)
+    # The run id only ever reaches SQL through a parameter (staging names map '-' to '_').
+    assert RUN_ID not in sql
+    strings = [lit for lit in sqlglot.parse_one(sql, read="bigquery").find_all(exp.Literal)]
+    assert [lit.this for lit in strings if lit.is_string] == []
+
+
+def test_statements_that_take_values_use_parameters() -> None:
+    assert q.INSERT_RUN.param_names == ("run_id", "committed_at")
+    assert "@run_id" in q.render(q.INSERT_RUN, TableNames(), RUN_ID)
+    assert "@committed_at" in q.render(q.INSERT_RUN, TableNames(), RUN_ID)
+    assert "@limit" in q.render(q.STATUS_FAILED_WALLETS, TableNames())
+    assert "$run_id" in q.render_duckdb(q.SELECT_RUN, TableNames())
+
+
+def test_the_commit_transaction_uses_no_current_timestamp() -> None:
+    for statement in q.COMMIT_STATEMENTS:
+        assert "CURRENT_TIMESTAMP" not in q.render(statement, TableNames(), RUN_ID).upper()
+
+
+def test_trades_ddl_partitions_on_bigquery_only() -> None:
+    bq = q.render(q.CREATE_TRADES, TableNames())
+    assert "PARTITION BY DATE(`traded_at`)" in bq
+    assert "CLUSTER BY `wallet_address`" in bq
+    duck = q.render_duckdb(q.CREATE_TRADES, TableNames())
+    assert "PARTITION" not in duck.upper() and "CLUSTER" not in duck.upper()
+    assert '"traded_at" TIMESTAMPTZ NOT NULL' in duck
+
+
+def test_sqlglot_losses_raise_instead_of_warning() -> None:
+    lossy = q.Statement("lossy", "CREATE TABLE {trades} (`a` INT64) PARTITION BY `a`")
+    q.render(lossy, TableNames())  # fine for BigQuery
+    with pytest.raises(sqlglot.errors.UnsupportedError):
+        q.render_duckdb(lossy, TableNames())
+
+
+def test_custom_table_names_are_rendered() -> None:
+    tables = TableNames(trades="trades_v2", checkpoint="ckpt")
+    sql = q.render(q.INSERT_TRADES, tables, RUN_ID)
+    assert "INSERT INTO `trades_v2`" in sql and "`trades`" not in sql
+    assert "`ckpt`" in q.render_duckdb(q.MERGE_CHECKPOINT, tables, RUN_ID).replace('"', "`")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["t; DROP TABLE x", "a.b", "a`b", 'a"b', "", "1abc", "with space", "x" * 1025, "é"],
+)
+def test_table_names_are_validated(bad: str) -> None:
+    with pytest.raises(ValueError, match="runs="):
+        TableNames(runs=bad)
+
+
+def test_valid_table_names_are_accepted() -> None:
+    tables = TableNames(traders="_t", trades="Trades_2026", runs="x" * 1024)
+    assert tables.trades == "Trades_2026"
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "a;b", "r" * 65, "a.b", "é"])
+def test_run_ids_are_validated(bad: str) -> None:
+    with pytest.raises(ValueError, match="run_id"):
+        q.validate_run_id(bad)
+
+
+def test_staging_names_are_identifiers_and_do_not_collide() -> None:
+    names = {q.staging_table(run_id, "trades") for run_id in ("a-b", "a_b", "A-b")}
+    assert len(names) == 3
+    for name in names:
+        q.validate_identifier(name)
+    assert q.staging_table("a-b", "outcomes").endswith("_outcomes")
+    with pytest.raises(ValueError, match="staging kind"):
+        q.staging_table("a", "nope")
+    assert set(q.CREATE_STAGING) == set(STAGED_KINDS)
+
+
+def test_staging_statements_need_a_run_id() -> None:
+    with pytest.raises(ValueError, match="run_id"):
+        q.render(q.INSERT_TRADES, TableNames())
+
+
+@pytest.mark.parametrize("bad", ["proj", "proj.ds; DROP", "Proj.ds", "p.ds", "my-project.d-s"])
+def test_dataset_prefix_is_validated(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"PROJECT\.DATASET"):
+        q.render(q.SELECT_TRADERS, TableNames(), dataset=bad)
