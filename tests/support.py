@@ -23,7 +23,9 @@ def seed_traders(db_path: Path, values: list[str | None]) -> None:
         warehouse.ensure_tables()
     with duckdb.connect(str(db_path)) as con:
         if values:
-            con.executemany("INSERT INTO traders (wallet_address) VALUES (?)", [[v] for v in values])
+            con.executemany(
+                "INSERT INTO traders (wallet_address) VALUES (?)", [[v] for v in values]
+            )
 
 
 def query(db_path: Path, sql: str) -> list[tuple]:

@@ -1,0 +1,139 @@
+"""`demo`: the whole backfill on this machine: simulator, seeded `traders`, one run, then `status`.
+
+It keeps its state in `--workdir` (a DuckDB file and the staging folder), so running it again shows
+the backfill picking up where it stopped: completed wallets are not fetched again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+
+from pipeline.options import new_run_id
+from pipeline.run import run_backfill
+from pipeline.status import show_status
+from pipeline.warehouse import TableNames, open_warehouse
+
+READY = re.compile(r"base_url=(\S+) api_key=(\S+)")
+# What a hand-kept traders table really holds: blanks, typos, case and whitespace variants.
+BAD_TRADERS = [None, "", "0x123", "not-a-wallet", "0x" + "z" * 40, "0x" + "1" * 39]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", default="demo", help="where the DuckDB file and staging live")
+    parser.add_argument("--wallets", type=int, default=300, help="wallets the simulator serves")
+    parser.add_argument("--seed", type=int, default=7, help="the simulator's data seed")
+    parser.add_argument("--tier", default="dev", help="rate-limit tier, for simulator and pipeline")
+    parser.add_argument("--latency_ms", type=float, default=20.0, help="simulated API latency")
+
+
+def _start_simulator(args: argparse.Namespace) -> tuple[subprocess.Popen, str, str]:
+    command = [
+        sys.executable, "-m", "pipeline", "simulate", "--port", "0", "--seed", str(args.seed),
+        "--wallets", str(args.wallets), "--tier", args.tier, "--latency_ms", str(args.latency_ms),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        match = READY.search(line)
+        if match:
+            return process, match.group(1), match.group(2)
+    raise RuntimeError("the simulator exited before it was ready")
+
+
+def _sim_json(base_url: str, path: str) -> dict:
+    root = base_url.rsplit("/v1", 1)[0]
+    with urllib.request.urlopen(f"{root}{path}", timeout=10) as response:
+        return json.load(response)
+
+
+def _seed_traders(db_path: Path, wallets: list[str]) -> bool:
+    """Fills an empty `traders` with the simulator's wallets plus realistic junk; False if not empty."""
+    with open_warehouse(f"duckdb:{db_path}", TableNames()) as warehouse:
+        warehouse.ensure_tables()
+    with duckdb.connect(str(db_path)) as con:
+        if con.execute("SELECT COUNT(*) FROM traders").fetchone()[0]:
+            return False
+        variants = [f"  {w.upper().replace('0X', '0x')} " for w in wallets[:5]]  # duplicates
+        rows = [[value] for value in [*wallets, *variants, *BAD_TRADERS]]
+        con.executemany("INSERT INTO traders (wallet_address) VALUES (?)", rows)
+    return True
+
+
+def _count_staged_lines(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                total += sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    return total
+
+
+def _progress(base_url: str, trades_dir: Path, stop: threading.Event, start: float) -> None:
+    while not stop.wait(1.0):
+        try:
+            stats = _sim_json(base_url, "/_sim/stats")
+        except OSError:
+            continue
+        elapsed = time.monotonic() - start
+        line = (
+            f"\r  {elapsed:5.0f} s  wallets {len(stats.get('orders_requests_by_wallet', {})):4d}"
+            f"  trades {_count_staged_lines(trades_dir):7d}"
+            f"  requests {stats['requests_total']:6d} ({stats['requests_total'] / elapsed:5.1f}/s)"
+            f"  429s {stats['http_429']}"
+        )
+        print(line, end="", flush=True)
+
+
+def main(args: argparse.Namespace, argv: list[str]) -> int:
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    db_path, staging = workdir / "backfill.duckdb", workdir / "staging"
+    print(f"demo: state in {workdir} (delete it to start over)")
+    simulator, base_url, api_key = _start_simulator(args)
+    try:
+        truth = _sim_json(base_url, "/_sim/truth")
+        wallets = sorted(truth["wallets"]) if isinstance(truth["wallets"], dict) else []
+        if _seed_traders(db_path, wallets):
+            print(f"seeded traders: {len(wallets)} wallets, 5 duplicates, {len(BAD_TRADERS)} bad rows")
+        os.environ["DOME_API_KEY"] = api_key  # the simulator's key; the pipeline reads only the env
+        run_argv = [
+            f"--warehouse=duckdb:{db_path}",
+            f"--staging_root={staging}",
+            f"--api_base_url={base_url}",
+            f"--tier={args.tier}",
+        ]
+        run_id = new_run_id()
+        stop, start = threading.Event(), time.monotonic()
+        watcher = threading.Thread(
+            target=_progress, args=(base_url, staging / run_id / "trades", stop, start), daemon=True
+        )
+        watcher.start()
+        try:
+            summary = run_backfill([*run_argv, f"--run_id={run_id}"], wait=True)
+        finally:
+            stop.set()
+            watcher.join()
+        stats = _sim_json(base_url, "/_sim/stats")
+        print()
+        print(summary.render())
+        print(
+            f"  simulator saw {stats['requests_total']} requests, {stats['http_429']} answered 429; "
+            f"{time.monotonic() - start:.1f} s"
+        )
+        print()
+        print(show_status(f"duckdb:{db_path}", TableNames()))
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
+    return 0

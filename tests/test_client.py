@@ -1,0 +1,255 @@
+"""The real DomeClient (requests) against the real simulator over a loopback socket."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import tracemalloc
+
+import pytest
+
+from pipeline.dome.client import ClientEvents, ClientSettings, DomeClient
+from pipeline.dome.errors import (
+    ConfigError,
+    DomeError,
+    HTTPStatusError,
+    PageError,
+    PaginationError,
+)
+from pipeline.dome.ids import trade_id
+from pipeline.dome.limiter import RateLimit, RateLimiter
+
+UNLIMITED = RateLimit(10_000, 100_000)
+FAST = ClientSettings(read_timeout_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2)
+
+
+class Recorder(ClientEvents):
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def _add(self, name: str) -> None:
+        with self.lock:
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def request(self, endpoint):
+        self._add("requests")
+
+    def retry(self, endpoint, reason):
+        self._add("retries")
+
+    def throttled(self, endpoint):
+        self._add("429")
+
+    def unknown_fields(self, kind, counts):
+        self._add("unknown")
+
+
+def make_client(server, settings=FAST, limit=UNLIMITED, events=None):
+    settings = ClientSettings(**{**settings.__dict__, "base_url": server.base_url})
+    return DomeClient(settings, server.api_key, RateLimiter(limit), events)
+
+
+def fetch_all(client, wallet):
+    return [order for page in client.order_pages(wallet) for order in page.items]
+
+
+def ids(wallet, orders):
+    return sorted(trade_id(wallet, order) for order in orders)
+
+
+def test_20k_trade_wallet_fetched_exactly_in_ceil_pages_with_flat_memory(sim_server):
+    server = sim_server(seed=3, wallets=3, trade_counts={0: 20_000, 1: 2_000})
+    big, small = server.simulator.wallet_addresses()[:2]
+    client = make_client(server)
+
+    orders = fetch_all(client, big)
+    assert ids(big, orders) == ids(big, server.simulator.orders(big))
+    assert len(set(ids(big, orders))) == 20_000
+    assert server.stats()["requests"]["orders"] == math.ceil(20_000 / FAST.page_limit)
+
+    def peak_while_streaming(wallet):
+        tracemalloc.start()
+        pages = sum(1 for _ in client.order_pages(wallet))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return pages, peak
+
+    small_pages, small_peak = peak_while_streaming(small)
+    big_pages, big_peak = peak_while_streaming(big)
+    assert (small_pages, big_pages) == (2, 20)
+    # Ten times the trades; the peak is one page either way (plus noise), not ten times more.
+    assert big_peak < 1.5 * small_peak, (small_peak, big_peak)
+
+
+@pytest.mark.slow
+def test_eight_threads_share_a_free_tier_limiter_without_a_429(sim_server):
+    server = sim_server(seed=5, wallets=40, tier="free", max_trades=300)
+    wallets = server.simulator.wallet_addresses()
+    events = Recorder()
+    client = make_client(server, ClientSettings(page_limit=50), RateLimit.for_tier("free"), events)
+    stop = time.monotonic() + 30
+    errors: list[Exception] = []
+
+    def worker(offset):
+        i = offset
+        while time.monotonic() < stop:
+            try:
+                fetch_all(client, wallets[i % len(wallets)])
+            except Exception as exc:  # any failure fails the test below
+                errors.append(exc)
+            i += 8
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = server.stats()
+    assert errors == []
+    assert stats["http_429"] == 0 and events.counts.get("429", 0) == 0
+    assert stats["peak_1s"] <= 10 and stats["peak_10s"] <= 100, stats
+    assert stats["requests_total"] >= 200  # it did run at a useful rate for 30 s
+
+
+def run_with_fault(server, rule, wallet, settings=FAST):
+    server.set_faults([rule])
+    events = Recorder()
+    client = make_client(server, settings, events=events)
+    try:
+        return fetch_all(client, wallet), None, events
+    except DomeError as error:
+        return None, error, events
+
+
+TRANSIENT = [
+    {"kind": "http_5xx", "times": 2},
+    {"kind": "storm_429", "times": 3},
+    {"kind": "slow", "times": 1, "delay_s": 3.0},
+    {"kind": "reset", "times": 2},
+    {"kind": "malformed_json", "times": 2},
+    {"kind": "truncated", "times": 2},
+]
+
+
+@pytest.mark.parametrize("rule", TRANSIENT, ids=[r["kind"] for r in TRANSIENT])
+def test_transient_faults_recover_with_all_data(sim_server, rule, caplog):
+    caplog.set_level(logging.DEBUG)
+    server = sim_server(seed=9, wallets=4, trade_counts={0: 2_500}, retry_after=False)
+    wallet = server.simulator.wallet_addresses()[0]
+    orders, error, events = run_with_fault(server, {**rule, "wallets": [wallet]}, wallet)
+    assert error is None
+    assert ids(wallet, orders) == ids(wallet, server.simulator.orders(wallet))
+    assert events.counts["retries"] == rule["times"]
+    assert server.api_key not in caplog.text
+
+
+def test_retry_after_is_honoured(sim_server):
+    server = sim_server(seed=9, wallets=2, trade_counts={0: 10}, retry_after=True)
+    wallet = server.simulator.wallet_addresses()[0]
+    start = time.monotonic()
+    orders, error, events = run_with_fault(server, {"kind": "storm_429", "times": 1}, wallet)
+    assert error is None and len(orders) == 10
+    assert time.monotonic() - start >= 0.9  # the simulator says Retry-After: 1
+    assert events.counts["429"] == 1
+
+
+PERMANENT = [
+    ({"kind": "http_4xx", "status": 403}, HTTPStatusError, "HTTP 403", 1),
+    ({"kind": "http_5xx", "rate": 1.0}, DomeError, "gave up after 5 attempts", 5),
+    ({"kind": "empty_has_more"}, PaginationError, "empty page that says has_more", None),
+    ({"kind": "repeat_key"}, PaginationError, "pagination_key repeated", None),
+    ({"kind": "missing_field", "field": "price"}, PageError, "'price' is missing", None),
+    ({"kind": "wrong_type"}, PageError, "'shares' should be an integer", None),
+]
+
+
+@pytest.mark.parametrize(
+    "rule,error_type,text,requests", PERMANENT, ids=[r[0]["kind"] for r in PERMANENT]
+)
+def test_permanent_faults_end_the_wallet_with_a_clear_error(
+    sim_server, rule, error_type, text, requests, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    server = sim_server(seed=9, wallets=4, trade_counts={0: 2_500})
+    wallet = server.simulator.wallet_addresses()[0]
+    orders, error, _ = run_with_fault(server, {**rule, "wallets": [wallet]}, wallet)
+    assert orders is None and isinstance(error, error_type)
+    assert text in str(error) and wallet in str(error)
+    if requests is not None:
+        assert server.stats()["requests"]["orders"] == requests
+    assert server.stats()["requests"]["orders"] <= 10  # bounded: never an endless loop
+    assert server.api_key not in str(error) and server.api_key not in repr(error)
+    assert server.api_key not in caplog.text
+
+
+def test_page_error_names_field_wallet_and_page(sim_server):
+    server = sim_server(seed=9, wallets=4, trade_counts={0: 2_500})
+    wallet = server.simulator.wallet_addresses()[0]
+    rule = {"kind": "missing_field", "field": "condition_id", "wallets": [wallet], "page": 1}
+    _, error, _ = run_with_fault(server, rule, wallet)
+    assert (
+        f"wallet {wallet} orders page 1, item 0: required field 'condition_id' is missing"
+        in str(error)
+    )
+
+
+def test_max_pages_guard(sim_server):
+    server = sim_server(seed=9, wallets=2, trade_counts={0: 500})
+    wallet = server.simulator.wallet_addresses()[0]
+    settings = ClientSettings(page_limit=100, max_pages=3)
+    client = make_client(server, settings)
+    with pytest.raises(PaginationError, match="more than 3 pages"):
+        fetch_all(client, wallet)
+
+
+def test_wrong_key_is_a_clear_401_without_the_key(sim_server):
+    server = sim_server(seed=1, wallets=2)
+    settings = ClientSettings(base_url=server.base_url)
+    client = DomeClient(settings, "wrong-key-123", RateLimiter(RateLimit(100, 1000)))
+    with pytest.raises(HTTPStatusError) as error:
+        fetch_all(client, server.simulator.wallet_addresses()[0])
+    assert error.value.status == 401 and "wrong-key-123" not in str(error.value)
+    assert "wrong-key-123" not in repr(client)
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(client)
+
+
+def test_page_limit_refused_is_a_configuration_error(sim_server):
+    server = sim_server(seed=1, wallets=2)
+    client = make_client(server, ClientSettings(page_limit=5000))
+    with pytest.raises(ConfigError, match="--page_limit"):
+        fetch_all(client, server.simulator.wallet_addresses()[0])
+
+
+def test_markets_in_batches_of_100_and_events_by_slug(sim_server):
+    server = sim_server(seed=4, wallets=300, markets=250)
+    simulator = server.simulator
+    wanted = sorted(m["condition_id"] for m in simulator.markets())
+    client = make_client(server)
+    markets = client.markets(wanted)
+    assert sorted(m["condition_id"] for m in markets) == wanted
+    assert server.stats()["requests"]["markets"] == 3
+    slug = next(m["event_slug"] for m in simulator.markets() if m.get("event_slug"))
+    event = client.event(slug)
+    assert event is not None and event["event_slug"] == slug
+    assert client.event("no-such-event") is None
+
+
+def test_unknown_fields_are_counted_not_fatal(sim_server):
+    server = sim_server(seed=2, wallets=2, trade_counts={0: 30}, extra_fields=True)
+    wallet = server.simulator.wallet_addresses()[0]
+    events = Recorder()
+    orders = fetch_all(make_client(server, events=events), wallet)
+    assert len(orders) == 30 and events.counts["unknown"] >= 1
+
+
+def test_without_log_index_ids_stay_unique(sim_server):
+    server = sim_server(seed=2, wallets=3, trade_counts={0: 3_000}, omit_log_index=True)
+    wallet = server.simulator.wallet_addresses()[0]
+    orders = fetch_all(make_client(server), wallet)
+    assert len(set(ids(wallet, orders))) == len(orders) == 3_000
