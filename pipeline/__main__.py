@@ -21,16 +21,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules = {}
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    module = None
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        modules[name] = module
-        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
+        command_parser = sub.add_parser(name, help=help_text)
+        if name == chosen:  # import only the command that runs: Beam's import is slow
+            module = importlib.import_module(module_name)
+            command_parser.description = module.__doc__
+            module.add_arguments(command_parser)
     # Options this parser does not know are Beam's (`--runner`, ...): only `run` accepts them.
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "run":
         parser.error(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
-    return int(modules[args.command].main(args, argv[argv.index(args.command) + 1 :]) or 0)
+    assert module is not None
+    return int(module.main(args, argv[1:]) or 0)
 
 
 if __name__ == "__main__":
