@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
+from pipeline.api_key import SECRET_VERSION
 from pipeline.dome.client import DEFAULT_BASE_URL, ClientSettings
 from pipeline.dome.limiter import TIERS, RateLimit
 from pipeline.warehouse import TableNames, parse_warehouse_spec
@@ -47,6 +48,12 @@ class BackfillOptions(PipelineOptions):
             help="names this run's staging; default: UTC time plus a random suffix",
         )
         add("--api_base_url", default=DEFAULT_BASE_URL, help="the Dome API, or the simulator")
+        add(
+            "--api_key_secret",
+            default=None,
+            help="Secret Manager version holding the API key (projects/P/secrets/S/versions/V); "
+            "without it the key comes from the DOME_API_KEY environment variable",
+        )
         add(
             "--tier",
             default="free",
@@ -111,6 +118,7 @@ class BackfillConfig:
     rate_shares: int
     max_wallets: int | None
     fetch_threads: int
+    api_key_secret: str | None = None
 
     @property
     def process_rate_limit(self) -> RateLimit:
@@ -184,6 +192,14 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
     if not re.match(r"^https?://[^\s/]+", opts.api_base_url or ""):
         problems.append(f"--api_base_url {opts.api_base_url!r}: give an http(s) URL")
 
+    if opts.api_key_secret and not SECRET_VERSION.match(opts.api_key_secret):
+        problems.append(
+            f"--api_key_secret {opts.api_key_secret!r}: use projects/P/secrets/S/versions/V"
+        )
+    runner = (options.view_as(StandardOptions).runner or "").lower()
+    if "dataflow" in runner and not opts.api_key_secret:
+        problems.append("--api_key_secret is required on Dataflow (workers do not see your env)")
+
     rate_limit = RateLimit.for_tier(opts.tier)
     per_second = opts.rate_per_second if opts.rate_per_second is not None else rate_limit.per_second
     per_10s = opts.rate_per_10s if opts.rate_per_10s is not None else rate_limit.per_10s
@@ -231,4 +247,5 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         rate_shares=shares,
         max_wallets=opts.max_wallets,
         fetch_threads=opts.fetch_threads,
+        api_key_secret=opts.api_key_secret,
     )

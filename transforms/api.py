@@ -12,7 +12,8 @@ from collections import Counter
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
-from pipeline.dome.client import ClientEvents, DomeClient, api_key_from_env
+from pipeline.api_key import load_api_key
+from pipeline.dome.client import ClientEvents, DomeClient
 from pipeline.dome.limiter import RateLimiter
 from pipeline.options import BackfillConfig
 
@@ -67,7 +68,9 @@ class ProcessApi:
     def __init__(self, config: BackfillConfig) -> None:
         self.events = CountingEvents()
         limiter = RateLimiter(config.process_rate_limit)
-        self.client = DomeClient(config.client, api_key_from_env(), limiter, self.events)
+        self.client = DomeClient(
+            config.client, load_api_key(config.api_key_secret), limiter, self.events
+        )
 
 
 class ApiHandle:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import random
 import time
 from collections import Counter
@@ -73,13 +72,6 @@ class ClientEvents:
 
     def unknown_fields(self, kind: str, counts: Counter[str]) -> None:
         pass
-
-
-def api_key_from_env(environ: dict[str, str] | None = None) -> str:
-    key = (environ if environ is not None else os.environ).get(API_KEY_ENV, "").strip()
-    if not key:
-        raise ConfigError(f"set {API_KEY_ENV} to the Dome API key (the key is read nowhere else)")
-    return key
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

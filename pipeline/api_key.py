@@ -1,0 +1,40 @@
+"""Where a worker gets the Dome API key: Secret Manager in production, the environment locally.
+
+The key is never a pipeline option value (options are visible in the job graph and the console):
+an option names the secret *version*, and each worker reads the key itself in `DoFn.setup`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from pipeline.dome.client import API_KEY_ENV
+from pipeline.dome.errors import ConfigError
+
+SECRET_VERSION = re.compile(r"^projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+$")
+
+
+def load_api_key(secret_version: str | None) -> str:
+    if secret_version:
+        return _from_secret_manager(secret_version)
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if not key:
+        raise ConfigError(
+            f"no API key: set {API_KEY_ENV}, or --api_key_secret=projects/P/secrets/S/versions/V"
+        )
+    return key
+
+
+def _from_secret_manager(secret_version: str) -> str:
+    from google.cloud import secretmanager  # ships with apache-beam[gcp]; only needed here
+
+    client = secretmanager.SecretManagerServiceClient()
+    try:
+        response = client.access_secret_version(name=secret_version)
+    except Exception as exc:  # the message names the secret, never its value
+        raise ConfigError(f"cannot read {secret_version}: {type(exc).__name__}") from None
+    key = response.payload.data.decode("utf-8").strip()
+    if not key:
+        raise ConfigError(f"{secret_version} is empty")
+    return key
