@@ -111,17 +111,22 @@ def test_same_result_with_multi_processing(world):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_sigkill_at_a_random_point_then_rerun_is_exact(world, seed):
     server, wallets, db, staging = world
-    # Latency stretches the run so the kill lands while it fetches, stages or commits.
-    server.simulator.config.latency_ms = 5
-    process = run_subprocess(run_argv(db, staging, server), server.api_key)
-    time.sleep(random.Random(seed).uniform(2.0, 9.0))
+    # At the Free tier with small pages the run takes ~6 s (start-up, ~3.5 s of fetching, staging,
+    # commit), so a kill between 1 and 5.5 s lands in fetching, staging or committing.
+    slow_argv = run_argv(db, staging, server, "--tier=free", "--page_limit=100")
+    process = run_subprocess(slow_argv, server.api_key)
+    time.sleep(random.Random(seed).uniform(1.0, 5.5))
+    assert process.poll() is None, "the run ended before the kill: the test would prove nothing"
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
-    server.simulator.config.latency_ms = 0
+    assert process.returncode == -signal.SIGKILL
+
     rerun = run_subprocess(run_argv(db, staging, server), server.api_key)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
     assert_production_is_truth(server, wallets, db)
+    # Nothing twice: every trade id once, and every run's staging committed at most once.
+    assert query(db, "SELECT COUNT(*) - COUNT(DISTINCT id) FROM trades") == [(0,)]

@@ -12,6 +12,7 @@ from pipeline.options import BackfillConfig
 from pipeline.rows import event_row, market_row
 from pipeline.schema import format_timestamp
 from transforms.api import ApiHandle
+from transforms.batch import BatchPerKey
 from transforms.concurrent import ConcurrentFetchFn, Emit
 from transforms.dedup import DedupFirst
 
@@ -88,8 +89,7 @@ class FetchMarkets(beam.PTransform):
             | "FirstPerId" >> DedupFirst()
             # One key: batches stay full (ceil(n/100) requests); markets are few next to trades.
             | "OneKey" >> beam.WithKeys(lambda _: "markets")
-            | "Batch" >> beam.GroupIntoBatches(BATCH_SIZE)
-            | "Ids" >> beam.Values()
+            | "Batch" >> BatchPerKey(BATCH_SIZE)
             | "Fetch"
             >> beam.ParDo(_FetchMarketBatchFn(self._api, self._config)).with_outputs(
                 EVENT_SLUGS, main="markets"
