@@ -1,0 +1,101 @@
+"""`python -m pipeline simulate`: serve the Dome API simulator on 127.0.0.1 until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from pipeline.simulator.config import TIERS, SimConfig, parse_fault_spec
+from pipeline.simulator.server import serve
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's options (the lead's dispatcher calls this on its `simulate` sub-parser)."""
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = a free one)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed: same seed, same answers")
+    parser.add_argument("--wallets", type=int, default=100, help="number of simulated wallets")
+    parser.add_argument(
+        "--max_trades", type=int, default=30_000, help="cap on one wallet's trade count"
+    )
+    parser.add_argument(
+        "--tier",
+        choices=[t for t in TIERS if t != "custom"],
+        default="unlimited",
+        help="published rate-limit tier to imitate",
+    )
+    parser.add_argument("--per_second", type=int, default=None, help="custom 1 s limit")
+    parser.add_argument("--per_10s", type=int, default=None, help="custom 10 s limit")
+    parser.add_argument(
+        "--no_retry_after", action="store_true", help="answer 429 without a Retry-After header"
+    )
+    parser.add_argument(
+        "--latency_ms", type=float, default=0.0, help="median per-request latency (long tail)"
+    )
+    parser.add_argument(
+        "--faults", default="", help='fault spec, e.g. "http_5xx:rate=0.05;reset:times=2"'
+    )
+    parser.add_argument(
+        "--api_key", default=None, help="accepted key (default: $DOME_API_KEY, else random)"
+    )
+    parser.add_argument(
+        "--omit_log_index", action="store_true", help="drop block_number and log_index"
+    )
+    parser.add_argument(
+        "--extra_fields", action="store_true", help="add an unknown field to every item"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """Build the SimConfig; a bad option or fault spec raises ValueError with the reason."""
+    return SimConfig(
+        seed=args.seed,
+        wallets=args.wallets,
+        max_trades=args.max_trades,
+        tier=args.tier,
+        per_second=args.per_second,
+        per_10s=args.per_10s,
+        retry_after=not args.no_retry_after,
+        latency_ms=args.latency_ms,
+        faults=parse_fault_spec(args.faults or ""),
+        api_key=args.api_key or os.environ.get("DOME_API_KEY") or None,
+        omit_log_index=args.omit_log_index,
+        extra_fields=args.extra_fields,
+    )
+
+
+def main(args: argparse.Namespace, argv: list[str]) -> int:
+    """Serve until a signal; print one ready line first so scripts can wait for it.
+
+    `argv` (the raw arguments after `simulate`) is unused: the dispatcher has already parsed them
+    into `args` and refused any it does not know.
+    """
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    try:
+        server = serve(config, "127.0.0.1", args.port)
+    except OSError as exc:
+        print(f"simulate: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    with server:
+        print(
+            f"Dome API simulator ready: base_url={server.base_url} api_key={server.api_key}",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+    return 0

@@ -1,0 +1,519 @@
+"""Deterministic synthetic Dome data: wallets, their fills, markets and events, all derived from a seed.
+
+Nothing per trade is stored: fill k of wallet w is a pure function of (seed, w, k) built from two
+blake2b digests, and its timestamp is ``base_w - L*gap_w - jitter(L)`` (L = k, or k-1 when k shares
+its transaction with k-1, jitter < gap), so timestamps never increase with k, a page costs O(limit),
+a time filter is two binary searches and a 200,000-trade wallet costs no memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import hashlib
+import itertools
+import math
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.simulator.config import SimConfig
+
+NOW = 1_763_856_000  # 2025-11-23T00:00:00Z: the simulated "present"
+BLOCK_AT_NOW = 79_000_000  # Polygon block at NOW; one block every 2 s
+DAY = 86_400
+PAIR_THRESHOLD = 13  # digest byte below this (~5%): fills 2p and 2p+1 share one transaction
+ZIPF_EXPONENT = 1.1
+EXTRA_FIELD = ("fee_rate_bps", 0)  # the unknown field `extra_fields=True` adds
+
+_CRYPTO = ("Bitcoin", "Ethereum", "Solana", "XRP", "Dogecoin", "Cardano")
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August")
+_PEOPLE = ("Alex Carter", "Maria Lopez", "Sam Okafor", "Jin Park", "Rosa Meyer", "Tom Hale")
+_OFFICES = ("mayoral", "senate", "gubernatorial", "presidential")
+_TEAMS = ("Lakers", "Celtics", "Warriors", "Knicks", "Bulls", "Heat", "Suns", "Nets")
+_COMPANIES = ("OpenAI", "Apple", "Tesla", "Nvidia", "SpaceX", "Google")
+_THINGS = ("a new flagship model", "a stock split", "a merger", "record earnings")
+_TAGS = ("crypto", "politics", "sports", "nba", "elections", "economy", "tech", "pop-culture")
+_SOURCES = ("https://www.coinbase.com", "https://www.nba.com", "https://apnews.com", "")
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=64).digest()
+
+
+def _u(chunk: bytes) -> float:
+    """A uniform float in [0, 1) from some digest bytes."""
+    return int.from_bytes(chunk, "big") / float(1 << (8 * len(chunk)))
+
+
+def _pick(seq: tuple[Any, ...], chunk: bytes) -> Any:
+    return seq[int.from_bytes(chunk, "big") % len(seq)]
+
+
+def _token_id(chunk: bytes) -> str:
+    """A 77-digit decimal string, like Polymarket's uint256 outcome token ids."""
+    return str(10**76 + int.from_bytes(chunk, "big") % (9 * 10**76))
+
+
+def _slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _heavy_tail(u: float, v: float, max_trades: int) -> int:
+    """~10% none, most tens, a few percent hundreds to thousands, ~1% tens of thousands."""
+    if u < 0.10:
+        return 0
+    if u < 0.96:
+        low, high = 3, 300
+    elif u < 0.99:
+        low, high = 300, 5_000
+    else:
+        low, high = 10_000, 60_000
+    return min(int(low * (high / low) ** v), max_trades)
+
+
+@dataclass(frozen=True)
+class Wallet:
+    """One simulated wallet: what its fills are derived from."""
+
+    index: int
+    address: str
+    count: int
+    base: int  # timestamp of fill 0 before jitter
+    gap: int  # seconds between consecutive fills, before jitter (>= 2)
+
+
+@dataclass(frozen=True)
+class _Market:
+    """What a fill needs from its market, kept apart from the API dict for speed."""
+
+    condition_id: str
+    market_slug: str
+    title: str
+    tokens: tuple[str, str]
+    labels: tuple[str, str]
+
+
+class Simulator:
+    """The simulated data set: wallets, fills on demand, markets and events, for one config."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self._seed = config.seed
+        self._wallets = [self._make_wallet(i) for i in range(config.wallets)]
+        self._by_address = {w.address: w for w in self._wallets}
+        self._build_markets(config.market_pool_size())
+        self._lock = threading.Lock()
+        self._traded: tuple[frozenset[str], frozenset[str]] | None = None
+
+    # ---- wallets -------------------------------------------------------------------------
+    def _make_wallet(self, index: int) -> Wallet:
+        d = _digest(b"w|%d|%d" % (self._seed, index))
+        count = self.config.trade_counts.get(index)
+        if count is None:
+            count = _heavy_tail(_u(d[20:28]), _u(d[28:36]), self.config.max_trades)
+        base = NOW - int.from_bytes(d[36:40], "big") % (30 * DAY)
+        span = int(7 * DAY * (730 / 7) ** _u(d[40:44]))  # 1 week .. 2 years of history
+        gap = max(2, span // max(count, 1))
+        return Wallet(index, "0x" + d[:20].hex(), count, base, gap)
+
+    def wallet_addresses(self) -> list[str]:
+        """All wallet addresses, in index order."""
+        return [w.address for w in self._wallets]
+
+    def wallet(self, address: str) -> Wallet | None:
+        return self._by_address.get(address.lower())
+
+    def trade_count(self, address: str) -> int:
+        wallet = self.wallet(address)
+        return 0 if wallet is None else wallet.count
+
+    def trade_counts(self) -> dict[str, int]:
+        return {w.address: w.count for w in self._wallets}
+
+    def total_trades(self) -> int:
+        return sum(w.count for w in self._wallets)
+
+    # ---- markets and events ---------------------------------------------------------------
+    def _market_text(self, j: int, d: bytes) -> tuple[str, tuple[str, str], str, list[str]]:
+        """Title, outcome labels, category and tags of market j."""
+        year = 2024 + d[1] % 3
+        kind = d[0] % 5
+        if kind == 0:
+            coin = _pick(_CRYPTO, d[2:4])
+            price = (1 + d[4] % 20) * 5_000
+            title = f"Will {coin} reach ${price:,} by {_pick(_MONTHS, d[5:6])} {year}?"
+            return title, ("Yes", "No"), "crypto", ["crypto", coin.lower()]
+        if kind == 1:
+            title = (
+                f"Will {_pick(_PEOPLE, d[2:4])} win the {year} {_pick(_OFFICES, d[4:5])} election?"
+            )
+            return title, ("Yes", "No"), "politics", ["politics", "elections"]
+        if kind == 2:
+            a = d[2] % len(_TEAMS)
+            b = (a + 1 + d[3] % (len(_TEAMS) - 1)) % len(_TEAMS)
+            title = f"{_TEAMS[a]} vs. {_TEAMS[b]} (game {j})"
+            return title, (_TEAMS[a], _TEAMS[b]), "sports", ["sports", "nba"]
+        if kind == 3:
+            coin = _pick(_CRYPTO, d[2:4])
+            title = f"{coin} Up or Down on {_pick(_MONTHS, d[5:6])} {1 + d[4] % 28}?"
+            return title, ("Up", "Down"), "crypto", ["crypto"]
+        title = f"Will {_pick(_COMPANIES, d[2:4])} announce {_pick(_THINGS, d[4:5])} in {year}?"
+        return title, ("Yes", "No"), "tech", ["tech", _pick(_TAGS, d[5:6])]
+
+    def _build_markets(self, size: int) -> None:
+        """Build the market pool, group ~85% of it into events of 1-5, and the Zipf popularity."""
+        seed = self._seed
+        digests = [_digest(b"m|%d|%d" % (seed, j)) for j in range(size)]
+        # Events: consecutive markets that have one are grouped, 1-5 per event.
+        event_of: list[int | None] = []
+        groups: list[list[int]] = []
+        room = 0
+        for j, d in enumerate(digests):
+            if _u(d[6:8]) >= 0.85:
+                event_of.append(None)
+                continue
+            if room == 0:
+                groups.append([])
+                room = 1 + _digest(b"g|%d|%d" % (seed, len(groups)))[0] % 5
+            groups[-1].append(j)
+            room -= 1
+            event_of.append(len(groups) - 1)
+        event_slugs: list[str] = []
+        event_titles: list[str] = []
+        for g, members in enumerate(groups):
+            title = self._market_text(members[0], digests[members[0]])[0].rstrip("?")
+            event_titles.append(title)
+            tag = _digest(b"e|%d|%d" % (seed, g))[:3].hex()
+            event_slugs.append(f"{_slugify(title)[:60].strip('-')}-{tag}")
+
+        self._market_info: list[_Market] = []
+        self._market_dicts: list[dict[str, Any]] = []
+        for j, d in enumerate(digests):
+            e = _digest(b"n|%d|%d" % (seed, j))
+            title, labels, category, tags = self._market_text(j, d)
+            condition_id = "0x" + e[:32].hex()
+            slug = f"{_slugify(title)[:70].strip('-')}-{d[8:11].hex()}"
+            t = _digest(b"t|%d|%d" % (seed, j))
+            tokens = (_token_id(t[:32]), _token_id(t[32:]))
+            self._market_info.append(_Market(condition_id, slug, title, tokens, labels))
+            group = event_of[j]
+            slug_of_event = None if group is None else event_slugs[group]
+            self._market_dicts.append(
+                self._market_dict(d, condition_id, slug, title, tokens, labels, category, tags)
+                | ({} if slug_of_event is None else {"event_slug": slug_of_event})
+            )
+        if self.config.extra_fields:
+            for market in self._market_dicts:
+                market[EXTRA_FIELD[0]] = EXTRA_FIELD[1]
+        self._by_condition = {m.condition_id: j for j, m in enumerate(self._market_info)}
+
+        self._events: list[dict[str, Any]] = []
+        self._event_members: dict[str, list[int]] = {}
+        for g, members in enumerate(groups):
+            markets = [self._market_dicts[j] for j in members]
+            d = _digest(b"e|%d|%d" % (seed, g))
+            slug = event_slugs[g]
+            tags = sorted({t for m in markets for t in m["tags"]})
+            event: dict[str, Any] = {
+                "event_slug": slug,
+                "title": event_titles[g],
+                "subtitle": None if d[4] < 128 else f"{len(members)} markets",
+                "status": "open" if any(m["status"] == "open" for m in markets) else "closed",
+                "start_time": min(m["start_time"] for m in markets),
+                "end_time": max(m["end_time"] for m in markets),
+                "volume_fiat_amount": round(sum(m["volume_total"] for m in markets), 2),
+                "settlement_sources": _pick(_SOURCES[:3], d[5:6]),
+                "rules_url": f"https://polymarket.com/event/{slug}#rules",
+                "image": None if d[6] < 40 else f"https://img.example.invalid/events/{slug}.png",
+                "tags": tags,
+                "market_count": len(members),
+            }
+            if self.config.extra_fields:
+                event[EXTRA_FIELD[0]] = EXTRA_FIELD[1]
+            self._events.append(event)
+            self._event_members[slug] = members
+        self._event_index = {e["event_slug"]: i for i, e in enumerate(self._events)}
+
+        weights = [1.0 / (rank + 1) ** ZIPF_EXPONENT for rank in range(size)]
+        total = sum(weights)
+        self._zipf_cdf = list(itertools.accumulate(w / total for w in weights))
+        self._zipf_cdf[-1] = 1.0
+
+    @staticmethod
+    def _market_dict(
+        d: bytes,
+        condition_id: str,
+        slug: str,
+        title: str,
+        tokens: tuple[str, str],
+        labels: tuple[str, str],
+        category: str,
+        tags: list[str],
+    ) -> dict[str, Any]:
+        """Every field of the markets section of dome-api.md, nullable ones sometimes null."""
+        start = NOW - (30 + int.from_bytes(d[12:15], "big") % 700) * DAY
+        end = start + (1 + d[15] % 120) * DAY
+        closed = end < NOW
+        side_a = {"id": tokens[0], "label": labels[0]}
+        side_b = {"id": tokens[1], "label": labels[1]}
+        completed = end + (1 + d[16] % 48) * 3600 if closed else None
+        winning = None
+        if closed and d[17] >= 12:  # a few closed markets are not resolved yet
+            winning = dict(side_a if d[18] & 1 else side_b)
+        week = round(int.from_bytes(d[19:22], "big") / 100, 2)
+        month = round(week + int.from_bytes(d[22:25], "big") / 50, 2)
+        year = round(month + int.from_bytes(d[25:28], "big") / 10, 2)
+        extra: dict[str, Any] = {}
+        if d[28] % 3 == 0:
+            extra["neg_risk"] = bool(d[29] & 1)
+        if category == "sports":
+            extra["game_id"] = int.from_bytes(d[30:33], "big")
+        return {
+            "market_slug": slug,
+            "condition_id": condition_id,
+            "title": title,
+            "start_time": start,
+            "end_time": end,
+            "completed_time": completed,
+            "close_time": completed if d[33] >= 20 else None,
+            "game_start_time": (
+                f"{_iso(end - 3 * 3600)}+00" if category == "sports" and d[34] >= 30 else None
+            ),
+            "tags": tags,
+            "volume_1_week": week,
+            "volume_1_month": month,
+            "volume_1_year": year,
+            "volume_total": round(year + int.from_bytes(d[35:37], "big") / 10, 2),
+            "resolution_source": _pick(_SOURCES, d[37:38]),
+            "image": f"https://img.example.invalid/markets/{slug}.png",
+            "description": f"This market resolves according to its title: {title}",
+            "negative_risk_id": None if d[38] < 200 else "0x" + d[39:63].hex().ljust(64, "0"),
+            "side_a": side_a,
+            "side_b": side_b,
+            "winning_side": winning,
+            "status": "closed" if closed else "open",
+            "extra_fields": extra,
+        }
+
+    def markets(self) -> list[dict[str, Any]]:
+        """Every market of the pool, as the API returns it (copies)."""
+        return [_copy_market(m) for m in self._market_dicts]
+
+    def market_count(self) -> int:
+        return len(self._market_dicts)
+
+    def market_at(self, index: int) -> dict[str, Any]:
+        return _copy_market(self._market_dicts[index])
+
+    def market_indices(
+        self,
+        condition_ids: list[str] | None = None,
+        market_slugs: list[str] | None = None,
+        event_slugs: list[str] | None = None,
+        token_ids: list[str] | None = None,
+    ) -> list[int]:
+        """Pool indices matching the filters: OR within one filter, AND across filters."""
+        out = []
+        cids = None if condition_ids is None else {c.lower() for c in condition_ids}
+        mslugs = None if market_slugs is None else set(market_slugs)
+        eslugs = None if event_slugs is None else set(event_slugs)
+        tokens = None if token_ids is None else set(token_ids)
+        for j, (info, market) in enumerate(zip(self._market_info, self._market_dicts, strict=True)):
+            if cids is not None and info.condition_id not in cids:
+                continue
+            if mslugs is not None and info.market_slug not in mslugs:
+                continue
+            if eslugs is not None and market.get("event_slug") not in eslugs:
+                continue
+            if tokens is not None and not tokens.intersection(info.tokens):
+                continue
+            out.append(j)
+        return out
+
+    def events(self, include_markets: bool = False) -> list[dict[str, Any]]:
+        """Every event, as the API returns it (with `markets` only when asked)."""
+        return [self.event_at(i, include_markets) for i in range(len(self._events))]
+
+    def event_count(self) -> int:
+        return len(self._events)
+
+    def event_index(self, slug: str) -> int | None:
+        return self._event_index.get(slug)
+
+    def event_at(self, index: int, include_markets: bool = False) -> dict[str, Any]:
+        event = dict(self._events[index])
+        event["tags"] = list(event["tags"])
+        if include_markets:
+            members = self._event_members[event["event_slug"]]
+            event["markets"] = [self.market_at(j) for j in members]
+        return event
+
+    # ---- fills -----------------------------------------------------------------------------
+    def _od(self, w: int, k: int) -> bytes:
+        return hashlib.blake2b(b"o|%d|%d|%d" % (self._seed, w, k), digest_size=64).digest()
+
+    def _oe(self, w: int, k: int) -> bytes:
+        return hashlib.blake2b(b"x|%d|%d|%d" % (self._seed, w, k), digest_size=64).digest()
+
+    def _leader(self, w: Wallet, k: int) -> tuple[int, bytes, bytes]:
+        """(leader index, leader digest, own digest): k shares k-1's tx when k-1 says so."""
+        d = self._od(w.index, k)
+        if k & 1:
+            prev = self._od(w.index, k - 1)
+            if prev[21] < PAIR_THRESHOLD:
+                return k - 1, prev, d
+        return k, d, d
+
+    def _ts(self, w: Wallet, k: int) -> int:
+        lead, ld, _ = self._leader(w, k)
+        return w.base - lead * w.gap - int.from_bytes(ld[17:21], "big") % w.gap
+
+    def _market_index(self, ld: bytes) -> int:
+        return bisect.bisect_right(self._zipf_cdf, _u(ld[0:8]))
+
+    def order(self, w: Wallet, k: int) -> dict[str, Any]:
+        """Fill k (0 = newest) of wallet w, as the API returns it."""
+        lead, ld, d = self._leader(w, k)
+        market = self._market_info[min(self._market_index(ld), len(self._market_info) - 1)]
+        outcome = (ld[8] >> 1) & 1
+        ts = w.base - lead * w.gap - int.from_bytes(ld[17:21], "big") % w.gap
+        shares = max(1, round(math.exp(_u(d[13:17]) * math.log(20_000)) * 100)) * 10_000
+        counterparty = "0x" + d[24:44].hex()
+        own = self._oe(w.index, k)
+        tx = own if lead == k else self._oe(w.index, lead)
+        if ld[9] < 154:  # ~60%: the wallet is the maker
+            user, taker = w.address, (None if d[10] < 13 else counterparty)
+        else:
+            user, taker = counterparty, w.address
+        order: dict[str, Any] = {
+            "token_id": market.tokens[outcome],
+            "token_label": market.labels[outcome],
+            "side": "BUY" if ld[8] & 1 else "SELL",
+            "market_slug": market.market_slug,
+            "condition_id": market.condition_id,
+            "shares": shares,
+            "shares_normalized": shares / 1_000_000,
+            "price": (1 + int.from_bytes(d[11:13], "big") % 998) / 1000,
+            "tx_hash": "0x" + tx[:32].hex(),
+            "title": market.title,
+            "timestamp": ts,
+            "order_hash": "0x" + own[32:64].hex(),
+            "user": user,
+            "taker": taker,
+        }
+        if not self.config.omit_log_index:
+            order["block_number"] = BLOCK_AT_NOW - (NOW - ts) // 2
+            order["log_index"] = int.from_bytes(ld[22:24], "big") % 400 + (k - lead)
+        if self.config.extra_fields:
+            order[EXTRA_FIELD[0]] = EXTRA_FIELD[1]
+        return order
+
+    def k_range(self, w: Wallet, start_time: int | None, end_time: int | None) -> range:
+        """The fills with start_time <= timestamp <= end_time, by binary search over k."""
+        n = w.count
+        lo = 0 if end_time is None else self._first_k(w, lambda ts: ts <= end_time)
+        hi = n if start_time is None else self._first_k(w, lambda ts: ts < start_time)
+        return range(lo, max(lo, hi))
+
+    def _first_k(self, w: Wallet, pred: Any) -> int:
+        """The first k whose timestamp satisfies pred (monotone: timestamps never rise with k)."""
+        lo, hi = 0, w.count
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if pred(self._ts(w, mid)):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _k_matches(self, w: Wallet, ks: range, market_filter: tuple[str, str]) -> list[int]:
+        """Fill indices in ks whose market matches (condition_id|market_slug|token_id, value)."""
+        key, value = market_filter
+        out = []
+        for k in ks:
+            _, ld, _ = self._leader(w, k)
+            market = self._market_info[min(self._market_index(ld), len(self._market_info) - 1)]
+            if key == "condition_id":
+                hit = market.condition_id == value.lower()
+            elif key == "market_slug":
+                hit = market.market_slug == value
+            else:
+                hit = market.tokens[(ld[8] >> 1) & 1] == value
+            if hit:
+                out.append(k)
+        return out
+
+    def orders_page(
+        self,
+        address: str,
+        offset: int,
+        limit: int,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        market_filter: tuple[str, str] | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of a wallet's fills, newest first, and the filtered total: O(limit) work."""
+        w = self.wallet(address)
+        if w is None:
+            return [], 0
+        ks = self.k_range(w, start_time, end_time)
+        if market_filter is not None:
+            matched = self._k_matches(w, ks, market_filter)
+            return [self.order(w, k) for k in matched[offset : offset + limit]], len(matched)
+        page = ks[offset : offset + limit]
+        return [self.order(w, k) for k in page], len(ks)
+
+    def orders(self, address: str) -> list[dict[str, Any]]:
+        """Every fill of a wallet, newest first, exactly as the API pages them (the truth)."""
+        w = self.wallet(address)
+        return [] if w is None else [self.order(w, k) for k in range(w.count)]
+
+    def iter_orders(self) -> Iterator[dict[str, Any]]:
+        """Every fill of every wallet (tests' uniqueness checks); generated lazily."""
+        for w in self._wallets:
+            for k in range(w.count):
+                yield self.order(w, k)
+
+    # ---- truth -----------------------------------------------------------------------------
+    def _traded_sets(self) -> tuple[frozenset[str], frozenset[str]]:
+        with self._lock:
+            if self._traded is None:
+                indices: set[int] = set()
+                last = len(self._market_info) - 1
+                for w in self._wallets:
+                    for k in range(w.count):
+                        lead, ld, _ = self._leader(w, k)
+                        if lead == k:
+                            indices.add(min(self._market_index(ld), last))
+                cids = frozenset(self._market_info[j].condition_id for j in indices)
+                slugs = frozenset(
+                    self._market_dicts[j]["event_slug"]
+                    for j in indices
+                    if "event_slug" in self._market_dicts[j]
+                )
+                self._traded = (cids, slugs)
+            return self._traded
+
+    def traded_condition_ids(self) -> set[str]:
+        """The distinct condition_ids of all fills: the markets a full backfill must land."""
+        return set(self._traded_sets()[0])
+
+    def traded_event_slugs(self) -> set[str]:
+        """The event_slugs of the traded markets: the events a full backfill must land."""
+        return set(self._traded_sets()[1])
+
+
+def _copy_market(market: dict[str, Any]) -> dict[str, Any]:
+    out = dict(market)
+    for key in ("side_a", "side_b", "winning_side", "extra_fields"):
+        if isinstance(out.get(key), dict):
+            out[key] = dict(out[key])
+    out["tags"] = list(out["tags"])
+    return out
+
+
+def _iso(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
