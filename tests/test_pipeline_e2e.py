@@ -130,3 +130,19 @@ def test_sigkill_at_a_random_point_then_rerun_is_exact(world, seed):
     assert_production_is_truth(server, wallets, db)
     # Nothing twice: every trade id once, and every run's staging committed at most once.
     assert query(db, "SELECT COUNT(*) - COUNT(DISTINCT id) FROM trades") == [(0,)]
+
+
+def test_start_up_commits_a_run_that_was_staged_but_not_committed(world, tmp_path):
+    """A crash between staging and commit, made deterministic: a staged run nobody committed."""
+    server, wallets, db, staging = world
+    summary = run_backfill(run_argv(db, staging, server))
+    (staging / summary.run_id / "_COMMITTED.json").unlink()
+    fresh = tmp_path / "fresh.duckdb"
+    seed_traders(fresh, wallets)
+    server.reset_stats()
+    recovered = run_backfill(run_argv(fresh, staging, server))
+    assert [r["run_id"] for r in recovered.recovered] == [summary.run_id]
+    # The recovered staging already completed every wallet: the new run fetched none of them.
+    assert server.stats()["requests"].get("orders", 0) == 0
+    assert_production_is_truth(server, wallets, fresh)
+    assert (staging / summary.run_id / "_COMMITTED.json").exists()
