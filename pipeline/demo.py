@@ -75,7 +75,9 @@ def _count_staged_lines(folder: Path) -> int:
     for path in folder.rglob("*"):
         if path.is_file():
             with path.open("rb") as handle:
-                total += sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+                total += sum(
+                    chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")
+                )
     return total
 
 
@@ -105,7 +107,9 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         truth = _sim_json(base_url, "/_sim/truth")
         wallets = sorted(truth["wallets"]) if isinstance(truth["wallets"], dict) else []
         if _seed_traders(db_path, wallets):
-            print(f"seeded traders: {len(wallets)} wallets, 5 duplicates, {len(BAD_TRADERS)} bad rows")
+            print(
+                f"seeded traders: {len(wallets)} wallets, 5 duplicates, {len(BAD_TRADERS)} bad rows"
+            )
         os.environ["DOME_API_KEY"] = api_key  # the simulator's key; the pipeline reads only the env
         run_argv = [
             f"--warehouse=duckdb:{db_path}",
