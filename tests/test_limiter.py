@@ -15,7 +15,7 @@ def peak(stamps: list[float], window: float) -> int:
 
 
 def test_both_windows_hold_across_threads():
-    limiter = RateLimiter(RateLimit(per_second=8, per_10s=20), margin_s=0.0)
+    limiter = RateLimiter(RateLimit(per_second=8, per_10s=20), margin_s=(0.0, 0.0))
     stamps: list[float] = []
     lock = threading.Lock()
 
