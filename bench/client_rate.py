@@ -11,25 +11,55 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.dome.client import ClientSettings, DomeClient
 from pipeline.dome.limiter import RateLimit, RateLimiter
-from pipeline.simulator import SimConfig, serve
+
+
+@contextlib.contextmanager
+def simulator_process(tier: str, latency_ms: float) -> Iterator[tuple[str, str]]:
+    """The simulator in its own process, as the real API is: its work never competes for our GIL."""
+    command = [
+        sys.executable, "-m", "pipeline", "simulate", "--port", "0", "--seed", "21",
+        "--wallets", "400", "--max_trades", "400", "--tier", tier, "--latency_ms", str(latency_ms),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            match = re.search(r"base_url=(\S+) api_key=(\S+)", line)
+            if match:
+                yield match.group(1), match.group(2)
+                return
+        raise RuntimeError("the simulator exited before it was ready")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def sim_json(base_url: str, path: str) -> dict:
+    with urllib.request.urlopen(base_url.rsplit("/v1", 1)[0] + path, timeout=30) as response:
+        return json.load(response)
 
 
 def measure(tier: str, seconds: float, threads: int, latency_ms: float) -> dict:
-    config = SimConfig(seed=21, wallets=400, tier=tier, latency_ms=latency_ms, max_trades=400)
-    with serve(config) as server:
+    with simulator_process(tier, latency_ms) as (base_url, api_key):
         limit = RateLimit.for_tier(tier)
-        settings = ClientSettings(base_url=server.base_url, page_limit=50, pool_size=threads)
-        client = DomeClient(settings, server.api_key, RateLimiter(limit))
-        wallets = server.simulator.wallet_addresses()
+        settings = ClientSettings(base_url=base_url, page_limit=50, pool_size=threads)
+        client = DomeClient(settings, api_key, RateLimiter(limit))
+        wallets = sorted(sim_json(base_url, "/_sim/truth")["wallets"])
         stamps: list[float] = []
         lock = threading.Lock()
         start = time.monotonic()
@@ -50,7 +80,7 @@ def measure(tier: str, seconds: float, threads: int, latency_ms: float) -> dict:
             thread.start()
         for thread in pool:
             thread.join()
-        stats = server.stats()
+        stats = sim_json(base_url, "/_sim/stats")
     stamps.sort()
     steady_from = start + 10
     steady = len(stamps) - bisect.bisect_left(stamps, steady_from)
