@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import requests
 
 from pipeline.simulator import FAULT_KINDS, FaultRule, SimConfig, Simulator, parse_fault_spec
 from pipeline.simulator.cli import add_arguments
+from pipeline.simulator.server import _scope, encode_key
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER_FIELDS = (
@@ -628,3 +630,226 @@ def test_cli_rejects_a_bad_fault_spec():
 
     argv = ["--faults", "gremlins:rate=1"]
     assert main(parser.parse_args(argv), argv) == 2
+
+
+# ---- moving the world forward: add_trades, settle_markets --------------------------------------
+def admin(server, name, body):
+    return requests.post(f"{server.root_url}/_sim/admin/{name}", json=body, timeout=5)
+
+
+def everything(server, wallet, **filters):
+    return [o for page in walk(server, wallet, 1000, **filters) for o in page["orders"]]
+
+
+def test_add_trades_keeps_old_fills_and_puts_new_ones_first(sim_server):
+    server = sim_server(seed=11, wallets=4, trade_counts={0: 2_345, 1: 0}, markets=200)
+    sim = server.simulator
+    wallet, empty = sim.wallet_addresses()[:2]
+    old = everything(server, wallet)
+    before = requests.get(f"{server.root_url}/_sim/truth").json()
+    newest = old[0]["timestamp"]
+    answer = admin(server, "add_trades", {"wallet": wallet, "count": 7})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"wallets": {wallet: 2_352}, "now": sim.now()}
+    pages = walk(server, wallet, 1000)
+    assert [p["pagination"]["total"] for p in pages] == [2_352] * 3
+    new = [o for p in pages for o in p["orders"]]
+    assert new[7:] == old  # every old fill byte for byte, in the same order
+    stamps = [o["timestamp"] for o in new[:7]]
+    assert stamps == sorted(stamps, reverse=True) and len(set(stamps)) == 7
+    assert stamps[-1] > newest and stamps[0] == sim.now()
+    assert all(tuple(o) == ORDER_FIELDS and wallet in (o["user"], o["taker"]) for o in new[:7])
+    since = everything(server, wallet, start_time=newest)
+    assert since == new[:7] + [o for o in old if o["timestamp"] == newest]
+    assert everything(server, wallet, end_time=newest) == old
+    # the truth follows
+    assert truth(server, wallet)["orders"] == new == sim.orders(wallet)
+    after = requests.get(f"{server.root_url}/_sim/truth").json()
+    assert after["wallets"][wallet] == sim.trade_count(wallet) == 2_352
+    assert after["totals"]["trades"] == before["totals"]["trades"] + 7 == sim.total_trades()
+    fresh = {o["condition_id"] for o in new[:7]} - set(before["totals"]["traded_markets"])
+    assert fresh and fresh <= set(after["totals"]["traded_markets"])  # a market to fetch
+    untraded_open = {m["condition_id"] for m in before["markets"] if m["status"] == "open"} - set(
+        before["totals"]["traded_markets"]
+    )
+    assert untraded_open and fresh <= untraded_open  # open ones first
+    assert set(after["totals"]["traded_markets"]) == sim.traded_condition_ids()
+    assert set(after["totals"]["traded_events"]) == sim.traded_event_slugs()
+    by_id = {m["condition_id"]: m for m in sim.markets()}
+    assert set(after["totals"]["traded_events"]) == {
+        by_id[c]["event_slug"]
+        for c in after["totals"]["traded_markets"]
+        if "event_slug" in by_id[c]
+    }
+    cid = sorted(fresh)[0]
+    assert api(server, "markets", {"condition_id": cid}).json()["markets"] == [by_id[cid]]
+    assert everything(server, wallet, condition_id=cid) == [
+        o for o in new if o["condition_id"] == cid
+    ]
+    # a second call, two wallets at once, one of them with no trades before
+    clock = sim.now()
+    answer = admin(server, "add_trades", {"wallets": {empty: 3, wallet: 2}}).json()
+    assert answer["wallets"] == {empty: 3, wallet: 2_354}
+    gained = everything(server, empty)
+    assert len(gained) == 3 and all(o["timestamp"] > clock for o in gained)
+    assert [o["timestamp"] for o in gained] == sorted(
+        (o["timestamp"] for o in gained), reverse=True
+    )
+    latest = everything(server, wallet)
+    assert latest[2:] == new and latest[1]["timestamp"] > new[0]["timestamp"]
+    server.add_trades(empty, 3_000)
+    stamps = [o["timestamp"] for o in sim.orders(empty)]
+    assert all(x > y for x, y in itertools.pairwise(stamps)) and len(stamps) == 3_003
+    fills = [(o["tx_hash"], o["log_index"]) for o in sim.iter_orders()]
+    assert len(set(fills)) == len(fills) == sim.total_trades()
+
+
+def test_a_key_minted_before_an_add_continues_on_its_snapshot(sim_server):
+    server = sim_server(seed=12, wallets=2, trade_counts={0: 250})
+    wallet = server.simulator.wallet_addresses()[0]
+    old = server.simulator.orders(wallet)
+    first = api(server, "orders", {"user": wallet}).json()
+    server.add_trades(wallet, 10)
+    params = {"user": wallet, "pagination_key": first["pagination"]["pagination_key"]}
+    second = api(server, "orders", params).json()
+    assert second["orders"] == old[100:200] and second["pagination"]["total"] == 250
+    params["pagination_key"] = second["pagination"]["pagination_key"]
+    third = api(server, "orders", params).json()
+    assert third["orders"] == old[200:] and third["pagination"]["has_more"] is False
+    assert len(everything(server, wallet)) == 260  # a new walk sees the new fills
+    forged = encode_key("orders", _scope(wallet, None, None, None), 100, 11)  # a view not yet
+    response = api(server, "orders", {"user": wallet, "pagination_key": forged})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_pagination_key"
+
+
+def test_admin_calls_are_deterministic_and_http_equals_python(sim_server):
+    config = {"seed": 13, "wallets": 6, "max_trades": 300, "markets": 200, "open_fraction": 0.5}
+    over_http, in_python = sim_server(**config), sim_server(**config)
+    a, b, c = over_http.simulator.wallet_addresses()[:3]
+    cids = [m["condition_id"] for m in over_http.simulator.markets()[:4]]
+    assert admin(over_http, "add_trades", {"wallet": a, "count": 5}).ok
+    assert admin(over_http, "settle_markets", {"condition_ids": cids[:2]}).ok
+    assert admin(over_http, "add_trades", {"wallets": {b: 4, c: 1, a: 2}}).ok
+    assert admin(over_http, "settle_markets", {"count": 3}).ok
+    assert in_python.add_trades(a, 5) == {a: in_python.simulator.trade_count(a)}
+    in_python.settle_markets(cids[:2])
+    in_python.add_trades({c: 1, a: 2, b: 4})  # the order of a mapping does not matter
+    assert len(in_python.settle_markets(count=3)) == 3
+    get = requests.get
+    assert get(f"{over_http.root_url}/_sim/truth").content == (
+        get(f"{in_python.root_url}/_sim/truth").content
+    )
+    for wallet in (a, b, c):
+        assert api(over_http, "orders", {"user": wallet}).content == (
+            api(in_python, "orders", {"user": wallet}).content
+        )
+    assert over_http.simulator.orders(a) != sim_server(**config).simulator.orders(a)
+    stats = over_http.stats()
+    assert stats["requests"]["admin"] == 4 and in_python.stats()["requests"]["admin"] == 4
+    assert stats["requests_total"] == 3 and stats["responses_by_status"] == {"200": 3}
+
+
+def test_settle_markets_closes_markets_and_then_their_event(sim_server):
+    server = sim_server(seed=14, wallets=80, max_trades=200, open_fraction=0.6)
+    markets = api(server, "markets", {"limit": 100}).json()["markets"]
+    statuses = {m["status"] for m in markets}
+    assert statuses == {"open", "closed"}
+    for market in markets:
+        closed = market["status"] == "closed"
+        assert (market["end_time"] < 1_763_856_000) == closed
+        if not closed:
+            assert (
+                market["winning_side"] is market["completed_time"] is market["close_time"] is None
+            )
+    members: dict[str, list[dict]] = {}
+    for market in markets:
+        if "event_slug" in market:
+            members.setdefault(market["event_slug"], []).append(market)
+    slug = next(s for s, ms in members.items() if sum(m["status"] == "open" for m in ms) >= 2)
+    still_open = [m["condition_id"] for m in members[slug] if m["status"] == "open"]
+
+    def event():
+        return api(server, "events", {"event_slug": slug, "include_markets": "true"}).json()
+
+    assert event()["events"][0]["status"] == "open"
+    answer = admin(server, "settle_markets", {"condition_ids": still_open[:1]}).json()
+    assert answer["condition_ids"] == still_open[:1] and answer["closed_events"] == []
+    assert event()["events"][0]["status"] == "open"
+    answer = admin(server, "settle_markets", {"condition_ids": still_open[1:]}).json()
+    assert answer["closed_events"] == [slug] and answer["now"] == server.simulator.now()
+    body = event()["events"][0]
+    assert body["status"] == "closed"
+    by_status = {
+        status: {
+            e["event_slug"]
+            for e in api(server, "events", {"status": status, "limit": 100}).json()["events"]
+        }
+        for status in ("open", "closed")
+    }
+    assert slug in by_status["closed"] and slug not in by_status["open"]
+    for market in body["markets"]:
+        assert market["status"] == "closed"
+        assert market["winning_side"] in (market["side_a"], market["side_b"])
+        if market["condition_id"] in still_open:
+            assert market["completed_time"] == market["close_time"] >= 1_763_856_000
+    # {"count": n}: the n lowest-index open markets
+    open_now = [m["condition_id"] for m in server.simulator.markets() if m["status"] == "open"]
+    answer = admin(server, "settle_markets", {"count": 2}).json()
+    assert answer["condition_ids"] == open_now[:2]
+    wanted = [("condition_id", c) for c in open_now[:3]]
+    got = {m["condition_id"]: m["status"] for m in api(server, "markets", wanted).json()["markets"]}
+    assert got == {open_now[0]: "closed", open_now[1]: "closed", open_now[2]: "open"}
+    # new fills trade open markets only (here no closed market is untraded, see data.py)
+    sim = server.simulator
+    status = {m["condition_id"]: m["status"] for m in sim.markets()}
+    assert {c for c, s in status.items() if s == "closed"} <= sim.traded_condition_ids()
+    wallet = sim.wallet_addresses()[0]
+    server.add_trades(wallet, 40)
+    assert {status[o["condition_id"]] for o in sim.orders(wallet)[:40]} == {"open"}
+    # settling every open market closes every event; the winners are side_a and side_b alike
+    answer = admin(server, "settle_markets", {"count": 100}).json()
+    assert answer["condition_ids"] == open_now[2:] and len(answer["condition_ids"]) >= 8
+    events = api(server, "events", {"limit": 100}).json()["events"]
+    assert {e["status"] for e in events} == {"closed"}
+    winners = {
+        "a" if m["winning_side"] == m["side_a"] else "b"
+        for m in sim.markets()
+        if m["condition_id"] in open_now
+    }
+    assert winners == {"a", "b"}
+
+
+def test_open_fraction_and_the_default_status_split():
+    default = Simulator(SimConfig(seed=3, wallets=400)).markets()
+    share = sum(m["status"] == "open" for m in default) / len(default)
+    assert 0.01 < share < 0.1  # a few percent: closed iff end_time has passed
+    assert all((m["end_time"] < 1_763_856_000) == (m["status"] == "closed") for m in default)
+    assert all(m["status"] == "open" for m in Simulator(SimConfig(open_fraction=1.0)).markets())
+    assert all(m["status"] == "closed" for m in Simulator(SimConfig(open_fraction=0.0)).markets())
+    with pytest.raises(ValueError):
+        SimConfig(open_fraction=1.5)
+
+
+def test_bad_admin_calls_are_400_and_change_nothing(sim_server):
+    server = sim_server(seed=15, wallets=3, trade_counts={0: 20})
+    wallet = server.simulator.wallet_addresses()[0]
+    state = requests.get(f"{server.root_url}/_sim/truth").content
+    for name, body in [
+        ("add_trades", {"wallet": "0x" + "ab" * 20, "count": 1}),
+        ("add_trades", {"wallets": {wallet: 2, "0x" + "ab" * 20: 1}}),
+        ("add_trades", {"wallet": wallet, "count": -1}),
+        ("add_trades", {"wallet": wallet, "count": "3"}),
+        ("add_trades", {"wallet": wallet}),
+        ("add_trades", [wallet]),
+        ("settle_markets", {"condition_ids": ["0x" + "00" * 32]}),
+        ("settle_markets", {"count": -2}),
+        ("settle_markets", {"count": 1, "condition_ids": []}),
+    ]:
+        response = admin(server, name, body)
+        assert response.status_code == 400 and response.json()["error"] == "invalid_admin", body
+    assert requests.get(f"{server.root_url}/_sim/truth").content == state
+    with pytest.raises(ValueError):
+        server.add_trades(wallet, -1)
+    with pytest.raises(ValueError):
+        server.settle_markets()
+    assert server.stats()["requests"]["admin"] == 11

@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extra_fields", action="store_true", help="add an unknown field to every item"
     )
+    parser.add_argument(
+        "--open_fraction",
+        type=float,
+        default=None,
+        help="share of markets that start open (default: closed once end_time has passed)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -64,6 +70,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         api_key=args.api_key or os.environ.get("DOME_API_KEY") or None,
         omit_log_index=args.omit_log_index,
         extra_fields=args.extra_fields,
+        open_fraction=getattr(args, "open_fraction", None),
     )
 
 

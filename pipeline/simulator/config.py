@@ -212,6 +212,9 @@ class SimConfig:
     api_key: str | None = None  # None = a random key per start
     omit_log_index: bool = False
     extra_fields: bool = False
+    # Share of markets that start open, each by a seeded coin; None = closed iff end_time < NOW
+    # (2-7% open). See data.py's docstring; settle_markets closes them later.
+    open_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
@@ -230,6 +233,8 @@ class SimConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.open_fraction is not None and not 0.0 <= self.open_fraction <= 1.0:
+            raise ValueError("open_fraction must be within [0, 1]")
         if self.latency_ms < 0 or self.latency_sigma < 0:
             raise ValueError("latency_ms and latency_sigma must be >= 0")
         self.faults = coerce_rules(self.faults)

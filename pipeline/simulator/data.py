@@ -1,9 +1,37 @@
 """Deterministic synthetic Dome data: wallets, their fills, markets and events, all derived from a seed.
 
-Nothing per trade is stored: fill k of wallet w is a pure function of (seed, w, k) built from two
-blake2b digests, and its timestamp is ``base_w - L*gap_w - jitter(L)`` (L = k, or k-1 when k shares
-its transaction with k-1, jitter < gap), so timestamps never increase with k, a page costs O(limit),
-a time filter is two binary searches and a 200,000-trade wallet costs no memory.
+Nothing per generated trade is stored: original fill k of wallet w (k = 0 its newest) is a pure
+function of (seed, w, k) built from two blake2b digests, and its timestamp is
+``base_w - L*gap_w - jitter(L)`` (L = k, or k-1 when k shares its transaction with k-1, jitter <
+gap), so timestamps never increase with k, a page costs O(limit), a time filter is two binary
+searches and a 200,000-trade wallet costs no memory.
+
+The world can move forward while a server runs (``add_trades``, ``settle_markets``):
+
+* Added fills are numbered per wallet from the OLDEST added one (a = 0, 1, ...), so adding more
+  never renumbers anything. Their content is a pure function of (seed, w, a) except for two
+  numbers kept per added fill in compact arrays (16 bytes a fill): its timestamp and its market,
+  both chosen from the state at the time of the call. In the API's newest-first order a wallet
+  with n added fills shows position p < n = added fill n-1-p, position p >= n = original fill
+  k = p - n; original fills keep their content byte for byte.
+* A simulated clock (:meth:`Simulator.now`) starts at ``NOW`` (2025-11-23T00:00:00Z, later than
+  every generated fill) and only moves forward: an add_trades call starts every wallet it names
+  at the clock, each new fill 1..G_w seconds after the previous one (G_w per wallet, 60-3600 s),
+  and then advances the clock to its newest new fill; settle_markets advances it by 60 s and
+  stamps the markets it closes with it. So new fills are strictly newer than everything before
+  them and later calls are later in simulated time; they lie after NOW and usually after the real
+  wall clock too, which nothing here cares about.
+* New fills trade the markets open at the time of the call (all markets if none is open), by the
+  same Zipf popularity. The first new fill of every wallet in every call, and about a quarter of
+  the others, go to a market no fill has traded yet when there is one (an open one if possible),
+  so a refresh regularly has a market to fetch that it has never seen.
+* Markets: status "open" or "closed", as the API. By default a market is closed iff its end_time
+  is before NOW (a few percent of a pool is open: 2-7% across seeds); ``SimConfig.open_fraction``
+  makes each market open with that probability instead (its end_time moved into the future or
+  the past to match).
+  Settling closes a market: winning_side (one of its sides, by digest), completed_time and
+  close_time set where missing. Events are "open" while any of their markets is open, "closed"
+  once all are.
 """
 
 from __future__ import annotations
@@ -15,7 +43,8 @@ import itertools
 import math
 import re
 import threading
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +55,9 @@ BLOCK_AT_NOW = 79_000_000  # Polygon block at NOW; one block every 2 s
 DAY = 86_400
 PAIR_THRESHOLD = 13  # digest byte below this (~5%): fills 2p and 2p+1 share one transaction
 ZIPF_EXPONENT = 1.1
+NEW_MARKET_BYTE = 64  # digest byte below this (~25%): an added fill goes to an untraded market
+SETTLE_STEP = 60  # seconds the clock moves on each settle_markets call
+MAX_ADD = 1_000_000  # most fills one add_trades call may add to one wallet
 EXTRA_FIELD = ("fee_rate_bps", 0)  # the unknown field `extra_fields=True` adds
 
 _CRYPTO = ("Bitcoin", "Ethereum", "Solana", "XRP", "Dogecoin", "Cardano")
@@ -76,11 +108,11 @@ def _heavy_tail(u: float, v: float, max_trades: int) -> int:
 
 @dataclass(frozen=True)
 class Wallet:
-    """One simulated wallet: what its fills are derived from."""
+    """One simulated wallet: what its generated fills are derived from (added fills live apart)."""
 
     index: int
     address: str
-    count: int
+    count: int  # generated ("original") fills; Simulator.trade_count adds the added ones
     base: int  # timestamp of fill 0 before jitter
     gap: int  # seconds between consecutive fills, before jitter (>= 2)
 
@@ -105,8 +137,14 @@ class Simulator:
         self._wallets = [self._make_wallet(i) for i in range(config.wallets)]
         self._by_address = {w.address: w for w in self._wallets}
         self._build_markets(config.market_pool_size())
-        self._lock = threading.Lock()
+        # One lock for every change (admin calls) and the lazy truth caches. Readers of pages take
+        # no lock: an added-fill array only grows, so a snapshot of its length is a stable view.
+        self._lock = threading.RLock()
         self._traded: tuple[frozenset[str], frozenset[str]] | None = None
+        self._traded_idx: set[int] | None = None  # pool indices some fill trades
+        self._clock = NOW
+        # wallet index -> (timestamps, market indices) of its added fills, oldest added first
+        self._added: dict[int, tuple[array[int], array[int]]] = {}
 
     # ---- wallets -------------------------------------------------------------------------
     def _make_wallet(self, index: int) -> Wallet:
@@ -128,13 +166,22 @@ class Simulator:
 
     def trade_count(self, address: str) -> int:
         wallet = self.wallet(address)
-        return 0 if wallet is None else wallet.count
+        return 0 if wallet is None else wallet.count + self.added_count(wallet)
 
     def trade_counts(self) -> dict[str, int]:
-        return {w.address: w.count for w in self._wallets}
+        return {w.address: w.count + self.added_count(w) for w in self._wallets}
 
     def total_trades(self) -> int:
-        return sum(w.count for w in self._wallets)
+        return sum(w.count + self.added_count(w) for w in self._wallets)
+
+    def added_count(self, w: Wallet) -> int:
+        """How many fills add_trades has given wallet w (a snapshot: it only grows)."""
+        added = self._added.get(w.index)
+        return 0 if added is None else len(added[0])
+
+    def now(self) -> int:
+        """The simulated clock: NOW until an admin call moves it forward (never backward)."""
+        return self._clock
 
     # ---- markets and events ---------------------------------------------------------------
     def _market_text(self, j: int, d: bytes) -> tuple[str, tuple[str, str], str, list[str]]:
@@ -191,6 +238,7 @@ class Simulator:
 
         self._market_info: list[_Market] = []
         self._market_dicts: list[dict[str, Any]] = []
+        fraction = self.config.open_fraction
         for j, d in enumerate(digests):
             e = _digest(b"n|%d|%d" % (seed, j))
             title, labels, category, tags = self._market_text(j, d)
@@ -201,9 +249,12 @@ class Simulator:
             self._market_info.append(_Market(condition_id, slug, title, tokens, labels))
             group = event_of[j]
             slug_of_event = None if group is None else event_slugs[group]
+            is_open = None if fraction is None else _u(self._status_digest(j)[0:8]) < fraction
+            market = self._market_dict(
+                d, condition_id, slug, title, tokens, labels, category, tags, is_open
+            )
             self._market_dicts.append(
-                self._market_dict(d, condition_id, slug, title, tokens, labels, category, tags)
-                | ({} if slug_of_event is None else {"event_slug": slug_of_event})
+                market | ({} if slug_of_event is None else {"event_slug": slug_of_event})
             )
         if self.config.extra_fields:
             for market in self._market_dicts:
@@ -252,10 +303,20 @@ class Simulator:
         labels: tuple[str, str],
         category: str,
         tags: list[str],
+        is_open: bool | None = None,
     ) -> dict[str, Any]:
-        """Every field of the markets section of dome-api.md, nullable ones sometimes null."""
+        """Every field of the markets section of dome-api.md, nullable ones sometimes null.
+
+        is_open None: closed iff end_time < NOW (2-7% of a pool stays open). True/False
+        (SimConfig.open_fraction) forces the status and moves end_time to match: into the next
+        120 days, or 3-29 days before NOW.
+        """
         start = NOW - (30 + int.from_bytes(d[12:15], "big") % 700) * DAY
         end = start + (1 + d[15] % 120) * DAY
+        if is_open is True and end < NOW:
+            end = NOW + (1 + d[15] % 120) * DAY
+        elif is_open is False and end >= NOW:
+            end = NOW - (3 + d[15] % 27) * DAY  # start is at least 30 days before NOW
         closed = end < NOW
         side_a = {"id": tokens[0], "label": labels[0]}
         side_b = {"id": tokens[1], "label": labels[1]}
@@ -297,6 +358,103 @@ class Simulator:
             "status": "closed" if closed else "open",
             "extra_fields": extra,
         }
+
+    def _status_digest(self, j: int) -> bytes:
+        """Market j's status coin (open_fraction) and its winning side once settled."""
+        return _digest(b"st|%d|%d" % (self._seed, j))
+
+    # ---- moving the world forward ----------------------------------------------------------
+    def settle_markets(self, condition_ids: Iterable[str]) -> None:
+        """Close these markets (unknown ids raise ValueError, nothing changes); see the module doc.
+
+        Idempotent: an already closed market keeps what it has, only missing winning_side,
+        completed_time and close_time are filled in. The clock moves SETTLE_STEP seconds first
+        (not for an empty list).
+        """
+        wanted = [c.lower() for c in condition_ids]
+        unknown = [c for c in wanted if c not in self._by_condition]
+        if unknown:
+            raise ValueError(f"unknown condition_id {unknown[0]!r}")
+        if not wanted:
+            return
+        with self._lock:
+            self._clock += SETTLE_STEP
+            touched: set[int] = set()
+            for cid in dict.fromkeys(wanted):
+                j = self._by_condition[cid]
+                market = _copy_market(self._market_dicts[j])
+                if market["winning_side"] is None:
+                    side = "side_a" if self._status_digest(j)[8] & 1 else "side_b"
+                    market["winning_side"] = dict(market[side])
+                for name in ("completed_time", "close_time"):
+                    if market[name] is None:
+                        market[name] = self._clock
+                market["status"] = "closed"
+                self._market_dicts[j] = market  # readers see the old dict or the new one
+                slug = market.get("event_slug")
+                if slug is not None:
+                    touched.add(self._event_index[slug])
+            for g in sorted(touched):
+                members = self._event_members[self._events[g]["event_slug"]]
+                if all(self._market_dicts[j]["status"] == "closed" for j in members):
+                    self._events[g] = {**self._events[g], "status": "closed"}
+
+    def open_market_ids(self) -> list[str]:
+        """condition_ids of the open markets, in pool order (settle's {"count": n} takes a head)."""
+        return [m["condition_id"] for m in self._market_dicts if m["status"] == "open"]
+
+    def add_trades(self, address: str, count: int) -> None:
+        """Give one wallet `count` new fills, newer than all it had (see the module docstring)."""
+        self.add_trades_many({address: count})
+
+    def add_trades_many(self, counts: Mapping[str, int]) -> None:
+        """One add_trades call for many wallets: all start at the same clock, taken in wallet
+        index order (so the mapping's order does not matter). Unknown wallets or counts outside
+        0..MAX_ADD raise ValueError and change nothing."""
+        plan: dict[int, int] = {}
+        for address, count in counts.items():
+            w = self.wallet(str(address))
+            if w is None:
+                raise ValueError(f"unknown wallet {address!r}")
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise ValueError(f"count for {address} must be an integer, got {count!r}")
+            if not 0 <= count <= MAX_ADD:
+                raise ValueError(f"count for {address} must be within 0..{MAX_ADD}")
+            plan[w.index] = plan.get(w.index, 0) + count
+        with self._lock:
+            traded = self._traded_indices()
+            size = len(self._market_info)
+            pool = [j for j, m in enumerate(self._market_dicts) if m["status"] == "open"]
+            pool = pool or list(range(size))
+            cdf = list(itertools.accumulate(1.0 / (j + 1) ** ZIPF_EXPONENT for j in pool))
+            cdf = [c / cdf[-1] for c in cdf]
+            open_set = set(pool)
+            start, newest = self._clock, self._clock
+            for index in sorted(plan):
+                gap = self._add_gap(self._wallets[index])
+                stamps, markets = self._added.setdefault(index, (array("q"), array("q")))
+                t = start
+                for i in range(plan[index]):
+                    d = self._ad(index, len(stamps))
+                    t += 1 + int.from_bytes(d[40:44], "big") % gap
+                    j = -1
+                    if (i == 0 or d[30] < NEW_MARKET_BYTE) and len(traded) < size:
+                        untraded = [m for m in range(size) if m not in traded]
+                        choices = [m for m in untraded if m in open_set] or untraded
+                        j = choices[int.from_bytes(d[31:35], "big") % len(choices)]
+                    if j < 0:
+                        j = pool[min(bisect.bisect_right(cdf, _u(d[0:8])), len(pool) - 1)]
+                    traded.add(j)
+                    markets.append(j)  # the market first: a reader bounds by len(stamps)
+                    stamps.append(t)
+                newest = max(newest, t)
+            self._clock = newest
+            self._traded = None
+
+    def _add_gap(self, w: Wallet) -> int:
+        """G_w: an added fill comes 1..G_w seconds after the one before (60 <= G_w <= 3600)."""
+        d = _digest(b"w|%d|%d" % (self._seed, w.index))  # the wallet's own digest, unused bytes
+        return 60 + int.from_bytes(d[44:46], "big") % 3541
 
     def markets(self) -> list[dict[str, Any]]:
         """Every market of the pool, as the API returns it (copies)."""
@@ -374,16 +532,21 @@ class Simulator:
     def _market_index(self, ld: bytes) -> int:
         return bisect.bisect_right(self._zipf_cdf, _u(ld[0:8]))
 
-    def order(self, w: Wallet, k: int) -> dict[str, Any]:
-        """Fill k (0 = newest) of wallet w, as the API returns it."""
-        lead, ld, d = self._leader(w, k)
-        market = self._market_info[min(self._market_index(ld), len(self._market_info) - 1)]
+    def _ad(self, w: int, a: int) -> bytes:
+        """Digest of added fill a (0 = the first ever added) of wallet index w."""
+        return hashlib.blake2b(b"a|%d|%d|%d" % (self._seed, w, a), digest_size=64).digest()
+
+    def _ae(self, w: int, a: int) -> bytes:
+        return hashlib.blake2b(b"y|%d|%d|%d" % (self._seed, w, a), digest_size=64).digest()
+
+    def _fill(
+        self, w: Wallet, j: int, ld: bytes, d: bytes, ts: int, tx: bytes, own: bytes, log: int
+    ) -> dict[str, Any]:
+        """The API dict of a fill on market j: roles and outcome from ld, amounts from d."""
+        market = self._market_info[j]
         outcome = (ld[8] >> 1) & 1
-        ts = w.base - lead * w.gap - int.from_bytes(ld[17:21], "big") % w.gap
         shares = max(1, round(math.exp(_u(d[13:17]) * math.log(20_000)) * 100)) * 10_000
         counterparty = "0x" + d[24:44].hex()
-        own = self._oe(w.index, k)
-        tx = own if lead == k else self._oe(w.index, lead)
         if ld[9] < 154:  # ~60%: the wallet is the maker
             user, taker = w.address, (None if d[10] < 13 else counterparty)
         else:
@@ -406,45 +569,86 @@ class Simulator:
         }
         if not self.config.omit_log_index:
             order["block_number"] = BLOCK_AT_NOW - (NOW - ts) // 2
-            order["log_index"] = int.from_bytes(ld[22:24], "big") % 400 + (k - lead)
+            order["log_index"] = log
         if self.config.extra_fields:
             order[EXTRA_FIELD[0]] = EXTRA_FIELD[1]
         return order
 
-    def k_range(self, w: Wallet, start_time: int | None, end_time: int | None) -> range:
-        """The fills with start_time <= timestamp <= end_time, by binary search over k."""
-        n = w.count
-        lo = 0 if end_time is None else self._first_k(w, lambda ts: ts <= end_time)
-        hi = n if start_time is None else self._first_k(w, lambda ts: ts < start_time)
+    def order(self, w: Wallet, k: int) -> dict[str, Any]:
+        """Generated fill k (0 = the newest generated one) of wallet w, as the API returns it."""
+        lead, ld, d = self._leader(w, k)
+        j = min(self._market_index(ld), len(self._market_info) - 1)
+        ts = w.base - lead * w.gap - int.from_bytes(ld[17:21], "big") % w.gap
+        own = self._oe(w.index, k)
+        tx = own if lead == k else self._oe(w.index, lead)
+        log = int.from_bytes(ld[22:24], "big") % 400 + (k - lead)
+        return self._fill(w, j, ld, d, ts, tx, own, log)
+
+    def added_order(self, w: Wallet, a: int) -> dict[str, Any]:
+        """Added fill a (0 = the oldest added) of wallet w: its own transaction, never shared."""
+        stamps, markets = self._added[w.index]
+        d = self._ad(w.index, a)
+        own = self._ae(w.index, a)
+        log = int.from_bytes(d[22:24], "big") % 400
+        return self._fill(w, markets[a], d, d, stamps[a], own, own, log)
+
+    # Positions: p = 0 is the newest fill of a view of n added fills (n <= added_count, a snapshot).
+    def _pos_ts(self, w: Wallet, n: int, p: int) -> int:
+        return self._added[w.index][0][n - 1 - p] if p < n else self._ts(w, p - n)
+
+    def _pos_order(self, w: Wallet, n: int, p: int) -> dict[str, Any]:
+        return self.added_order(w, n - 1 - p) if p < n else self.order(w, p - n)
+
+    def _pos_market(self, w: Wallet, n: int, p: int) -> tuple[int, int]:
+        """(pool index, outcome 0/1) of the fill at position p."""
+        if p < n:
+            a = n - 1 - p
+            return self._added[w.index][1][a], (self._ad(w.index, a)[8] >> 1) & 1
+        _, ld, _ = self._leader(w, p - n)
+        return min(self._market_index(ld), len(self._market_info) - 1), (ld[8] >> 1) & 1
+
+    def k_range(
+        self, w: Wallet, start_time: int | None, end_time: int | None, view: int | None = None
+    ) -> range:
+        """The positions with start_time <= timestamp <= end_time, by binary search."""
+        n = self.added_count(w) if view is None else view
+        total = w.count + n
+        lo = 0 if end_time is None else self._first_k(w, n, total, lambda ts: ts <= end_time)
+        hi = total if start_time is None else self._first_k(w, n, total, lambda ts: ts < start_time)
         return range(lo, max(lo, hi))
 
-    def _first_k(self, w: Wallet, pred: Any) -> int:
-        """The first k whose timestamp satisfies pred (monotone: timestamps never rise with k)."""
-        lo, hi = 0, w.count
+    def _first_k(self, w: Wallet, n: int, total: int, pred: Any) -> int:
+        """The first position whose timestamp satisfies pred (timestamps never rise with it)."""
+        lo, hi = 0, total
         while lo < hi:
             mid = (lo + hi) // 2
-            if pred(self._ts(w, mid)):
+            if pred(self._pos_ts(w, n, mid)):
                 hi = mid
             else:
                 lo = mid + 1
         return lo
 
-    def _k_matches(self, w: Wallet, ks: range, market_filter: tuple[str, str]) -> list[int]:
-        """Fill indices in ks whose market matches (condition_id|market_slug|token_id, value)."""
+    def _k_matches(self, w: Wallet, n: int, ks: range, market_filter: tuple[str, str]) -> list[int]:
+        """Positions in ks whose market matches (condition_id|market_slug|token_id, value)."""
         key, value = market_filter
         out = []
-        for k in ks:
-            _, ld, _ = self._leader(w, k)
-            market = self._market_info[min(self._market_index(ld), len(self._market_info) - 1)]
+        for p in ks:
+            j, outcome = self._pos_market(w, n, p)
+            market = self._market_info[j]
             if key == "condition_id":
                 hit = market.condition_id == value.lower()
             elif key == "market_slug":
                 hit = market.market_slug == value
             else:
-                hit = market.tokens[(ld[8] >> 1) & 1] == value
+                hit = market.tokens[outcome] == value
             if hit:
-                out.append(k)
+                out.append(p)
         return out
+
+    def orders_view(self, address: str) -> int:
+        """The view a first page is served from: the wallet's added-fill count right now."""
+        w = self.wallet(address)
+        return 0 if w is None else self.added_count(w)
 
     def orders_page(
         self,
@@ -454,40 +658,60 @@ class Simulator:
         start_time: int | None = None,
         end_time: int | None = None,
         market_filter: tuple[str, str] | None = None,
+        view: int | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """One page of a wallet's fills, newest first, and the filtered total: O(limit) work."""
+        """One page of a wallet's fills, newest first, and the filtered total: O(limit) work.
+
+        view: how many added fills the page sees (default all): a pagination key carries the
+        view of its first page, so a walk begun before an add_trades continues exactly as if
+        there had been none (the fills added meanwhile show up on the next walk).
+        """
         w = self.wallet(address)
         if w is None:
             return [], 0
-        ks = self.k_range(w, start_time, end_time)
+        n = self.added_count(w) if view is None else min(view, self.added_count(w))
+        ks = self.k_range(w, start_time, end_time, n)
         if market_filter is not None:
-            matched = self._k_matches(w, ks, market_filter)
-            return [self.order(w, k) for k in matched[offset : offset + limit]], len(matched)
-        page = ks[offset : offset + limit]
-        return [self.order(w, k) for k in page], len(ks)
+            matched = self._k_matches(w, n, ks, market_filter)
+            page = matched[offset : offset + limit]
+            return [self._pos_order(w, n, p) for p in page], len(matched)
+        return [self._pos_order(w, n, p) for p in ks[offset : offset + limit]], len(ks)
 
     def orders(self, address: str) -> list[dict[str, Any]]:
         """Every fill of a wallet, newest first, exactly as the API pages them (the truth)."""
         w = self.wallet(address)
-        return [] if w is None else [self.order(w, k) for k in range(w.count)]
+        if w is None:
+            return []
+        n = self.added_count(w)
+        return [self._pos_order(w, n, p) for p in range(w.count + n)]
 
     def iter_orders(self) -> Iterator[dict[str, Any]]:
         """Every fill of every wallet (tests' uniqueness checks); generated lazily."""
         for w in self._wallets:
-            for k in range(w.count):
-                yield self.order(w, k)
+            n = self.added_count(w)
+            for p in range(w.count + n):
+                yield self._pos_order(w, n, p)
 
     # ---- truth -----------------------------------------------------------------------------
+    def _traded_indices(self) -> set[int]:
+        """The pool indices some fill trades (call with the lock held; kept up to date)."""
+        if self._traded_idx is None:
+            indices: set[int] = set()
+            last = len(self._market_info) - 1
+            for w in self._wallets:
+                for k in range(w.count):
+                    lead, ld, _ = self._leader(w, k)
+                    if lead == k:
+                        indices.add(min(self._market_index(ld), last))
+            for _, markets in self._added.values():
+                indices.update(markets)
+            self._traded_idx = indices
+        return self._traded_idx
+
     def _traded_sets(self) -> tuple[frozenset[str], frozenset[str]]:
         with self._lock:
             if self._traded is None:
-                indices: set[int] = set()
-                last = len(self._market_info) - 1
-                for w in self._wallets:
-                    for k in range(w.count):
-                        lead, ld, _ = self._leader(w, k)
-                        if lead == k:
-                            indices.add(min(self._market_index(ld), last))
+                indices = self._traded_indices()
                 cids = frozenset(self._market_info[j].condition_id for j in indices)
                 slugs = frozenset(
                     self._market_dicts[j]["event_slug"]

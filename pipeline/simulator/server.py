@@ -3,18 +3,32 @@
 API (Bearer key, rate-limited, counted): ``GET /v1/polymarket/orders|markets|events``.
 Test hooks (no key, not limited, not counted): ``GET /_sim/stats``, ``POST /_sim/reset_stats``,
 ``GET /_sim/truth[?wallet=0x..]``, ``GET|POST /_sim/faults``, ``GET /_sim/health``.
+Admin calls that move the simulated world forward (no key, not limited, counted apart as
+``requests.admin``, outside ``requests_total``; a bad body is a 400 ``invalid_admin`` and changes
+nothing):
+
+* ``POST /_sim/admin/add_trades`` ``{"wallet": "0x..", "count": n}`` or ``{"wallets": {"0x..": n,
+  ...}}`` -> ``{"wallets": {address: new trade count}, "now": clock}`` (Simulator.add_trades_many).
+* ``POST /_sim/admin/settle_markets`` ``{"condition_ids": [...]}`` or ``{"count": n}`` (the n
+  lowest-index open markets, fewer if fewer are open) -> ``{"condition_ids": [settled],
+  "closed_events": [event_slug closed by this call], "now": clock}``.
+
+An orders pagination key carries the wallet's added-fill count at its first page (its "view"): a
+walk begun before add_trades continues consistently on that snapshot (same total, no repeats,
+no gaps); the new fills appear on the next walk from the first page. A key whose view is larger
+than the wallet's added count was not minted here and is a 400.
 A request goes: arrival counted -> auth (401) -> limiter (429) -> latency -> validation (400/404)
 -> fault rules -> answer; every status is recorded before its first byte is sent, so a client that
 reads /_sim/stats right after its answer sees it counted.
 
-/_sim/stats: ``requests`` {orders, markets, events, other}, ``requests_total``, ``http_429`` (every
-429 sent), ``rate_limited`` (the limiter's share), ``responses_by_status`` {"200": n, ...,
+/_sim/stats: ``requests`` {orders, markets, events, other, admin}, ``requests_total`` (API
+requests, admin calls excluded), ``http_429`` (every 429 sent), ``rate_limited`` (the limiter's share), ``responses_by_status`` {"200": n, ...,
 "reset": n}, ``peak_1s``/``peak_10s`` (most API arrivals in any 1 s / 10 s window, rejected ones
 included), ``peak_1s_accepted``/``peak_10s_accepted`` (those the limiter let through),
 ``faults_injected`` {kind: n}, ``orders_requests_by_wallet``, ``connections`` (TCP connections
 accepted, hooks included), ``first_request_at``/``last_request_at`` (unix seconds or null).
 /_sim/truth: ``{"totals": {wallets, trades, markets, events, traded_markets: [condition_id],
-traded_events: [event_slug]}, "wallets": {address: trade count}, "markets": [...], "events":
+traded_events: [event_slug], now}, "wallets": {address: trade count}, "markets": [...], "events":
 [...]}``; with ``?wallet=0x..``: ``{"wallet", "trade_count", "orders": [...]}``.
 """
 
@@ -119,6 +133,7 @@ class Stats:
     def reset(self) -> None:
         with self._lock:
             self._requests = dict.fromkeys(("orders", "markets", "events", "other"), 0)
+            self._admin = 0
             self._statuses: collections.Counter[str] = collections.Counter()
             self._http_429 = 0
             self._rate_limited = 0
@@ -140,6 +155,10 @@ class Stats:
             wall = time.time()
             self._first = wall if self._first is None else self._first
             self._last = wall
+
+    def admin(self) -> None:
+        with self._lock:
+            self._admin += 1
 
     def accept(self, now: float) -> None:
         with self._lock:
@@ -167,7 +186,7 @@ class Stats:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "requests": dict(self._requests),
+                "requests": {**self._requests, "admin": self._admin},
                 "requests_total": sum(self._requests.values()),
                 "http_429": self._http_429,
                 "rate_limited": self._rate_limited,
@@ -190,25 +209,39 @@ def _scope(*parts: object) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
 
 
-def encode_key(endpoint: str, scope: str, offset: int) -> str:
-    raw = json.dumps({"e": endpoint, "s": scope, "o": offset}, separators=(",", ":"))
+def encode_key(endpoint: str, scope: str, offset: int, view: int | None = None) -> str:
+    body: dict[str, Any] = {"e": endpoint, "s": scope, "o": offset}
+    if view is not None:
+        body["v"] = view
+    raw = json.dumps(body, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _bad_key() -> ApiError:
+    return ApiError(400, "invalid_pagination_key", "pagination_key is not valid for this request")
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def decode_key_view(key: str, endpoint: str, scope: str) -> tuple[int, int | None]:
+    """(offset, view) inside a key, if it was minted for this endpoint and these filters."""
+    try:
+        raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
+        data = json.loads(raw)
+        offset, view = data["o"], data.get("v")
+        valid = data["e"] == endpoint and data["s"] == scope
+    except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+        valid, offset, view = False, None, None
+    if not valid or not _natural(offset) or not (view is None or _natural(view)):
+        raise _bad_key()
+    return offset, view
 
 
 def decode_key(key: str, endpoint: str, scope: str) -> int:
     """The offset inside a key, if it was minted for this endpoint and these filters."""
-    try:
-        raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
-        data = json.loads(raw)
-        offset = data["o"]
-        valid = data["e"] == endpoint and data["s"] == scope
-    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
-        valid, offset = False, None
-    if not valid or not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ApiError(
-            400, "invalid_pagination_key", "pagination_key is not valid for this request"
-        )
-    return offset
+    return decode_key_view(key, endpoint, scope)[0]
 
 
 def _one(query: Mapping[str, list[str]], name: str) -> str | None:
@@ -451,13 +484,18 @@ class _Handler(BaseHTTPRequestHandler):
         market_filter = chosen[0] if chosen else None
         scope = _scope(wallet, start, end, market_filter)
         given = _one(query, "pagination_key")
-        offset = 0 if given is None else decode_key(given, "orders", scope)
-        items, total = self.server.sim.simulator.orders_page(
-            wallet, offset, limit, start, end, market_filter
-        )
+        simulator = self.server.sim.simulator
+        current = simulator.orders_view(wallet)
+        if given is None:
+            offset, view = 0, current
+        else:
+            offset, view = decode_key_view(given, "orders", scope)
+            if view is None or view > current:
+                raise _bad_key()
+        items, total = simulator.orders_page(wallet, offset, limit, start, end, market_filter, view)
         return _Page(
             "orders", items, total, offset, limit,
-            lambda o: encode_key("orders", scope, o), given, wallet,
+            lambda o: encode_key("orders", scope, o, view), given, wallet,
         )  # fmt: skip
 
     def _markets(self, query: dict[str, list[str]]) -> _Page:
@@ -614,8 +652,47 @@ class _Handler(BaseHTTPRequestHandler):
                     return
             rules = [rule.to_dict() for rule in sim.faults()]
             self._send(200, _dumps({"faults": rules}), record=False)
+        elif method == "POST" and path in ("/_sim/admin/add_trades", "/_sim/admin/settle_markets"):
+            sim._stats.admin()
+            try:
+                payload = json.loads(body or b"{}")
+                if not isinstance(payload, dict):
+                    raise ValueError("expected a JSON object")
+                if path.endswith("add_trades"):
+                    answer = self._admin_add_trades(payload)
+                else:
+                    answer = self._admin_settle(payload)
+            except ValueError as exc:  # json.JSONDecodeError is one
+                self._error(400, "invalid_admin", str(exc), record=False)
+                return
+            self._send(200, _dumps(answer), record=False)
         else:
             self._error(404, "not_found", f"no such simulator endpoint: {path}", record=False)
+
+    def _admin_add_trades(self, payload: dict[str, Any]) -> dict[str, Any]:
+        sim = self.server.sim
+        if set(payload) == {"wallet", "count"}:
+            if not isinstance(payload["wallet"], str):
+                raise ValueError("wallet must be an address")
+            counts = {payload["wallet"]: payload["count"]}
+        elif set(payload) == {"wallets"} and isinstance(payload["wallets"], dict):
+            counts = payload["wallets"]
+        else:
+            raise ValueError('expected {"wallet": "0x..", "count": n} or {"wallets": {"0x..": n}}')
+        return {"wallets": sim._add_trades(counts), "now": sim.simulator.now()}
+
+    def _admin_settle(self, payload: dict[str, Any]) -> dict[str, Any]:
+        sim = self.server.sim
+        if set(payload) == {"condition_ids"}:
+            ids = payload["condition_ids"]
+            if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
+                raise ValueError("condition_ids must be a list of strings")
+            settled, closed = sim._settle(ids, None)
+        elif set(payload) == {"count"}:
+            settled, closed = sim._settle(None, payload["count"])
+        else:
+            raise ValueError('expected {"condition_ids": [...]} or {"count": n}')
+        return {"condition_ids": settled, "closed_events": closed, "now": sim.simulator.now()}
 
 
 class SimServer:
@@ -675,6 +752,10 @@ class SimServer:
     def truth(self) -> dict[str, Any]:
         """Everything a complete backfill must land (see GET /_sim/truth)."""
         sim = self.simulator
+        with sim._lock:  # one consistent state, even while admin calls come in
+            return self._truth(sim)
+
+    def _truth(self, sim: Simulator) -> dict[str, Any]:
         traded_markets = sorted(sim.traded_condition_ids())
         traded_events = sorted(sim.traded_event_slugs())
         return {
@@ -685,11 +766,59 @@ class SimServer:
                 "events": sim.event_count(),
                 "traded_markets": traded_markets,
                 "traded_events": traded_events,
+                "now": sim.now(),
             },
             "wallets": sim.trade_counts(),
             "markets": sim.markets(),
             "events": sim.events(),
         }
+
+    def add_trades(
+        self, wallet: str | Mapping[str, int], count: int | None = None
+    ) -> dict[str, int]:
+        """New fills, newer than all before: ``add_trades("0x..", n)`` or ``add_trades({"0x..":
+        n, ...})`` (one call, like POST /_sim/admin/add_trades). Returns the new trade counts of
+        the wallets named; unknown wallets or bad counts raise ValueError and change nothing."""
+        self._stats.admin()
+        if isinstance(wallet, str):
+            if count is None:
+                raise ValueError("add_trades(wallet, count): count is missing")
+            return self._add_trades({wallet: count})
+        if count is not None:
+            raise ValueError("add_trades(mapping) takes no count")
+        return self._add_trades(wallet)
+
+    def settle_markets(
+        self, condition_ids: Iterable[str] | None = None, count: int | None = None
+    ) -> list[str]:
+        """Close these markets, or the `count` lowest-index open ones (one of the two): see
+        Simulator.settle_markets. Returns the condition_ids settled."""
+        self._stats.admin()
+        if (condition_ids is None) == (count is None):
+            raise ValueError("settle_markets takes condition_ids or count, exactly one")
+        return self._settle(condition_ids, count)[0]
+
+    def _add_trades(self, counts: Mapping[str, int]) -> dict[str, int]:
+        sim = self.simulator
+        sim.add_trades_many(counts)
+        return {str(a).lower(): sim.trade_count(str(a)) for a in counts}
+
+    def _settle(
+        self, condition_ids: Iterable[str] | None, count: int | None
+    ) -> tuple[list[str], list[str]]:
+        """(condition_ids settled, event_slugs this call closed)."""
+        sim = self.simulator
+        with sim._lock:  # the choice of the open markets and the settling are one step
+            if condition_ids is None:
+                if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                    raise ValueError(f"count must be an integer >= 0, got {count!r}")
+                ids = sim.open_market_ids()[:count]
+            else:
+                ids = list(dict.fromkeys(c.lower() for c in condition_ids))
+            before = {e["event_slug"] for e in sim.events() if e["status"] == "closed"}
+            sim.settle_markets(ids)
+            after = [e["event_slug"] for e in sim.events() if e["status"] == "closed"]
+        return ids, [slug for slug in after if slug not in before]
 
     def wallet_truth(self, wallet: str) -> dict[str, Any]:
         orders = self.simulator.orders(wallet)
