@@ -551,8 +551,9 @@ def test_parse_and_open_warehouse_specs(tmp_path: Path, monkeypatch: pytest.Monk
     ]:
         with pytest.raises(ValueError, match=r"duckdb:PATH|PROJECT\.DATASET"):
             parse_warehouse_spec(bad)
-    with pytest.raises(NotImplementedError, match="BigQuery issue"):
-        open_warehouse("bigquery:my-project.polymarket")
+    from pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse
+
+    assert isinstance(open_warehouse("bigquery:my-project.polymarket"), BigQueryWarehouse)
 
     monkeypatch.chdir(tmp_path)
     wh = open_warehouse("duckdb:rel/wh.duckdb")

@@ -122,13 +122,21 @@ def parse_warehouse_spec(spec: str) -> tuple[str, str]:
 
 
 def open_warehouse(spec: str, tables: TableNames = TableNames()) -> Warehouse:  # noqa: B008
-    """Build the warehouse a spec names; no connection is opened until a method needs one."""
+    """Build the warehouse a spec names; no connection is opened until a method needs one.
+
+    `bigquery:PROJECT.DATASET` talks to BigQuery with Application Default Credentials, unless
+    the environment variable `BIGQUERY_EMULATOR_HOST` is set (e.g. `http://127.0.0.1:9050`):
+    then the client goes to that endpoint with anonymous credentials, which is how the tests
+    run against bqemulator. The variable is read here, once; the warehouse carries the endpoint
+    to the workers it is pickled to.
+    """
     kind, target = parse_warehouse_spec(spec)
     if kind == "duckdb":
         from pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
 
         return DuckDBWarehouse(target, tables)
-    raise NotImplementedError(
-        f"warehouse {spec!r}: the BigQuery warehouse comes with the BigQuery issue; "
-        "use duckdb:PATH for now"
-    )
+    from pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, emulator_settings
+
+    # A domain-scoped project ("example.com:my-project") has dots; a dataset id has none.
+    project, _, dataset = target.rpartition(".")
+    return BigQueryWarehouse(project, dataset, tables, **emulator_settings())

@@ -1,0 +1,617 @@
+"""The BigQuery warehouse: the production implementation of `Warehouse` on one BigQuery dataset."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlglot
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.cloud import bigquery
+from sqlglot import exp
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from pipeline.schema import STAGED_KINDS, Column
+from pipeline.status_report import FailedWallet, RunSummary, StatusReport
+from pipeline.warehouse import CommitError, CommitReport, TableNames, Warehouse
+from pipeline.warehouse import sql as q
+
+log = logging.getLogger(__name__)
+
+# Where tests (and anyone running bqemulator) point the client; unset in production.
+EMULATOR_HOST_ENV = "BIGQUERY_EMULATOR_HOST"
+# How many failed wallets `status` lists (the total is always reported), as on DuckDB.
+FAILED_WALLETS_LISTED = 50
+COMMIT_ATTEMPTS = 3
+_PAGE_SIZE = 50_000
+
+# Errors that say "try again later", not "this is wrong": retried by the commit.
+_TRANSIENT_TYPES = (
+    gexc.ServiceUnavailable,
+    gexc.InternalServerError,
+    gexc.TooManyRequests,
+    gexc.BadGateway,
+)
+# BigQuery aborts the later of two transactions that touch the same table; that is a 400 whose
+# only mark is its text ("Transaction is aborted due to concurrent update against table ...").
+_CONFLICT_MARKERS = ("concurrent update", "could not serialize access")
+
+_T = TypeVar("_T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for the BigQuery errors that a later identical attempt can get past."""
+    if isinstance(exc, _TRANSIENT_TYPES):
+        return True
+    if isinstance(exc, gexc.GoogleAPICallError):
+        errors = [e for e in exc.errors or () if isinstance(e, dict)]
+        texts = [str(exc.message)] + [str(e.get("message", "")) for e in errors]
+        return any(marker in text.lower() for text in texts for marker in _CONFLICT_MARKERS)
+    return False
+
+
+def emulator_settings(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Client settings for `BIGQUERY_EMULATOR_HOST`, or `{}` when it is unset.
+
+    The variable holds the emulator's address (`http://127.0.0.1:9050`, or `127.0.0.1:9050`,
+    which means http); an emulator checks no credentials, so the client gets anonymous ones
+    instead of looking for Application Default Credentials that a laptop may not have.
+    """
+    host = environ.get(EMULATOR_HOST_ENV, "").strip()
+    if not host:
+        return {}
+    endpoint = host if "://" in host else f"http://{host}"
+    return {
+        "client_options": ClientOptions(api_endpoint=endpoint.rstrip("/")),
+        "credentials": AnonymousCredentials(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Table specs. The BigQuery DDL of sql.py is the one description of every table; the API calls
+# below read it back with sqlglot instead of restating columns, partitioning or clustering.
+
+
+def schema_fields(columns: tuple[Column, ...]) -> list[bigquery.SchemaField]:
+    """The explicit load-job schema of a staged kind: never autodetected, modes from schema.py."""
+    return [bigquery.SchemaField(c.name, c.type, mode=c.mode) for c in columns]
+
+
+def _field_from_ddl(column: exp.ColumnDef) -> bigquery.SchemaField:
+    kind = column.args["kind"]
+    if kind.is_type(exp.DataType.Type.ARRAY):
+        (element,) = kind.expressions
+        return bigquery.SchemaField(column.name, element.sql("bigquery"), mode="REPEATED")
+    required = any(isinstance(c.kind, exp.NotNullColumnConstraint) for c in column.constraints)
+    mode = "REQUIRED" if required else "NULLABLE"
+    return bigquery.SchemaField(column.name, kind.sql("bigquery"), mode=mode)
+
+
+def _partitioning_from_ddl(prop: exp.PartitionedByProperty) -> bigquery.TimePartitioning:
+    """`PARTITION BY DATE(col)`, `col` or `TIMESTAMP_TRUNC(col, unit)` as a TimePartitioning."""
+    expression = prop.this
+    unit = "DAY"
+    if isinstance(expression, exp.TimestampTrunc):
+        unit = expression.text("unit").upper()
+        expression = expression.this
+    elif isinstance(expression, exp.Date):
+        expression = expression.this
+    column = isinstance(expression, exp.Column | exp.Identifier)
+    if not column or unit not in ("DAY", "HOUR", "MONTH", "YEAR"):
+        raise ValueError(f"unsupported partitioning clause: {prop.sql('bigquery')}")
+    return bigquery.TimePartitioning(type_=unit, field=expression.name)
+
+
+def table_from_ddl(
+    statement: q.Statement, tables: TableNames, dataset: str, run_id: str | None = None
+) -> bigquery.Table:
+    """The table a `CREATE TABLE` statement of sql.py describes, as an API table resource.
+
+    `dataset` is PROJECT.DATASET (`run_id` names staging tables). Columns, modes, partitioning
+    and clustering all come from the statement, so the DDL text stays the one description.
+    """
+    create = sqlglot.parse_one(q.render(statement, tables, run_id), read="bigquery")
+    if not isinstance(create, exp.Create) or create.kind != "TABLE":
+        raise ValueError(f"statement {statement.name} is not a CREATE TABLE")
+    schema = create.this
+    table = bigquery.Table(
+        f"{q.validate_dataset(dataset)}.{schema.this.name}",
+        schema=[_field_from_ddl(c) for c in schema.expressions],
+    )
+    properties = create.args.get("properties")
+    for prop in properties.expressions if properties else ():
+        if isinstance(prop, exp.PartitionedByProperty):
+            table.time_partitioning = _partitioning_from_ddl(prop)
+        elif isinstance(prop, exp.ClusterProperty):
+            table.clustering_fields = [c.name for c in prop.expressions]
+        else:
+            raise ValueError(f"statement {statement.name}: unsupported {prop.sql('bigquery')}")
+    return table
+
+
+def _storage_mismatch(wanted: bigquery.Table, existing: bigquery.Table) -> str | None:
+    want_part, have_part = wanted.time_partitioning, existing.time_partitioning
+    want = (
+        want_part and (want_part.type_, want_part.field),
+        tuple(wanted.clustering_fields or ()),
+    )
+    have = (
+        have_part and (have_part.type_, have_part.field),
+        tuple(existing.clustering_fields or ()),
+    )
+    if want == have:
+        return None
+    return f"partitioning/clustering is {have}, the DDL asks for {want}"
+
+
+# ---------------------------------------------------------------------------------------------
+# BigQuery-only scaffolding around sql.COMMIT_STATEMENTS: counting what the transaction changed.
+# bqemulator lists no child jobs of a script (so `num_dml_affected_rows` per statement cannot be
+# read there), hence two snapshots of cheap counts taken inside the transaction: production's
+# trade rows (the INSERT only adds) and the markets/events rows that carry this run's id (every
+# row the MERGE inserts or updates gets it). Inside the transaction nobody else's writes show.
+
+_COUNTS_TYPE = "STRUCT<`trades` INT64, `markets` INT64, `events` INT64>"
+_COUNT_CHANGES = q.Statement(
+    "bigquery_count_changes",
+    """
+(SELECT AS STRUCT
+  (SELECT COUNT(*) FROM {trades}) AS `trades`,
+  (SELECT COUNTIF(`run_id` = @run_id) FROM {markets}) AS `markets`,
+  (SELECT COUNTIF(`run_id` = @run_id) FROM {events}) AS `events`)
+""",
+    params=(q.Param("run_id", "STRING"),),
+)
+_BEFORE, _AFTER = "_backfill_counts_before", "_backfill_counts_after"
+
+
+def commit_script(tables: TableNames, run_id: str, dataset: str) -> str:
+    """The one multi-statement query of a commit: sql.COMMIT_STATEMENTS in one transaction.
+
+    Its only values are the named parameters the statements declare (plus `run_id` for the
+    counts); the final SELECT reports what the transaction changed.
+    """
+    counts = q.render(_COUNT_CHANGES, tables, run_id, dataset)
+    body = [q.render(s, tables, run_id, dataset) for s in q.COMMIT_STATEMENTS]
+    statements = [
+        f"DECLARE {_BEFORE} {_COUNTS_TYPE}",
+        f"DECLARE {_AFTER} {_COUNTS_TYPE}",
+        q.render(q.BEGIN_TRANSACTION, tables),
+        f"SET {_BEFORE} = {counts}",
+        *body,
+        f"SET {_AFTER} = {counts}",
+        q.render(q.COMMIT_TRANSACTION, tables),
+        (
+            f"SELECT\n  {_AFTER}.`trades` - {_BEFORE}.`trades` AS `trades_inserted`,\n"
+            f"  {_AFTER}.`markets` - {_BEFORE}.`markets` AS `markets_merged`,\n"
+            f"  {_AFTER}.`events` - {_BEFORE}.`events` AS `events_merged`"
+        ),
+    ]
+    return ";\n".join(statements) + ";\n"
+
+
+def _commit_params() -> tuple[q.Param, ...]:
+    """Every parameter the commit script uses, each declared once."""
+    seen: dict[str, q.Param] = {}
+    for statement in (*q.COMMIT_STATEMENTS, _COUNT_CHANGES):
+        for param in statement.params:
+            if seen.setdefault(param.name, param) != param:
+                raise TypeError(f"parameter @{param.name} is declared with two types")
+    return tuple(seen.values())
+
+
+def query_parameter(
+    param: q.Param, value: Any
+) -> bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter:
+    """A named parameter of the type the statement declares (`ARRAY<T>` becomes an array)."""
+    if param.type.startswith("ARRAY<") and param.type.endswith(">"):
+        return bigquery.ArrayQueryParameter(param.name, param.type[6:-1], list(value))
+    return bigquery.ScalarQueryParameter(param.name, param.type, value)
+
+
+class BigQueryWarehouse(Warehouse):
+    """One BigQuery dataset as the warehouse.
+
+    The client is built on first use and never pickled, so the object ships to Beam workers for
+    the price of a few strings; each worker process builds its own client. `client_options` and
+    `credentials` go to `bigquery.Client` as given (None: the default endpoint and Application
+    Default Credentials); `open_warehouse` fills them from `BIGQUERY_EMULATOR_HOST` when set.
+    A run's staging tables are created with an expiration of `staging_expiration_hours`, so a
+    commit that dies before its cleanup leaves nothing behind for long. `retry_wait` is the first
+    backoff (seconds) between attempts of a commit step that failed transiently.
+    """
+
+    def __init__(
+        self,
+        project: str,
+        dataset: str,
+        tables: TableNames = TableNames(),  # noqa: B008 - frozen, validated, immutable
+        *,
+        client_options: ClientOptions | Mapping[str, Any] | None = None,
+        credentials: Credentials | None = None,
+        location: str | None = None,
+        staging_expiration_hours: float = 24,
+        retry_wait: float = 2.0,
+    ) -> None:
+        self._dataset = q.validate_dataset(f"{project}.{dataset}")
+        if "." in dataset:
+            raise ValueError(f"BigQuery dataset id {dataset!r} must not contain '.'")
+        if not staging_expiration_hours > 0:
+            raise ValueError(
+                f"staging_expiration_hours must be positive, got {staging_expiration_hours!r}"
+            )
+        self._project = project
+        self._dataset_id = dataset
+        self._tables = tables
+        self._client_options = client_options
+        self._credentials = credentials
+        self._location = location
+        self._staging_expiration = dt.timedelta(hours=staging_expiration_hours)
+        self._retry_wait = retry_wait
+        self._client: bigquery.Client | None = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def dataset(self) -> str:
+        """PROJECT.DATASET."""
+        return self._dataset
+
+    @property
+    def tables(self) -> TableNames:
+        return self._tables
+
+    def __repr__(self) -> str:
+        return f"BigQueryWarehouse({self._project!r}, {self._dataset_id!r}, {self._tables!r})"
+
+    # -- the client: built lazily, never pickled -------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        del state["_client_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> bigquery.Client:
+        """The process's client for this warehouse, built on first use."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = bigquery.Client(
+                    project=self._project,
+                    credentials=self._credentials,
+                    client_options=self._client_options,
+                    location=self._location,
+                )
+            return self._client
+
+    def close(self) -> None:
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _table_id(self, name: str) -> str:
+        return f"{self._dataset}.{name}"
+
+    def _query(
+        self,
+        statement: q.Statement,
+        params: Mapping[str, Any] | None = None,
+    ) -> bigquery.QueryJob:
+        """Start one statement from sql.py with exactly the parameters it declares."""
+        params = dict(params or {})
+        if set(params) != set(statement.param_names):
+            raise TypeError(
+                f"statement {statement.name} takes {statement.param_names}, got {sorted(params)}"
+            )
+        config = bigquery.QueryJobConfig(
+            query_parameters=[query_parameter(p, params[p.name]) for p in statement.params]
+        )
+        text = q.render(statement, self._tables, dataset=self._dataset)
+        return self.client.query(text, job_config=config)
+
+    def _rows(self, statement: q.Statement, params: Mapping[str, Any] | None = None) -> list[Any]:
+        return list(self._query(statement, params).result(page_size=_PAGE_SIZE))
+
+    def _retrying(self, what: str, step: Callable[[], _T]) -> _T:
+        """Run `step`, again after a backoff while it fails transiently (3 attempts in all)."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "%s failed transiently (attempt %d of %d), retrying: %s",
+                what,
+                state.attempt_number,
+                COMMIT_ATTEMPTS,
+                exc,
+            )
+
+        retrying = Retrying(
+            stop=stop_after_attempt(COMMIT_ATTEMPTS),
+            wait=wait_exponential_jitter(
+                initial=self._retry_wait, max=self._retry_wait * 8, jitter=self._retry_wait
+            ),
+            retry=retry_if_exception(is_transient),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(step)
+
+    # -- tables and reads ------------------------------------------------------------------------
+
+    def ensure_tables(self) -> None:
+        """Create the dataset and every missing table; existing ones are left as they are.
+
+        Tables are created through the API from the DDL's description (`table_from_ddl`) rather
+        than by running it: the same columns, partitioning and clustering, without a query job
+        per table (and bqemulator records partitioning and clustering only this way). Each is
+        looked up first, so an account that may not create datasets can still use an existing
+        one. An existing table whose partitioning or clustering differs is reported, not
+        changed (BigQuery cannot re-partition a table in place).
+        """
+        client = self.client
+        try:
+            client.get_dataset(self._dataset)
+        except gexc.NotFound:
+            dataset = bigquery.Dataset(self._dataset)
+            if self._location:  # unset: BigQuery's default location (and the client's)
+                dataset.location = self._location
+            client.create_dataset(dataset, exists_ok=True)
+        for statement in q.ENSURE_TABLES:
+            wanted = table_from_ddl(statement, self._tables, self._dataset)
+            try:
+                existing = client.get_table(wanted.reference)
+            except gexc.NotFound:
+                existing = client.create_table(wanted, exists_ok=True)
+            mismatch = _storage_mismatch(wanted, existing)
+            if mismatch:
+                log.warning("table %s exists but its %s", self._table_id(wanted.table_id), mismatch)
+
+    def read_traders(self) -> Iterator[str | None]:
+        # Pages are fetched as the caller iterates: millions of traders never sit in memory.
+        rows = self._query(q.SELECT_TRADERS).result(page_size=_PAGE_SIZE)
+        return (row[0] for row in rows)
+
+    def read_done_wallets(self) -> Iterator[str]:
+        rows = self._query(q.SELECT_DONE_WALLETS).result(page_size=_PAGE_SIZE)
+        return (row[0] for row in rows)
+
+    def committed_run_ids(self) -> set[str]:
+        return {row[0] for row in self._rows(q.SELECT_COMMITTED_RUN_IDS)}
+
+    # -- the commit ------------------------------------------------------------------------------
+
+    def commit_run(
+        self,
+        run_id: str,
+        files: Mapping[str, Sequence[str]],
+        *,
+        committed_at: dt.datetime | None = None,
+    ) -> CommitReport:
+        q.validate_run_id(run_id)
+        sources = _check_files(run_id, files)
+        if committed_at is None:
+            committed_at = dt.datetime.now(dt.UTC)
+        elif committed_at.tzinfo is None:
+            raise ValueError("committed_at must be timezone-aware (UTC)")
+
+        if self._rows(q.SELECT_RUN, {"run_id": run_id}):
+            return CommitReport(run_id, already_committed=True)
+        # Each step is idempotent as a whole (staging is replaced, the transaction's statements
+        # are guarded), so a transient failure repeats the step, never a part of it.
+        try:
+            try:
+                self._retrying(f"run {run_id}: staging", lambda: self._stage(run_id, sources))
+            except gexc.GoogleAPICallError as exc:
+                raise CommitError(
+                    f"run {run_id}: staging its files failed, nothing was committed: {exc}"
+                ) from exc
+            try:
+                inserted, markets, events = self._retrying(
+                    f"run {run_id}: commit transaction",
+                    lambda: self._transaction(run_id, committed_at),
+                )
+            except gexc.GoogleAPICallError as exc:
+                raise CommitError(
+                    f"run {run_id}: the commit transaction failed {COMMIT_ATTEMPTS} times and "
+                    f"was rolled back (production and checkpoint untouched): {exc}"
+                ) from exc
+            run_rows = self._rows(q.SELECT_RUN, {"run_id": run_id})
+        finally:
+            self._drop_staging(run_id)
+        (run_row,) = run_rows  # the transaction just inserted it (or a twin did)
+        return CommitReport(
+            run_id,
+            already_committed=False,
+            trades_inserted=inserted,
+            markets_merged=markets,
+            events_merged=events,
+            wallets_done=run_row["wallets_done"] or 0,
+            wallets_failed=run_row["wallets_failed"] or 0,
+        )
+
+    def _stage(self, run_id: str, sources: Mapping[str, _Sources]) -> None:
+        """(Re)create the run's staging tables, empty, then load its files into them.
+
+        The tables come from sql.CREATE_STAGING, the same statements DuckDB runs, in one
+        script; each then gets an expiration. Load jobs run with the explicit schema of
+        schema.py and start together; BigQuery runs them in parallel.
+        """
+        script = ";\n".join(
+            q.render(q.CREATE_STAGING[kind], self._tables, run_id, self._dataset)
+            for kind in q.COMMITTED_KINDS
+        )
+        self.client.query(script).result()
+        expires = dt.datetime.now(dt.UTC) + self._staging_expiration
+        for kind in q.COMMITTED_KINDS:
+            table = bigquery.Table(self._table_id(q.staging_table(run_id, kind)))
+            table.expires = expires
+            self.client.update_table(table, ["expires"])
+
+        jobs: list[tuple[str, bigquery.LoadJob]] = []
+        for kind in q.COMMITTED_KINDS:
+            try:
+                jobs.extend((kind, job) for job in self._start_loads(run_id, kind, sources[kind]))
+            except gexc.GoogleAPICallError as exc:
+                self._load_failed(run_id, kind, exc)
+        for kind, job in jobs:
+            try:
+                job.result()
+            except gexc.GoogleAPICallError as exc:
+                self._load_failed(run_id, kind, exc)
+
+    def _load_failed(self, run_id: str, kind: str, exc: gexc.GoogleAPICallError) -> None:
+        if is_transient(exc):
+            raise exc
+        raise CommitError(
+            f"run {run_id}: loading its {kind} staging files failed, nothing was committed: {exc}"
+        ) from exc
+
+    def _start_loads(self, run_id: str, kind: str, sources: _Sources) -> list[bigquery.LoadJob]:
+        """Load jobs for one kind: one for all its gs:// URIs, one per non-empty local file."""
+        destination = self._table_id(q.staging_table(run_id, kind))
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+            schema=schema_fields(STAGED_KINDS[kind]),
+            autodetect=False,
+            write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+            create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
+        )
+        prefix = f"backfill_load_{run_id}_{kind}_"
+        jobs = []
+        if sources.uris:
+            jobs.append(
+                self.client.load_table_from_uri(
+                    list(sources.uris), destination, job_config=config, job_id_prefix=prefix
+                )
+            )
+        for path in sources.paths:
+            if Path(path).stat().st_size == 0:
+                continue  # nothing to load; an empty upload is not worth a job
+            with open(path, "rb") as handle:
+                jobs.append(
+                    self.client.load_table_from_file(
+                        handle, destination, job_config=config, job_id_prefix=prefix
+                    )
+                )
+        return jobs
+
+    def _transaction(self, run_id: str, committed_at: dt.datetime) -> tuple[int, int, int]:
+        """Run `commit_script` as one query job; return rows inserted/merged per table.
+
+        A script that fails leaves its transaction rolled back by BigQuery: production and the
+        checkpoint are as they were. `job_retry=None`: the caller's retry is the only one.
+        """
+        values = {"run_id": run_id, "committed_at": committed_at}
+        config = bigquery.QueryJobConfig(
+            query_parameters=[query_parameter(p, values[p.name]) for p in _commit_params()]
+        )
+        script = commit_script(self._tables, run_id, self._dataset)
+        try:
+            job = self.client.query(
+                script,
+                job_config=config,
+                job_id_prefix=f"backfill_commit_{run_id}_",
+                job_retry=None,
+            )
+            (row,) = list(job.result(job_retry=None))
+        except gexc.GoogleAPICallError as exc:
+            if is_transient(exc):
+                raise
+            raise CommitError(
+                f"run {run_id}: the commit transaction failed and was rolled back "
+                f"(production and checkpoint untouched; commit it again once fixed): {exc}"
+            ) from exc
+        return (
+            int(row["trades_inserted"]),
+            int(row["markets_merged"]),
+            int(row["events_merged"]),
+        )
+
+    def _drop_staging(self, run_id: str) -> None:
+        for kind in q.COMMITTED_KINDS:
+            table_id = self._table_id(q.staging_table(run_id, kind))
+            try:
+                self.client.delete_table(table_id, not_found_ok=True)
+            except gexc.GoogleAPICallError as exc:  # best effort: the expiration cleans up
+                log.warning("run %s: could not drop staging table %s: %s", run_id, table_id, exc)
+
+    # -- monitoring ------------------------------------------------------------------------------
+
+    def status(self, last_runs: int = 5) -> StatusReport:
+        if isinstance(last_runs, bool) or not isinstance(last_runs, int) or last_runs < 0:
+            raise ValueError(f"last_runs must be a non-negative integer, got {last_runs!r}")
+        # Four independent queries: started together, then read.
+        progress_job = self._query(q.STATUS_PROGRESS)
+        failed_job = self._query(q.STATUS_FAILED_WALLETS, {"limit": FAILED_WALLETS_LISTED})
+        totals_job = self._query(q.STATUS_TOTALS)
+        runs_job = self._query(q.STATUS_LAST_RUNS, {"limit": last_runs})
+        (progress,) = list(progress_job.result())
+        failed_rows = list(failed_job.result())
+        (totals,) = list(totals_job.result())
+        run_rows = list(runs_job.result())
+        percent = progress["progress_percent"]
+        return StatusReport(
+            done_wallets=int(progress["done_wallets"]),
+            failed_wallets=int(progress["failed_wallets"]),
+            total_wallets=int(progress["total_wallets"]),
+            progress_percent=None if percent is None else float(percent),
+            remaining_wallets=int(progress["remaining_wallets"]),
+            failed=tuple(FailedWallet(*row.values()) for row in failed_rows),
+            trades_rows=int(totals["trades_rows"]),
+            markets_rows=int(totals["markets_rows"]),
+            events_rows=int(totals["events_rows"]),
+            last_runs=tuple(RunSummary(*row.values()) for row in run_rows),
+        )
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """One kind's staging files, split by how BigQuery loads them."""
+
+    uris: list[str]  # gs:// URIs: one load job reads them all from Cloud Storage
+    paths: list[str]  # local files: uploaded, one load job each
+
+
+def _check_files(run_id: str, files: Mapping[str, Sequence[str]]) -> dict[str, _Sources]:
+    """Validate the kinds and that every local file exists, before anything touches BigQuery.
+
+    `gs://` URIs are checked by the load job itself. Rejects are staged for inspection only and
+    never committed, so their files are accepted and not loaded.
+    """
+    unknown = sorted(set(files) - set(STAGED_KINDS))
+    if unknown:
+        raise ValueError(
+            f"run {run_id}: unknown staging kinds {unknown}; "
+            f"expected some of {sorted(STAGED_KINDS)}"
+        )
+    sources: dict[str, _Sources] = {}
+    for kind in q.COMMITTED_KINDS:
+        kind_files = files.get(kind, ())
+        if isinstance(kind_files, str):
+            raise TypeError(f"run {run_id}: files[{kind!r}] must be a list of paths, not a str")
+        uris = [f for f in kind_files if f.startswith("gs://")]
+        paths = [str(Path(f).absolute()) for f in kind_files if not f.startswith("gs://")]
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise CommitError(f"run {run_id}: {kind} staging files are missing: {missing}")
+        sources[kind] = _Sources(uris, paths)
+    return sources

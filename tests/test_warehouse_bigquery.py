@@ -1,0 +1,840 @@
+"""The BigQuery warehouse against bqemulator, through the official client: the DuckDB tests' guarantees.
+
+One emulator serves the module (it takes seconds to start); every test gets its own dataset. The
+staging rows and helpers are the DuckDB tests' own, so both warehouses are held to the same data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import http.server
+import inspect
+import json
+import logging
+import pickle
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import duckdb
+import pytest
+import sqlglot
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+from sqlglot.errors import ErrorLevel
+
+from pipeline.schema import STAGED_KINDS, TRADE_COLUMNS
+from pipeline.status_report import render_status
+from pipeline.warehouse import CommitError, TableNames, open_warehouse
+from pipeline.warehouse import bigquery_warehouse as bqw
+from pipeline.warehouse import duckdb_warehouse as ddw
+from pipeline.warehouse import sql as q
+from pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse
+from pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
+from tests.bq_emulator import BigQueryEmulator
+from tests.test_warehouse_duckdb import (
+    COMMITTED_AT,
+    T0,
+    event,
+    market,
+    outcome,
+    stage,
+    trade,
+    write_ndjson,
+)
+
+PROJECT = "test-project"
+TABLES = ("trades", "markets", "events", "backfill_checkpoint", "backfill_runs")
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
+    """One bqemulator for the module; `gs://` URIs resolve under its `gcs_root`."""
+    with BigQueryEmulator(tmp_path_factory.mktemp("gcs"), project=PROJECT) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def bq(emulator: BigQueryEmulator) -> Iterator[bigquery.Client]:
+    """A client of the tests' own, to look at what the warehouse did."""
+    client = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=emulator.endpoint),
+    )
+    yield client
+    client.close()
+
+
+def new_warehouse(
+    endpoint: str,
+    tables: TableNames | None = None,
+    **kwargs: Any,
+) -> BigQueryWarehouse:
+    """A warehouse on a dataset of its own (created by `ensure_tables`)."""
+    return BigQueryWarehouse(
+        PROJECT,
+        f"wh_{uuid.uuid4().hex[:12]}",
+        tables or TableNames(),
+        client_options=ClientOptions(api_endpoint=endpoint),
+        credentials=AnonymousCredentials(),
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def wh(emulator: BigQueryEmulator) -> Iterator[BigQueryWarehouse]:
+    warehouse = new_warehouse(emulator.endpoint)
+    warehouse.ensure_tables()
+    yield warehouse
+    warehouse.close()
+
+
+# -- reading the dataset back ---------------------------------------------------------------------
+
+
+def query(bq: bigquery.Client, sql: str) -> list[tuple]:
+    return [tuple(row.values()) for row in bq.query(sql).result()]
+
+
+def snapshot(
+    bq: bigquery.Client, wh: BigQueryWarehouse, tables: tuple[str, ...] = TABLES
+) -> dict[str, list[tuple]]:
+    return {t: sorted(query(bq, f"SELECT * FROM `{wh.dataset}.{t}`"), key=repr) for t in tables}
+
+
+def checkpoint(bq: bigquery.Client, wh: BigQueryWarehouse) -> dict[str, dict]:
+    rows = bq.query(f"SELECT * FROM `{wh.dataset}.backfill_checkpoint`").result()
+    return {row["wallet_address"]: dict(row.items()) for row in rows}
+
+
+def trade_ids(bq: bigquery.Client, wh: BigQueryWarehouse) -> list[str]:
+    return sorted(row[0] for row in query(bq, f"SELECT id FROM `{wh.dataset}.trades`"))
+
+
+def staging_tables_left(bq: bigquery.Client, wh: BigQueryWarehouse) -> list[str]:
+    return [t.table_id for t in bq.list_tables(wh.dataset) if t.table_id.startswith("_stg")]
+
+
+def stage_gcs(
+    emulator: BigQueryEmulator, wh: BigQueryWarehouse, run_id: str, **kinds: list[dict]
+) -> dict[str, list[str]]:
+    """Write a run's staging as the graph does on Dataflow; return its `gs://` URIs.
+
+    The emulator serves the bucket from a folder; each warehouse gets its own prefix in it.
+    """
+    files: dict[str, list[str]] = {}
+    for kind, rows in kinds.items():
+        half = (len(rows) + 1) // 2
+        prefix = f"gs://backfill-bucket/{gcs_root(wh)}/{run_id}/{kind}"
+        uris = [f"{prefix}/part-{i}.json" for i in (0, 1)]
+        write_ndjson(emulator.gcs_path(uris[0]), rows[:half])
+        write_ndjson(emulator.gcs_path(uris[1]), rows[half:])
+        files[kind] = uris
+    return files
+
+
+def gcs_root(wh: BigQueryWarehouse) -> str:
+    return wh.dataset.split(".")[1]
+
+
+def _busy_run(tmp_path: Path, run_id: str = "r1") -> dict[str, list[str]]:
+    return stage(
+        tmp_path,
+        run_id,
+        trades=[trade("0xa", "a1", run_id), trade("0xa", "a2", run_id), trade("0xb", "b1", run_id)],
+        outcomes=[outcome("0xa", run_id, True, 10), outcome("0xb", run_id, False, 10, error="x")],
+        markets=[market("0xc1", run_id, 10), market("0xc1", run_id, 5, title="older")],
+        events=[event("weather", run_id, 10)],
+    )
+
+
+def _rich_run(run_id: str) -> dict[str, list[dict]]:
+    return {
+        "trades": [
+            trade("0xa", "t1", run_id, fetched=20),
+            trade("0xa", "t2", run_id, fetched=20),  # already in production
+            trade("0xa", "t3", run_id, fetched=20),
+            trade("0xa", "t1", run_id, fetched=10),  # a duplicate inside staging, fetched earlier
+            trade("0xb", "b1", run_id),  # wallet B failed: its partial pages must not land
+        ],
+        "outcomes": [
+            outcome("0xa", run_id, True, 100, trade_count=99),
+            outcome("0xb", run_id, False, 100, trade_count=1, error="HTTP 500 after 5 attempts"),
+        ],
+        "markets": [market("0xc1", run_id, 10)],
+        "events": [event("weather", run_id, 10)],
+    }
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+
+def test_ensure_tables_is_idempotent_and_partitions_trades(
+    emulator: BigQueryEmulator, bq: bigquery.Client
+) -> None:
+    wh = new_warehouse(emulator.endpoint)
+    wh.ensure_tables()  # creates the dataset too
+    bq.query(f"INSERT INTO `{wh.dataset}.traders` VALUES ('0xaaa'), (NULL)").result()
+    wh.ensure_tables()
+    assert sorted(wh.read_traders(), key=repr) == ["0xaaa", None]
+    assert {t.table_id for t in bq.list_tables(wh.dataset)} == {
+        "traders",
+        "backfill_checkpoint",
+        "trades",
+        "markets",
+        "events",
+        "backfill_runs",
+    }
+
+    trades = bq.get_table(f"{wh.dataset}.trades")
+    assert trades.time_partitioning is not None
+    assert (trades.time_partitioning.type_, trades.time_partitioning.field) == ("DAY", "traded_at")
+    assert trades.clustering_fields == ["wallet_address"]
+    fields = {f.name: (f.field_type, f.mode) for f in trades.schema}
+    assert [f.name for f in trades.schema] == [c.name for c in TRADE_COLUMNS]
+    assert fields["traded_at"] == ("TIMESTAMP", "REQUIRED")
+    assert fields["taker"] == ("STRING", "NULLABLE")
+    markets = bq.get_table(f"{wh.dataset}.markets")
+    assert markets.time_partitioning is None and markets.clustering_fields is None
+    assert {f.name: f.mode for f in markets.schema}["tags"] == "REPEATED"
+
+
+def test_an_existing_table_with_other_partitioning_is_reported_not_changed(
+    emulator: BigQueryEmulator, bq: bigquery.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    wh = new_warehouse(emulator.endpoint)
+    bq.create_dataset(wh.dataset)
+    bq.create_table(bigquery.Table(f"{wh.dataset}.trades", schema=bqw.schema_fields(TRADE_COLUMNS)))
+    with caplog.at_level(logging.WARNING, logger=bqw.__name__):
+        wh.ensure_tables()
+    assert "trades exists but its partitioning/clustering" in caplog.text
+    assert bq.get_table(f"{wh.dataset}.trades").time_partitioning is None
+
+
+def test_the_api_table_specs_are_the_ddl_and_the_schema() -> None:
+    # Staging tables are created by CREATE_STAGING and loaded with schema_fields: the same table.
+    for kind, columns in STAGED_KINDS.items():
+        table = bqw.table_from_ddl(q.CREATE_STAGING[kind], TableNames(), "p-roject.ds", "r-1")
+        assert table.table_id == q.staging_table("r-1", kind)
+        assert [(f.name, f.field_type, f.mode) for f in table.schema] == [
+            (f.name, f.field_type, f.mode) for f in bqw.schema_fields(columns)
+        ]
+        assert table.time_partitioning is None and table.clustering_fields is None
+    trades = bqw.table_from_ddl(q.CREATE_TRADES, TableNames(trades="fills"), "p-roject.ds")
+    assert (trades.project, trades.dataset_id, trades.table_id) == ("p-roject", "ds", "fills")
+    assert trades.time_partitioning.field == "traded_at"
+    with pytest.raises(ValueError, match="not a CREATE TABLE"):
+        bqw.table_from_ddl(q.SELECT_TRADERS, TableNames(), "p-roject.ds")
+
+
+def test_custom_table_names(
+    emulator: BigQueryEmulator, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    wh = new_warehouse(emulator.endpoint, TableNames(trades="fills", runs="commits"))
+    wh.ensure_tables()
+    files = stage(
+        tmp_path, "r1", trades=[trade("0xa", "t1", "r1")], outcomes=[outcome("0xa", "r1", True, 10)]
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert query(bq, f"SELECT id FROM `{wh.dataset}.fills`") == [("t1",)]
+    assert wh.committed_run_ids() == {"r1"}
+
+
+# -- the commit -----------------------------------------------------------------------------------
+
+
+def _assert_rich_run_landed(bq: bigquery.Client, wh: BigQueryWarehouse, report: Any) -> None:
+    assert trade_ids(bq, wh) == ["t1", "t2", "t3"]
+    fetched = query(bq, f"SELECT fetched_at FROM `{wh.dataset}.trades` WHERE id = 't1'")
+    assert fetched == [(dt.datetime.fromtimestamp(T0 + 10, dt.UTC),)]
+    assert query(bq, f"SELECT run_id FROM `{wh.dataset}.trades` WHERE id = 't2'") == [("r0",)]
+    assert (report.already_committed, report.trades_inserted) == (False, 2)
+    assert (report.markets_merged, report.events_merged) == (1, 1)
+    assert (report.wallets_done, report.wallets_failed) == (1, 1)
+
+    ckpt = checkpoint(bq, wh)
+    a, b = ckpt["0xa"], ckpt["0xb"]
+    assert (a["completed"], a["upload_successful"], a["error"]) == (True, True, None)
+    assert a["trade_count"] == 3  # distinct staged ids, not the outcome's 99
+    assert (a["attempts"], a["run_id"]) == (2, "r1")
+    assert (b["completed"], b["upload_successful"]) == (True, False)
+    assert (b["error"], b["trade_count"], b["attempts"]) == ("HTTP 500 after 5 attempts", 1, 1)
+    assert b["processed_at"] == dt.datetime.fromtimestamp(T0 + 100, dt.UTC)
+    assert list(wh.read_done_wallets()) == ["0xa"]
+    runs = query(bq, f"SELECT * FROM `{wh.dataset}.backfill_runs` WHERE run_id = 'r1'")
+    assert runs == [("r1", COMMITTED_AT, 1, 1, 5, 1, 1)]
+    assert staging_tables_left(bq, wh) == []
+
+
+def test_commit_from_local_files_lands_exactly_the_successful_wallets_trades_once(
+    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    first = stage(
+        tmp_path, "r0", trades=[trade("0xa", "t2", "r0")], outcomes=[outcome("0xa", "r0", True, 5)]
+    )
+    wh.commit_run("r0", first, committed_at=COMMITTED_AT)
+    report = wh.commit_run(
+        "r1", stage(tmp_path, "r1", **_rich_run("r1")), committed_at=COMMITTED_AT
+    )
+    _assert_rich_run_landed(bq, wh, report)
+
+
+def test_commit_from_gcs_uris(
+    wh: BigQueryWarehouse, bq: bigquery.Client, emulator: BigQueryEmulator, tmp_path: Path
+) -> None:
+    first = stage_gcs(
+        emulator,
+        wh,
+        "r0",
+        trades=[trade("0xa", "t2", "r0")],
+        outcomes=[outcome("0xa", "r0", True, 5)],
+    )
+    assert all(uri.startswith("gs://backfill-bucket/") for uri in first["trades"])
+    wh.commit_run("r0", first, committed_at=COMMITTED_AT)
+    # Mixed sources in one run: each file is loaded the way its name says.
+    files = stage_gcs(emulator, wh, "r1", **_rich_run("r1"))
+    local = stage(tmp_path, "r1", events=_rich_run("r1")["events"])
+    files["events"] = local["events"]
+    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    _assert_rich_run_landed(bq, wh, report)
+
+
+def test_a_missing_gcs_file_fails_the_load_and_commits_nothing(
+    wh: BigQueryWarehouse, bq: bigquery.Client, emulator: BigQueryEmulator
+) -> None:
+    files = stage_gcs(emulator, wh, "r1", outcomes=[outcome("0xa", "r1", True, 5)])
+    files["trades"] = [f"gs://backfill-bucket/{gcs_root(wh)}/r1/trades/part-9.json"]  # not there
+    with pytest.raises(CommitError, match="run r1: loading its trades staging files failed"):
+        wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert wh.committed_run_ids() == set()
+    assert checkpoint(bq, wh) == {}
+    assert staging_tables_left(bq, wh) == []
+
+
+def test_failed_wallet_is_flipped_by_a_later_success(
+    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xb", "b1", "r1")],
+        outcomes=[outcome("0xb", "r1", False, 10, trade_count=1, error="timeout")],
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert trade_ids(bq, wh) == []
+    files = stage(
+        tmp_path,
+        "r2",
+        trades=[trade("0xb", "b1", "r2"), trade("0xb", "b2", "r2")],
+        outcomes=[outcome("0xb", "r2", True, 20, trade_count=2)],
+    )
+    wh.commit_run("r2", files, committed_at=COMMITTED_AT)
+    assert trade_ids(bq, wh) == ["b1", "b2"]
+    b = checkpoint(bq, wh)["0xb"]
+    assert (b["upload_successful"], b["error"], b["attempts"], b["trade_count"]) == (
+        True,
+        None,
+        2,
+        2,
+    )
+
+
+def test_committing_twice_changes_nothing(
+    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    files = _busy_run(tmp_path)
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    before = snapshot(bq, wh)
+    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT + dt.timedelta(hours=1))
+    assert report.already_committed
+    assert (report.trades_inserted, report.markets_merged, report.events_merged) == (0, 0, 0)
+    assert snapshot(bq, wh) == before
+    assert query(bq, f"SELECT title FROM `{wh.dataset}.markets`") == [("m",)]
+
+
+def test_the_sql_guards_alone_make_a_recommit_a_no_op(
+    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    files = _busy_run(tmp_path)
+    first = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert (first.trades_inserted, first.markets_merged, first.events_merged) == (2, 1, 1)
+    before = snapshot(bq, wh)
+    bq.query(f"DELETE FROM `{wh.dataset}.backfill_runs` WHERE run_id = 'r1'").result()
+    assert wh.committed_run_ids() == set()
+
+    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert not report.already_committed
+    assert (report.trades_inserted, report.markets_merged, report.events_merged) == (0, 0, 0)
+    assert snapshot(bq, wh) == before  # attempts not bumped, nothing duplicated, same runs row
+    assert wh.committed_run_ids() == {"r1"}
+
+
+def test_a_failing_transaction_rolls_everything_back(
+    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    # Production refuses what staging allows: `events.subtitle` is REQUIRED here (BigQuery can
+    # only relax a mode, so the table is made that way), and the events MERGE fails after the
+    # trades INSERT and the markets MERGE have run inside the transaction.
+    ddl = q.render(q.CREATE_EVENTS, wh.tables, dataset=wh.dataset)
+    assert "`subtitle` STRING,\n" in ddl
+    bq.query(f"DROP TABLE `{wh.dataset}.events`").result()
+    bq.query(ddl.replace("`subtitle` STRING,\n", "`subtitle` STRING NOT NULL,\n")).result()
+    wh.commit_run("r0", _busy_run(tmp_path, "r0"), committed_at=COMMITTED_AT)
+    before = snapshot(bq, wh)
+    assert before["trades"] and before["markets"] and before["backfill_checkpoint"]
+    rows = {
+        "trades": [trade("0xg", "g1", "r1")],
+        "outcomes": [outcome("0xg", "r1", True, 50), outcome("0xb", "r1", True, 50)],
+        "markets": [market("0xc9", "r1", 50)],
+    }
+    bad = stage(tmp_path, "r1", events=[event("storm", "r1", 50, subtitle=None)], **rows)
+    with pytest.raises(CommitError, match=r"run r1.*rolled back"):
+        wh.commit_run("r1", bad, committed_at=COMMITTED_AT)
+    assert snapshot(bq, wh) == before
+    assert wh.committed_run_ids() == {"r0"}
+    assert staging_tables_left(bq, wh) == []
+
+    fixed = stage(tmp_path, "r1", events=[event("storm", "r1", 50)], **rows)
+    report = wh.commit_run("r1", fixed, committed_at=COMMITTED_AT)
+    assert (report.trades_inserted, report.markets_merged, report.events_merged) == (1, 1, 1)
+    assert trade_ids(bq, wh) == ["a1", "a2", "g1"]
+    assert set(wh.read_done_wallets()) == {"0xa", "0xb", "0xg"}
+    assert wh.committed_run_ids() == {"r0", "r1"}
+
+
+def test_a_staged_row_missing_a_required_column_fails_the_load(
+    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    wh.commit_run("r0", _busy_run(tmp_path, "r0"), committed_at=COMMITTED_AT)
+    before = snapshot(bq, wh)
+    bad = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xg", "g1", "r1"), trade("0xg", "g2", "r1", tx_hash=None)],
+        outcomes=[outcome("0xg", "r1", True, 50)],
+    )
+    with pytest.raises(CommitError, match="run r1: loading its trades staging"):
+        wh.commit_run("r1", bad, committed_at=COMMITTED_AT)
+    assert snapshot(bq, wh) == before
+    assert wh.committed_run_ids() == {"r0"}
+    assert staging_tables_left(bq, wh) == []
+
+
+def test_empty_staging_kinds(wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path) -> None:
+    report = wh.commit_run("r0", {}, committed_at=COMMITTED_AT)
+    assert (report.trades_inserted, report.wallets_done, report.wallets_failed) == (0, 0, 0)
+    runs = query(bq, f"SELECT * FROM `{wh.dataset}.backfill_runs`")
+    assert runs == [("r0", COMMITTED_AT, 0, 0, 0, 0, 0)]
+
+    files = stage(tmp_path, "r1", trades=[], outcomes=[outcome("0xz", "r1", True, 5)], events=[])
+    files["markets"] = []
+    files["rejects"] = [write_ndjson(tmp_path / "r1" / "rejects" / "part-0.json", [])]
+    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert report.wallets_done == 1
+    z = checkpoint(bq, wh)["0xz"]
+    assert (z["upload_successful"], z["trade_count"]) == (True, 0)
+    assert trade_ids(bq, wh) == []
+
+
+def test_commit_validates_its_arguments(wh: BigQueryWarehouse, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="run_id"):
+        wh.commit_run("bad id!", {})
+    with pytest.raises(ValueError, match="unknown staging kinds"):
+        wh.commit_run("r1", {"trade": []})
+    with pytest.raises(CommitError, match="missing"):
+        wh.commit_run("r1", {"trades": [str(tmp_path / "nope.json")]})
+    with pytest.raises(ValueError, match="timezone-aware"):
+        wh.commit_run("r1", {}, committed_at=dt.datetime(2026, 1, 1))
+    assert wh.committed_run_ids() == set()
+
+
+# -- one set of statements, two warehouses --------------------------------------------------------
+
+
+def test_both_warehouses_run_the_same_statements_to_the_same_result(
+    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    duck = DuckDBWarehouse(tmp_path / "wh.duckdb")
+    duck.ensure_tables()
+    history = (
+        ("r0", {"trades": [trade("0xa", "t2", "r0")], "outcomes": [outcome("0xa", "r0", True, 5)]}),
+        ("r1", _rich_run("r1")),
+        (  # newer than r2, committed first
+            "r3",
+            {
+                "trades": [trade("0xd", "d1", "r3")],
+                "outcomes": [
+                    outcome("0xf", "r3", False, 300, error="new failure"),
+                    outcome("0xd", "r3", True, 300),
+                ],
+                "markets": [market("0xc1", "r3", 300, title="new")],
+                "events": [event("weather", "r3", 300, title="new")],
+            },
+        ),
+        (  # older, committed late: must not overwrite r3's state
+            "r2",
+            {
+                "trades": [trade("0xf", "f1", "r2"), trade("0xe", "e1", "r2")],
+                "outcomes": [
+                    outcome("0xf", "r2", False, 200, error="old failure"),
+                    outcome("0xd", "r2", False, 200, error="old failure"),
+                    outcome("0xe", "r2", True, 200),
+                ],
+                "markets": [market("0xc1", "r2", 200, title="old"), market("0xc2", "r2", 200)],
+                "events": [event("weather", "r2", 200, title="old")],
+            },
+        ),
+        (  # a done wallet failing later stays done; a success beats a failure in one run
+            "r4",
+            {
+                "trades": [trade("0xh", "h1", "r4")],
+                "outcomes": [
+                    outcome("0xa", "r4", False, 400, error="late retry failed"),
+                    outcome("0xh", "r4", False, 410, error="retried"),
+                    outcome("0xh", "r4", True, 400),
+                ],
+            },
+        ),
+    )
+    for run_id, rows in history:
+        files = stage(tmp_path / "staging", run_id, **rows)
+        remote = wh.commit_run(run_id, files, committed_at=COMMITTED_AT)
+        assert remote == duck.commit_run(run_id, files, committed_at=COMMITTED_AT)
+        assert not remote.already_committed
+    ckpt = checkpoint(bq, wh)
+    assert (ckpt["0xf"]["error"], ckpt["0xd"]["run_id"], ckpt["0xa"]["run_id"]) == (
+        "new failure",
+        "r3",
+        "r1",
+    )
+    assert ckpt["0xh"]["upload_successful"] is True
+
+    # What BigQuery was sent, as bqemulator recorded the job: the transaction's statements are
+    # sql.COMMIT_STATEMENTS rendered for this dataset, in order, between BEGIN and COMMIT.
+    (script,) = [
+        job.query
+        for job in bq.list_jobs()
+        if job.job_id.startswith("backfill_commit_r1_") and f"`{wh.dataset}." in job.query
+    ]
+    begin, end = script.index("BEGIN TRANSACTION;"), script.index("COMMIT TRANSACTION;")
+    position = begin
+    for statement in q.COMMIT_STATEMENTS:
+        sent = q.render(statement, wh.tables, "r1", wh.dataset)
+        position = script.index(sent, position)
+        assert position < end
+        # ...and DuckDB runs exactly their translation: the same text without the dataset.
+        local = sent.replace(f"`{wh.dataset}.", "`")
+        (translated,) = sqlglot.transpile(
+            local,
+            read="bigquery",
+            write="duckdb",
+            identify=True,
+            pretty=True,
+            unsupported_level=ErrorLevel.RAISE,
+        )
+        assert translated == q.render_duckdb(statement, duck.tables, "r1")
+    for module_code in (
+        inspect.getsource(ddw.DuckDBWarehouse._transaction),
+        inspect.getsource(bqw.commit_script),
+    ):
+        assert "q.COMMIT_STATEMENTS" in module_code
+
+    # Same statements, same staging: the same production, row for row.
+    conn = duckdb.connect(duck.path)
+    try:
+        conn.execute("SET TimeZone = 'UTC'")
+        for table in TABLES:
+            local_rows = sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+            remote_rows = sorted(query(bq, f"SELECT * FROM `{wh.dataset}.{table}`"), key=repr)
+            assert remote_rows == local_rows, table
+    finally:
+        conn.close()
+
+
+# -- transient failures ---------------------------------------------------------------------------
+
+
+class FaultyProxy:
+    """An HTTP proxy in front of the emulator that fails chosen query jobs as BigQuery would.
+
+    `fail(marker, reason, message, times)` makes the next `times` job insertions whose request
+    body contains `marker` come back as jobs that finished with that error, without reaching the
+    emulator. Everything else is forwarded unchanged.
+    """
+
+    def __init__(self, target: str) -> None:
+        self._target = urlsplit(target)
+        self._faults: list[list[Any]] = []
+        self.failed: list[str] = []
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with proxy.lock:
+                    proxy.requests.append((self.command, self.path, body))
+                fake = proxy._fault_for(self.command, self.path, body)
+                if fake is not None:
+                    self._reply(200, {"Content-Type": "application/json"}, fake)
+                    return
+                conn = http.client.HTTPConnection(
+                    proxy._target.hostname, proxy._target.port, timeout=60
+                )
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+                }
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                hop = ("transfer-encoding", "connection", "content-length")
+                out = {k: v for k, v in response.getheaders() if k.lower() not in hop}
+                conn.close()
+                self._reply(response.status, out, data)
+
+            def _reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def fail(self, marker: str, reason: str, message: str, times: int) -> None:
+        with self.lock:
+            self._faults.append([marker, reason, message, times])
+
+    def _fault_for(self, method: str, path: str, body: bytes) -> bytes | None:
+        if method != "POST" or not urlsplit(path).path.endswith("/jobs"):
+            return None
+        with self.lock:
+            for fault in self._faults:
+                marker, reason, message, times = fault
+                if times > 0 and marker.encode() in body:
+                    fault[3] -= 1
+                    break
+            else:
+                return None
+        job = json.loads(body)
+        error = {"reason": reason, "message": message}
+        job["status"] = {"state": "DONE", "errorResult": error, "errors": [error]}
+        self.failed.append(job["jobReference"]["jobId"])
+        return json.dumps(job).encode()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def proxy(emulator: BigQueryEmulator) -> Iterator[FaultyProxy]:
+    faulty = FaultyProxy(emulator.endpoint)
+    yield faulty
+    faulty.close()
+
+
+def test_transient_transaction_failures_are_retried(
+    proxy: FaultyProxy, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    wh = new_warehouse(proxy.endpoint, retry_wait=0.01)
+    wh.ensure_tables()
+    # A backend error, then the abort BigQuery gives the loser of two concurrent transactions.
+    proxy.fail("BEGIN TRANSACTION", "backendError", "Backend error, try again", times=1)
+    proxy.fail(
+        "BEGIN TRANSACTION",
+        "invalidQuery",
+        "Transaction is aborted due to concurrent update against table p:d.trades.",
+        times=1,
+    )
+    report = wh.commit_run("r1", _busy_run(tmp_path), committed_at=COMMITTED_AT)
+    assert len(proxy.failed) == 2
+    assert all(job_id.startswith("backfill_commit_r1_") for job_id in proxy.failed)
+    assert (report.trades_inserted, report.wallets_done, report.wallets_failed) == (2, 1, 1)
+    assert trade_ids(bq, wh) == ["a1", "a2"]
+    assert wh.committed_run_ids() == {"r1"}
+
+
+def test_a_transaction_failing_every_attempt_commits_nothing_and_can_be_redone(
+    proxy: FaultyProxy, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    wh = new_warehouse(proxy.endpoint, retry_wait=0.01)
+    wh.ensure_tables()
+    proxy.fail("BEGIN TRANSACTION", "rateLimitExceeded", "Exceeded rate limits", times=3)
+    files = _busy_run(tmp_path)
+    with pytest.raises(CommitError, match=r"run r1: the commit transaction failed 3 times"):
+        wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert len(proxy.failed) == 3
+    assert (wh.committed_run_ids(), trade_ids(bq, wh), checkpoint(bq, wh)) == (set(), [], {})
+    assert staging_tables_left(bq, wh) == []
+    assert wh.commit_run("r1", files, committed_at=COMMITTED_AT).trades_inserted == 2
+
+
+def test_a_permanent_error_is_not_retried(proxy: FaultyProxy, tmp_path: Path) -> None:
+    wh = new_warehouse(proxy.endpoint, retry_wait=0.01)
+    wh.ensure_tables()
+    proxy.fail("BEGIN TRANSACTION", "invalidQuery", "Syntax error: Unexpected keyword", times=3)
+    with pytest.raises(CommitError, match=r"run r1: the commit transaction failed and was"):
+        wh.commit_run("r1", _busy_run(tmp_path), committed_at=COMMITTED_AT)
+    assert len(proxy.failed) == 1
+
+
+def test_staging_tables_get_an_expiration(
+    proxy: FaultyProxy, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    # bqemulator keeps no table expiration, so this looks at what the client asked for.
+    wh = new_warehouse(proxy.endpoint, staging_expiration_hours=2)
+    wh.ensure_tables()
+    start = dt.datetime.now(dt.UTC)
+    wh.commit_run("r-1", _busy_run(tmp_path, "r-1"), committed_at=COMMITTED_AT)
+    end = dt.datetime.now(dt.UTC)
+    expirations = {}
+    for method, path, body in proxy.requests:
+        table = urlsplit(path).path.rpartition("/tables/")[2]
+        if method == "PATCH" and table.startswith("_stg_"):
+            millis = int(json.loads(body)["expirationTime"])
+            expirations[table] = dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
+    assert set(expirations) == {q.staging_table("r-1", kind) for kind in q.COMMITTED_KINDS}
+    for expires in expirations.values():
+        assert start + dt.timedelta(hours=2) - dt.timedelta(seconds=1) <= expires
+        assert expires <= end + dt.timedelta(hours=2)
+    assert staging_tables_left(bq, wh) == []  # and dropped after the commit all the same
+
+
+def test_which_errors_are_transient() -> None:
+    for transient in (
+        gexc.ServiceUnavailable("x"),
+        gexc.InternalServerError("x"),
+        gexc.TooManyRequests("x"),
+        gexc.BadGateway("x"),
+        gexc.BadRequest("Transaction is aborted due to concurrent update against table t"),
+        gexc.BadRequest("x", errors=[{"message": "Could not serialize access to table t"}]),
+    ):
+        assert bqw.is_transient(transient), transient
+    for permanent in (
+        gexc.BadRequest("Syntax error"),
+        gexc.Forbidden("Access Denied"),
+        gexc.NotFound("Not found: Table"),
+        ValueError("concurrent update"),
+    ):
+        assert not bqw.is_transient(permanent), permanent
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+
+def test_status_numbers(wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path) -> None:
+    # Distinct non-null traders: 0xa, 0xb, 0xc (0xa twice, one null) -> 3.
+    bq.query(
+        f"INSERT INTO `{wh.dataset}.traders` VALUES ('0xa'), ('0xb'), ('0xc'), ('0xa'), (NULL)"
+    ).result()
+    wh.commit_run(
+        "r1",
+        stage(
+            tmp_path,
+            "r1",
+            trades=[trade("0xa", "a1", "r1"), trade("0xb", "b1", "r1")],
+            outcomes=[outcome("0xa", "r1", True, 10), outcome("0xc", "r1", False, 10, 7, "boom")],
+            markets=[market("0xc1", "r1", 10)],
+        ),
+        committed_at=COMMITTED_AT,
+    )
+    wh.commit_run(
+        "r2",
+        stage(
+            tmp_path,
+            "r2",
+            outcomes=[outcome("0xb", "r2", True, 20), outcome("0xd", "r2", False, 30, 0, "x")],
+        ),
+        committed_at=COMMITTED_AT + dt.timedelta(minutes=30),
+    )
+    report = wh.status(last_runs=1)
+    assert (report.done_wallets, report.failed_wallets, report.total_wallets) == (2, 2, 3)
+    assert report.progress_percent == 66.67  # 2 * 100 / 3, rounded to 2 places
+    assert report.remaining_wallets == 1
+    assert [(w.wallet_address, w.trade_count, w.error) for w in report.failed] == [
+        ("0xd", 0, "x"),  # newest first
+        ("0xc", 7, "boom"),
+    ]
+    assert report.failed[0].processed_at == dt.datetime.fromtimestamp(T0 + 30, dt.UTC)
+    assert (report.trades_rows, report.markets_rows, report.events_rows) == (1, 1, 0)
+    assert [r.run_id for r in report.last_runs] == ["r2"]
+    assert report.last_runs[0].committed_at == COMMITTED_AT + dt.timedelta(minutes=30)
+    assert wh.status(last_runs=5).last_runs[1].run_id == "r1"
+
+    text = render_status(report)
+    assert "2 of 3 (66.67 %)" in text and "remaining 1" in text
+    assert "0xc" in text and "boom" in text and "r2" in text
+
+
+def test_status_of_an_empty_warehouse(wh: BigQueryWarehouse) -> None:
+    report = wh.status()
+    assert (report.done_wallets, report.total_wallets, report.progress_percent) == (0, 0, None)
+    assert report.last_runs == ()
+    assert "no committed runs yet" in render_status(report)
+    with pytest.raises(ValueError):
+        wh.status(last_runs=-1)
+
+
+# -- specs, environment, pickling -----------------------------------------------------------------
+
+
+def test_open_warehouse_uses_the_emulator_host_from_the_environment(
+    emulator: BigQueryEmulator, bq: bigquery.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = f"wh_{uuid.uuid4().hex[:12]}"
+    for host in (emulator.endpoint, emulator.endpoint.removeprefix("http://")):
+        monkeypatch.setenv(bqw.EMULATOR_HOST_ENV, host)
+        wh = open_warehouse(f"bigquery:{PROJECT}.{dataset}")
+        assert isinstance(wh, BigQueryWarehouse)
+        assert wh.dataset == f"{PROJECT}.{dataset}"
+        with wh:
+            wh.ensure_tables()
+            assert wh.committed_run_ids() == set()
+    assert "backfill_runs" in {t.table_id for t in bq.list_tables(f"{PROJECT}.{dataset}")}
+
+    monkeypatch.delenv(bqw.EMULATOR_HOST_ENV)
+    assert bqw.emulator_settings() == {}
+    scoped = open_warehouse("bigquery:example.com:my-project.polymarket")
+    assert scoped.dataset == "example.com:my-project.polymarket"
+    assert isinstance(scoped, BigQueryWarehouse) and scoped._client is None
+
+
+def test_the_warehouse_pickles_without_a_client(wh: BigQueryWarehouse) -> None:
+    assert wh.committed_run_ids() == set()  # the client exists now
+    assert wh._client is not None
+    clone = pickle.loads(pickle.dumps(wh))
+    assert clone._client is None
+    assert (clone.dataset, clone.tables) == (wh.dataset, wh.tables)
+    assert clone.committed_run_ids() == set()  # builds its own client
+    assert clone.client is not wh.client
+    clone.close()
+
+
+def test_constructor_validates(emulator: BigQueryEmulator) -> None:
+    with pytest.raises(ValueError, match=r"PROJECT\.DATASET"):
+        BigQueryWarehouse("Bad_Project", "ds")
+    with pytest.raises(ValueError):
+        BigQueryWarehouse("my-project", "d;s")
+    with pytest.raises(ValueError, match="staging_expiration_hours"):
+        BigQueryWarehouse("my-project", "ds", staging_expiration_hours=0)
