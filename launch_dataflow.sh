@@ -39,6 +39,9 @@ Environment (default in brackets):
   REPOSITORY           Artifact Registry repository [trade-backfill]
   IMAGE_TAG            image tag [the git commit, else latest]; build and run/schedule must agree
   MAX_WALLETS          at most N wallets per run [all]
+  REFRESH_AFTER        re-fetch done wallets and open markets older than this, e.g. 6h [6h];
+                       empty: backfill only
+  VERIFY               true: each run first resets done wallets missing trades [false]
   RATE_PER_SECOND, RATE_PER_10S   override the tier's limits for the whole job [the tier's]
   SCHEDULE             cron schedule [*/30 * * * *]; TIME_ZONE [Etc/UTC]
   SCHEDULER_RETRIES    Cloud Scheduler retries of a failed launch, 0-5 [0]
@@ -115,6 +118,8 @@ configure() {
     IMAGE_TAG="$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo latest)"
   fi
   MAX_WALLETS="${MAX_WALLETS:-}"
+  REFRESH_AFTER="${REFRESH_AFTER-6h}"
+  VERIFY="${VERIFY:-false}"
   RATE_PER_SECOND="${RATE_PER_SECOND:-}"
   RATE_PER_10S="${RATE_PER_10S:-}"
   SCHEDULE="${SCHEDULE:-*/30 * * * *}"
@@ -140,6 +145,8 @@ configure() {
   [[ "$REPOSITORY" =~ ^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$ ]] || problems+=("REPOSITORY='$REPOSITORY': lowercase letters, digits, '-'")
   [[ "$IMAGE_TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || problems+=("IMAGE_TAG='$IMAGE_TAG': a Docker tag")
   [[ -z "$MAX_WALLETS" ]] || is_int "$MAX_WALLETS" || problems+=("MAX_WALLETS='$MAX_WALLETS': a positive integer, or unset")
+  [[ -z "$REFRESH_AFTER" || "$REFRESH_AFTER" =~ ^[0-9]+(\.[0-9]+)?[smhd]?$ ]] || problems+=("REFRESH_AFTER='$REFRESH_AFTER': a duration like 30m, 6h, 1d, or empty")
+  [[ "$VERIFY" =~ ^(true|false)$ ]] || problems+=("VERIFY='$VERIFY': true or false")
   [[ -z "$RATE_PER_SECOND" ]] || is_number "$RATE_PER_SECOND" || problems+=("RATE_PER_SECOND='$RATE_PER_SECOND': a positive number, or unset")
   [[ -z "$RATE_PER_10S" ]] || is_number "$RATE_PER_10S" || problems+=("RATE_PER_10S='$RATE_PER_10S': a positive number, or unset")
   [[ "$(wc -w <<<"$SCHEDULE")" -eq 5 ]] || problems+=("SCHEDULE='$SCHEDULE': five cron fields, e.g. */30 * * * *")
@@ -186,6 +193,8 @@ launch_parameters() {
     "rate_shares=${RATE_SHARES}"
   )
   [[ -z "$MAX_WALLETS" ]] || PARAMS+=("max_wallets=${MAX_WALLETS}")
+  [[ -z "$REFRESH_AFTER" ]] || PARAMS+=("refresh_after=${REFRESH_AFTER}")
+  [[ "$VERIFY" == "false" ]] || PARAMS+=("verify=${VERIFY}")
   [[ -z "$RATE_PER_SECOND" ]] || PARAMS+=("rate_per_second=${RATE_PER_SECOND}")
   [[ -z "$RATE_PER_10S" ]] || PARAMS+=("rate_per_10s=${RATE_PER_10S}")
 }

@@ -1,4 +1,4 @@
-"""The one entry point: `python -m pipeline <command>` (run, status, commit, demo, simulate)."""
+"""The one entry point: `python -m pipeline <command>` (run, status, commit, verify, demo, simulate)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.run", "run the backfill pipeline once"),
     "status": ("pipeline.status", "show progress from the checkpoint table"),
     "commit": ("pipeline.commit", "commit one run's staging into the warehouse (recovery)"),
+    "verify": ("pipeline.verify", "reset done wallets whose trades production does not hold"),
     "demo": ("pipeline.demo", "start the simulator, seed wallets, run the pipeline, show status"),
     "simulate": ("pipeline.simulator.cli", "serve the Dome API simulator on 127.0.0.1"),
 }

@@ -10,7 +10,7 @@ from transforms.api import ApiHandle
 from transforms.fetch_markets import FetchEvents, FetchMarkets
 from transforms.fetch_trades import FetchTrades
 from transforms.read_wallets import ReadWallets
-from transforms.select_wallets import SelectPending
+from transforms.select_wallets import SelectWallets
 from transforms.stage import CommitRun, WriteStaging
 
 
@@ -20,10 +20,8 @@ def build_pipeline(options: PipelineOptions, config: BackfillConfig) -> beam.Pip
     api = ApiHandle(config)  # one client and rate limiter per worker process, for every fetch step
 
     read = pipeline | "ReadWallets" >> ReadWallets(config.warehouse, config.tables, config.run_id)
-    pending = read["wallets"] | "SelectPending" >> SelectPending(
-        config.warehouse, config.tables, config.max_wallets
-    )
-    fetched = pending | "FetchTrades" >> FetchTrades(api, config)
+    requests = read["wallets"] | "SelectWallets" >> SelectWallets(config)
+    fetched = requests | "FetchTrades" >> FetchTrades(api, config)
     markets = fetched["condition_ids"] | "FetchMarkets" >> FetchMarkets(api, config)
     events = markets["event_slugs"] | "FetchEvents" >> FetchEvents(api, config)
 

@@ -33,7 +33,8 @@ def commit_staged_run(
 
 
 def prepare(config: BackfillConfig) -> list[dict[str, Any]]:
-    """Start of every run: create missing tables, then commit any earlier run left staged."""
+    """Start of every run: create missing tables, commit any earlier run left staged, then
+    (with --verify) reset done wallets whose trades production does not hold."""
     if staging.has_files(config.staging_root, config.run_id):
         raise ValueError(
             f"run_id {config.run_id} already has staging under {config.staging_root}: "
@@ -49,4 +50,7 @@ def prepare(config: BackfillConfig) -> list[dict[str, Any]]:
         recovered.append(
             commit_staged_run(config.warehouse, config.tables, config.staging_root, run_id)
         )
+    if config.verify:
+        with open_warehouse(config.warehouse, config.tables) as warehouse:
+            log.warning("%s", warehouse.verify(reset=True).render())
     return recovered

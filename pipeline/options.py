@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import re
 import secrets
+import time
 from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import (
@@ -26,6 +27,14 @@ from pipeline.dome.limiter import TIERS, RateLimit
 from pipeline.warehouse import TableNames, parse_warehouse_spec
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _flag(text: str) -> bool:
+    """`--verify`, `--verify=true` or `--verify=false`: templates pass every option a value."""
+    value = text.strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return value == "true"
 
 
 class BackfillOptions(PipelineOptions):
@@ -97,6 +106,25 @@ class BackfillOptions(PipelineOptions):
             default=10_000,
             help="a wallet with more pages than this fails instead of looping",
         )
+        add(
+            "--refresh_after",
+            default=None,
+            help="re-fetch done wallets (and open markets/events) last fetched longer ago than "
+            "this, e.g. 30m, 6h, 1d; off by default (backfill only)",
+        )
+        add(
+            "--refresh_overlap",
+            default="1h",
+            help="a refresh starts this long before the wallet's newest landed trade",
+        )
+        add(
+            "--verify",
+            type=_flag,
+            nargs="?",
+            const=True,
+            default=False,
+            help="before the run, reset done wallets whose trades production does not hold",
+        )
         add("--max_attempts", type=int, default=5, help="attempts per request before giving up")
         add("--connect_timeout", type=float, default=5.0, help="seconds")
         add("--read_timeout", type=float, default=30.0, help="seconds")
@@ -119,6 +147,10 @@ class BackfillConfig:
     max_wallets: int | None
     fetch_threads: int
     api_key_secret: str | None = None
+    refresh_after_s: float | None = None  # None: no refresh (backfill only)
+    refresh_overlap_s: float = 3600.0
+    verify: bool = False
+    started_at: float = 0.0  # unix seconds, fixed at launch: every worker judges staleness alike
 
     @property
     def process_rate_limit(self) -> RateLimit:
@@ -132,6 +164,18 @@ class BackfillConfig:
 
 class OptionsError(ValueError):
     """Every problem with the options at once, each saying what to fix."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '6h', '1d' or plain seconds -> seconds."""
+    match = _DURATION.match(text or "")
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 30m, 6h or 1d")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -216,6 +260,18 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
             "lower --max_num_workers or raise the rate limit"
         )
 
+    refresh_after_s = None
+    if opts.refresh_after:
+        try:
+            refresh_after_s = parse_duration(opts.refresh_after)
+        except ValueError as exc:
+            problems.append(f"--refresh_after: {exc}")
+    try:
+        refresh_overlap_s = parse_duration(opts.refresh_overlap)
+    except ValueError as exc:
+        problems.append(f"--refresh_overlap: {exc}")
+        refresh_overlap_s = 0.0
+
     checks = [
         (opts.max_wallets is None or opts.max_wallets >= 1, "--max_wallets must be at least 1"),
         (opts.fetch_threads >= 1, "--fetch_threads must be at least 1"),
@@ -248,4 +304,8 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         max_wallets=opts.max_wallets,
         fetch_threads=opts.fetch_threads,
         api_key_secret=opts.api_key_secret,
+        refresh_after_s=refresh_after_s,
+        refresh_overlap_s=refresh_overlap_s,
+        verify=bool(opts.verify),
+        started_at=time.time(),
     )

@@ -67,6 +67,7 @@ def outcome_row(
     last_trade_ts: int | None,
     error: str | None,
     gcs_file: str,
+    fetched_from: int | None = None,
 ) -> dict:
     return {
         "wallet_address": wallet,
@@ -77,6 +78,7 @@ def outcome_row(
         "gcs_file": gcs_file,
         "processed_at": processed_at,
         "run_id": run_id,
+        "fetched_from": fetched_from,
     }
 
 

@@ -108,6 +108,7 @@ OUTCOME_COLUMNS: tuple[Column, ...] = (
     _c("gcs_file", "STRING", description="where this run staged the wallet's trades"),
     _c("processed_at", "TIMESTAMP", "REQUIRED"),
     _c("run_id", "STRING", "REQUIRED"),
+    _c("fetched_from", "INT64", description="the refresh's start_time; null: the whole history"),
 )
 
 # The users' existing monitoring reads completed/upload_successful/trade_count/processed_at.
@@ -122,6 +123,7 @@ CHECKPOINT_COLUMNS: tuple[Column, ...] = (
     _c("attempts", "INT64"),
     _c("error", "STRING"),
     _c("last_trade_at", "TIMESTAMP"),
+    _c("last_refreshed_at", "TIMESTAMP", description="last successful fetch, whole or refresh"),
 )
 
 # An input row of `traders` that is not a wallet address; staged for inspection, never committed.

@@ -65,6 +65,9 @@ BAD_VALUES = {
     "max_attempts": "21",
     "connect_timeout": "5s",
     "read_timeout": "0.0",
+    "refresh_after": "6 hours",
+    "refresh_overlap": "-1h",
+    "verify": "yes",
 }
 BAD_TABLE_NAME = "prod.trades; DROP TABLE x"
 

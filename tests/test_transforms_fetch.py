@@ -10,6 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.dome.ids import trade_id
 from pipeline.options import resolve
+from tests.support import seed_traders
 from transforms.api import ApiHandle
 from transforms.batch import BatchPerKey
 from transforms.fetch_markets import FetchEvents, FetchMarkets
@@ -20,9 +21,12 @@ from transforms.fetch_trades import FetchTrades
 def setup(sim_server, monkeypatch, tmp_path):
     server = sim_server(seed=17, wallets=12, max_trades=1500)
     monkeypatch.setenv("DOME_API_KEY", server.api_key)
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, [])  # the tables the known-market anti-join reads, empty
     config = resolve(
         PipelineOptions(
             [
+                f"--warehouse=duckdb:{db}",
                 f"--api_base_url={server.base_url}",
                 f"--staging_root={tmp_path}",
                 "--run_id=r1",
@@ -45,7 +49,7 @@ def test_fetch_trades_pages_outcomes_and_condition_ids(setup):
     # The broken wallet's first page was fetched before its failure: it is staged but never landed.
     first_page = [trade_id(broken, o) for o in simulator.orders(broken)[:100]]
     with TestPipeline() as p:
-        out = p | beam.Create(wallets) | FetchTrades(api, config)
+        out = p | beam.Create([(w, None) for w in wallets]) | FetchTrades(api, config)
         ids = out["trade_pages"] | "Ids" >> beam.FlatMap(lambda page: [row["id"] for row in page])
         assert_that(ids, equal_to(expected_ids + first_page), label="ids")
         outcomes = out["outcomes"] | beam.Map(

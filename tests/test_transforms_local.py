@@ -1,6 +1,7 @@
 """The graph's steps that need no API, each in a TestPipeline on the DirectRunner with a real DuckDB."""
 
 import json
+import time
 
 import apache_beam as beam
 import pytest
@@ -13,7 +14,8 @@ from pipeline.warehouse import TableNames
 from tests.support import query, seed_traders
 from transforms.dedup import DedupFirst
 from transforms.read_wallets import ReadWallets, normalize_wallet
-from transforms.select_wallets import SelectPending
+from transforms.select_wallets import NEW, REFRESH, RefreshPolicy, SelectWallets, plan_fetch
+from transforms.skip_known import needs_fetch
 from transforms.stage import WriteStaging
 
 A = "0x" + "a" * 40
@@ -58,22 +60,85 @@ def test_read_wallets_normalizes_dedups_and_rejects(tmp_path):
         )
 
 
-def _checkpoint_done(db, wallet, successful):
+def _checkpoint_done(db, wallet, successful, last_trade_at=None, refreshed=None):
     query(
         db,
-        "INSERT INTO backfill_checkpoint (wallet_address, completed, upload_successful) "
-        f"VALUES ('{wallet}', true, {str(successful).lower()})",
+        "INSERT INTO backfill_checkpoint (wallet_address, completed, upload_successful, "
+        "last_trade_at, last_refreshed_at) VALUES "
+        f"('{wallet}', true, {str(successful).lower()}, "
+        f"{'NULL' if last_trade_at is None else f'to_timestamp({last_trade_at})'}, "
+        f"{'NULL' if refreshed is None else f'to_timestamp({refreshed})'})",
     )
 
 
-def test_select_pending_skips_done_and_keeps_failed(tmp_path):
+def _config(db, *extra):
+    return resolve(PipelineOptions([f"--warehouse=duckdb:{db}", *extra]))
+
+
+def test_select_wallets_skips_done_and_keeps_failed(tmp_path):
     db = tmp_path / "w.duckdb"
     seed_traders(db, [])
     _checkpoint_done(db, A, True)
     _checkpoint_done(db, B, False)
     with TestPipeline() as p:
-        pending = p | beam.Create([A, B, C]) | SelectPending(f"duckdb:{db}", TableNames(), None)
-        assert_that(pending, equal_to([B, C]))
+        requests = p | beam.Create([A, B, C]) | SelectWallets(_config(db))
+        assert_that(requests, equal_to([(B, None), (C, None)]))
+
+
+def test_refresh_picks_stale_done_wallets_from_last_trade_minus_overlap(tmp_path):
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, [])
+    now = time.time()
+    _checkpoint_done(db, A, True, last_trade_at=1_700_000_000, refreshed=now - 7200)
+    _checkpoint_done(db, B, True, last_trade_at=1_700_000_000, refreshed=now - 60)
+    config = _config(db, "--refresh_after=1h", "--refresh_overlap=10m")
+    with TestPipeline() as p:
+        requests = p | beam.Create([A, B, C]) | SelectWallets(config)
+        assert_that(requests, equal_to([(A, 1_700_000_000 - 600), (C, None)]))
+
+
+def test_new_wallets_come_before_refreshes_within_max_wallets(tmp_path):
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, [])
+    _checkpoint_done(db, A, True, last_trade_at=1_700_000_000, refreshed=1)
+    config = _config(db, "--refresh_after=1h", "--max_wallets=2")
+    with TestPipeline() as p:
+        requests = p | beam.Create([A, B, C]) | SelectWallets(config)
+        assert_that(requests, equal_to([(B, None), (C, None)]))
+
+
+@pytest.mark.parametrize(
+    ("state", "refresh_after", "expected"),
+    [
+        (None, None, (NEW, A, None)),
+        ((A, False, None, None), None, (NEW, A, None)),
+        ((A, True, 5000.0, 100.0), None, None),
+        ((A, True, 5000.0, 9000.0), 3600.0, None),
+        ((A, True, 5000.0, 100.0), 3600.0, (REFRESH, A, 5000 - 600)),
+        ((A, True, None, 100.0), 3600.0, (REFRESH, A, None)),
+        ((A, True, 100.0, None), 3600.0, (REFRESH, A, 0)),
+    ],
+)
+def test_plan_fetch(state, refresh_after, expected):
+    policy = RefreshPolicy(now=10_000.0, refresh_after_s=refresh_after, overlap_s=600.0)
+    assert plan_fetch(A, [] if state is None else [state], policy) == expected
+
+
+@pytest.mark.parametrize(
+    ("wanted", "known", "refresh_after", "expected"),
+    [
+        (True, [], None, True),
+        (False, [], 3600.0, False),
+        (True, [("closed", 1.0)], 3600.0, False),
+        (True, [("Resolved", 1.0)], 3600.0, False),
+        (True, [("open", 1.0)], None, False),
+        (False, [("open", 1.0)], 3600.0, True),
+        (True, [("open", 9_000.0)], 3600.0, False),
+    ],
+)
+def test_needs_fetch(wanted, known, refresh_after, expected):
+    policy = RefreshPolicy(now=10_000.0, refresh_after_s=refresh_after, overlap_s=0.0)
+    assert needs_fetch(wanted, known, policy) is expected
 
 
 def test_max_wallets_picks_the_same_wallets_every_time(tmp_path):
@@ -82,8 +147,8 @@ def test_max_wallets_picks_the_same_wallets_every_time(tmp_path):
     wallets = ["0x" + f"{i:040x}" for i in range(50)]
     for order in (wallets, list(reversed(wallets))):
         with TestPipeline() as p:
-            chosen = p | beam.Create(order) | SelectPending(f"duckdb:{db}", TableNames(), 5)
-            assert_that(chosen, equal_to(sorted(wallets)[:5]))
+            chosen = p | beam.Create(order) | SelectWallets(_config(db, "--max_wallets=5"))
+            assert_that(chosen, equal_to([(w, None) for w in sorted(wallets)[:5]]))
 
 
 def test_dedup_first_emits_each_key_once():

@@ -406,7 +406,10 @@ def test_a_done_wallet_is_never_turned_into_a_failed_one(
     )
     wh.commit_run("r2", files, committed_at=COMMITTED_AT)
     a = checkpoint(wh)["0xa"]
-    assert (a["upload_successful"], a["error"], a["run_id"]) == (True, None, "r1")
+    # A failed refresh of a done wallet keeps it done and records only its error; its unchanged
+    # last_refreshed_at makes the next refresh try again.
+    assert (a["upload_successful"], a["error"], a["run_id"]) == (True, "late retry failed", "r1")
+    assert a["last_refreshed_at"] == a["processed_at"]
     assert list(wh.read_done_wallets()) == ["0xa"]
 
 

@@ -15,6 +15,7 @@ from transforms.api import ApiHandle
 from transforms.batch import BatchPerKey
 from transforms.concurrent import ConcurrentFetchFn, Emit
 from transforms.dedup import DedupFirst
+from transforms.skip_known import SkipKnown
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,10 @@ class _FetchEventFn(ConcurrentFetchFn):
 
 
 class FetchMarkets(beam.PTransform):
-    """condition_ids -> market rows (main) and the distinct event slugs they name (`event_slugs`)."""
+    """condition_ids -> market rows (main) and the event slugs they name (`event_slugs`).
+
+    Each id once per run, none that production holds settled or fresh, 100 per request.
+    """
 
     def __init__(self, api: ApiHandle, config: BackfillConfig) -> None:
         super().__init__()
@@ -87,6 +91,7 @@ class FetchMarkets(beam.PTransform):
         fetched = (
             condition_ids
             | "FirstPerId" >> DedupFirst()
+            | "SkipKnown" >> SkipKnown(self._config, "read_known_markets")
             # One key: batches stay full (ceil(n/100) requests); markets are few next to trades.
             | "OneKey" >> beam.WithKeys(lambda _: "markets")
             | "Batch" >> BatchPerKey(BATCH_SIZE)
@@ -109,5 +114,6 @@ class FetchEvents(beam.PTransform):
         return (
             event_slugs
             | "FirstPerSlug" >> DedupFirst()
+            | "SkipKnown" >> SkipKnown(self._config, "read_known_events")
             | "Fetch" >> beam.ParDo(_FetchEventFn(self._api, self._config))
         )

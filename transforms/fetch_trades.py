@@ -28,10 +28,11 @@ class _FetchWalletFn(ConcurrentFetchFn):
         self._run_id = config.run_id
         self._trades_path = f"{config.run_staging}/trades/"
 
-    def fetch(self, wallet: str, emit: Emit) -> None:
+    def fetch(self, request: tuple[str, int | None], emit: Emit) -> None:
+        wallet, start_time = request
         count, newest, error = 0, None, None
         try:
-            for page in self.api.client.order_pages(wallet):
+            for page in self.api.client.order_pages(wallet, start_time=start_time):
                 if not page.items:
                     continue
                 fetched_at = format_timestamp(time.time())
@@ -56,12 +57,14 @@ class _FetchWalletFn(ConcurrentFetchFn):
                 last_trade_ts=newest,
                 error=error,
                 gcs_file=self._trades_path,
+                fetched_from=start_time,
             ),
         )
 
 
 class FetchTrades(beam.PTransform):
-    """Outputs: `trade_pages` (lists of trade rows), `outcomes` (rows), `condition_ids` (strings)."""
+    """(wallet, start_time) requests -> `trade_pages` (lists of trade rows), `outcomes` (one row per
+    wallet) and `condition_ids` (strings)."""
 
     def __init__(self, api: ApiHandle, config: BackfillConfig) -> None:
         super().__init__()

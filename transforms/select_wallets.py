@@ -1,48 +1,101 @@
-"""SelectPending: wallets not yet done (anti-join with the checkpoint), optionally the first N."""
+"""SelectWallets: what this run fetches: new wallets first, then refreshes of stale done wallets.
+
+The checkpoint is anti-joined in the graph (CoGroupByKey), never loaded into a Python set, so the
+step scales with the traders table. Each selected wallet becomes a `(wallet, start_time)` request:
+`start_time` is None for a whole history, or the refresh's lower bound (newest landed trade minus
+the overlap, so a trade landing late at the API's boundary is not missed; the commit's id dedup
+makes the overlap harmless).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
 import apache_beam as beam
 
-from pipeline.warehouse import TableNames
+from pipeline.options import BackfillConfig
 from transforms.read_wallets import ReadWarehouseFn
 
+NEW, REFRESH = 0, 1  # selection priority: new wallets always come before refreshes
 
-def _pending(element: tuple[str, dict[str, list]]):
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    now: float
+    refresh_after_s: float | None
+    overlap_s: float
+
+
+def plan_fetch(
+    wallet: str, states: Iterable[tuple], policy: RefreshPolicy
+) -> tuple[int, str, int | None] | None:
+    """(priority, wallet, start_time) if the wallet is to be fetched this run, else None.
+
+    `states` holds the wallet's checkpoint row, if any, as
+    (wallet_address, done, last_trade_at, last_refreshed_at) with times in unix seconds.
+    """
+    state = next(iter(states), None)
+    if state is None or not state[1]:
+        return NEW, wallet, None
+    if policy.refresh_after_s is None:
+        return None
+    _, _, last_trade_at, last_refreshed_at = state
+    if last_refreshed_at is not None and policy.now - last_refreshed_at < policy.refresh_after_s:
+        return None
+    start = None if last_trade_at is None else max(0, int(last_trade_at - policy.overlap_s))
+    return REFRESH, wallet, start
+
+
+def _planned(element: tuple[str, dict[str, list]], policy: RefreshPolicy) -> Iterator[tuple]:
     wallet, groups = element
-    if groups["wanted"] and not groups["done"]:
-        yield wallet
+    if groups["wanted"]:
+        plan = plan_fetch(wallet, groups["state"], policy)
+        if plan is not None:
+            yield plan
 
 
-class SelectPending(beam.PTransform):
-    """Wallets minus those whose trades are landed, capped at `max_wallets`, then redistributed.
+class SelectWallets(beam.PTransform):
+    """Wallets -> `(wallet, start_time)` requests, at most `max_wallets`, then redistributed.
 
-    The cap keeps the N smallest addresses, so the same state always selects the same wallets;
-    the Reshuffle spreads them over workers before the slow, rate-limited fetching.
+    The cap keeps the first N by (new before refresh, address), so the same state always selects
+    the same wallets; the Reshuffle spreads them over workers before the rate-limited fetching.
     """
 
-    def __init__(self, warehouse: str, tables: TableNames, max_wallets: int | None) -> None:
+    def __init__(self, config: BackfillConfig) -> None:
         super().__init__()
-        self._warehouse, self._tables, self._max_wallets = warehouse, tables, max_wallets
+        self._config = config
+        self._policy = RefreshPolicy(
+            now=config.started_at,
+            refresh_after_s=config.refresh_after_s,
+            overlap_s=config.refresh_overlap_s,
+        )
 
     def expand(self, wallets):
-        done = (
+        config = self._config
+        states = (
             wallets.pipeline
             | "StartCheckpoint" >> beam.Create([None])
-            | "ReadDone"
-            >> beam.ParDo(ReadWarehouseFn(self._warehouse, self._tables, "read_done_wallets"))
-            | "KeyDone" >> beam.Map(lambda wallet: (wallet, True))
+            | "ReadCheckpoint"
+            >> beam.ParDo(
+                ReadWarehouseFn(config.warehouse, config.tables, "read_checkpoint_states")
+            )
+            | "KeyState" >> beam.Map(lambda state: (state[0], tuple(state)))
         )
         wanted = wallets | "KeyWanted" >> beam.Map(lambda wallet: (wallet, True))
-        pending = (
-            {"wanted": wanted, "done": done}
+        plans = (
+            {"wanted": wanted, "state": states}
             | "AntiJoin" >> beam.CoGroupByKey()
-            | "NotDone" >> beam.FlatMap(_pending)
+            | "Plan" >> beam.FlatMap(_planned, self._policy)
         )
-        if self._max_wallets is not None:
-            pending = (
-                pending
-                | "FirstN" >> beam.combiners.Top.Smallest(self._max_wallets)
+        if config.max_wallets is not None:
+            plans = (
+                plans
+                | "FirstN" >> beam.combiners.Top.Smallest(config.max_wallets)
                 | "Unlist" >> beam.FlatMap(lambda chosen: chosen)
             )
-        return pending | "Reshuffle" >> beam.Reshuffle()
+        return (
+            plans
+            | "Request" >> beam.Map(lambda plan: (plan[1], plan[2]))
+            | "Reshuffle" >> beam.Reshuffle()
+        )

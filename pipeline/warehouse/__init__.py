@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from pipeline.status_report import StatusReport
+from pipeline.warehouse import sql
 from pipeline.warehouse.sql import TableNames, validate_dataset, validate_run_id
 
 __all__ = [
     "CommitError",
     "CommitReport",
     "TableNames",
+    "VerifyReport",
     "Warehouse",
     "open_warehouse",
     "parse_warehouse_spec",
@@ -48,6 +51,33 @@ class CommitReport:
     events_merged: int = 0
     wallets_done: int = 0
     wallets_failed: int = 0
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """(wallet, checkpoint trade_count, production trade count) of each mismatch, and whether
+    those wallets were reset to be fetched again."""
+
+    mismatches: tuple[tuple[str, int | None, int], ...]
+    reset: bool
+
+    def render(self) -> str:
+        if not self.mismatches:
+            return "verify: every done wallet's trades are in production"
+        action = "reset, the next run fetches them again" if self.reset else "not reset"
+        lines = [f"verify: {len(self.mismatches)} done wallets differ from production ({action}):"]
+        lines += [f"  {w}  checkpoint {c}  production {p}" for w, c, p in self.mismatches[:50]]
+        if len(self.mismatches) > 50:
+            lines.append(f"  ... and {len(self.mismatches) - 50} more")
+        return "\n".join(lines)
+
+
+def _epoch(value: dt.datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # warehouse TIMESTAMPs are UTC
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
 
 
 class Warehouse(abc.ABC):
@@ -90,6 +120,50 @@ class Warehouse(abc.ABC):
     @abc.abstractmethod
     def status(self, last_runs: int = 5) -> StatusReport:
         """The monitoring numbers of design.md, production totals and the last runs."""
+
+    # -- what both implementations share, on top of two primitives -----------------------------
+
+    @abc.abstractmethod
+    def _stream(
+        self, statement: sql.Statement, params: Mapping[str, Any] | None = None
+    ) -> Iterable[Sequence[Any]]:
+        """One statement's result rows (paged where the engine pages)."""
+
+    @abc.abstractmethod
+    def _run(self, statement: sql.Statement, params: Mapping[str, Any] | None = None) -> None:
+        """Run one statement for its effect."""
+
+    def read_checkpoint_states(self) -> Iterator[tuple[str, bool, float | None, float | None]]:
+        """(wallet, done, last_trade_at, last_refreshed_at) per checkpoint row, times in unix s."""
+        for wallet, done, last_trade_at, last_refreshed_at in self._stream(
+            sql.SELECT_CHECKPOINT_STATES
+        ):
+            yield wallet, bool(done), _epoch(last_trade_at), _epoch(last_refreshed_at)
+
+    def read_known_markets(self) -> Iterator[tuple[str, str | None, float | None]]:
+        """(condition_id, status, updated_at unix s) of every market in production."""
+        for key, status, updated_at in self._stream(sql.SELECT_KNOWN_MARKETS):
+            yield key, status, _epoch(updated_at)
+
+    def read_known_events(self) -> Iterator[tuple[str, str | None, float | None]]:
+        """(event_slug, status, updated_at unix s) of every event in production."""
+        for key, status, updated_at in self._stream(sql.SELECT_KNOWN_EVENTS):
+            yield key, status, _epoch(updated_at)
+
+    def verify(self, reset: bool = True) -> VerifyReport:
+        """Done wallets whose production trade count differs from the checkpoint's; with
+        `reset`, they are made pending so that the next run fetches them whole again."""
+        mismatches = tuple(
+            (wallet, checkpoint_count, int(production_count))
+            for wallet, checkpoint_count, production_count in self._stream(sql.VERIFY_MISMATCHES)
+        )
+        if reset and mismatches:
+            reason = "verify: production's trade count differed from the checkpoint's; refetching"
+            self._run(
+                sql.VERIFY_RESET,
+                {"reason": reason, "wallets": [wallet for wallet, _, _ in mismatches]},
+            )
+        return VerifyReport(mismatches=mismatches, reset=reset and bool(mismatches))
 
     def close(self) -> None:  # noqa: B027 - optional hook: implementations may hold nothing
         """Release resources; implementations that keep no connection need not override."""

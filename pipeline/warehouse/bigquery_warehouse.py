@@ -384,6 +384,37 @@ class BigQueryWarehouse(Warehouse):
             mismatch = _storage_mismatch(wanted, existing)
             if mismatch:
                 log.warning("table %s exists but its %s", self._table_id(wanted.table_id), mismatch)
+            self._add_missing_columns(wanted, existing)
+
+    def _add_missing_columns(self, wanted: bigquery.Table, existing: bigquery.Table) -> None:
+        """A table made by an older version (or the users' own checkpoint table) gains the
+        columns it lacks, as NULLABLE. Only when some are missing: every schema update counts
+        against the table's metadata-update quota."""
+        have = {field.name for field in existing.schema}
+        missing = [field for field in wanted.schema if field.name not in have]
+        if not missing:
+            return
+        added = [
+            bigquery.SchemaField(field.name, field.field_type, mode="REPEATED")
+            if field.mode == "REPEATED"
+            else bigquery.SchemaField(field.name, field.field_type, mode="NULLABLE")
+            for field in missing
+        ]
+        log.warning(
+            "table %s: adding missing columns %s",
+            self._table_id(existing.table_id),
+            [field.name for field in added],
+        )
+        existing.schema = [*existing.schema, *added]
+        self.client.update_table(existing, ["schema"])
+
+    def _stream(
+        self, statement: q.Statement, params: Mapping[str, Any] | None = None
+    ) -> Iterator[Any]:
+        return iter(self._query(statement, params).result(page_size=_PAGE_SIZE))
+
+    def _run(self, statement: q.Statement, params: Mapping[str, Any] | None = None) -> None:
+        self._query(statement, params).result()
 
     def read_traders(self) -> Iterator[str | None]:
         # Pages are fetched as the caller iterates: millions of traders never sit in memory.

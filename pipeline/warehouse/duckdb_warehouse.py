@@ -120,6 +120,15 @@ class DuckDBWarehouse(Warehouse):
         with self._connection() as conn:
             for statement in q.ENSURE_TABLES:
                 self._execute(conn, statement)
+            # A table made by an older version (or by hand) gains the columns it lacks.
+            for table, columns in q.TABLE_COLUMNS.items():
+                name = getattr(self._tables, table)
+                rows = self._execute(conn, q.DUCKDB_TABLE_COLUMNS, {"table": name}).fetchall()
+                have = {row[0] for row in rows}
+                for column in columns:
+                    if column.name not in have:
+                        log.warning("table %s: adding missing column %s", name, column.name)
+                        self._execute(conn, q.add_column(table, column))
 
     def read_traders(self) -> Iterator[str | None]:
         # Fetched whole, then the connection closes: holding the file lock while a slow
@@ -132,6 +141,17 @@ class DuckDBWarehouse(Warehouse):
         with self._connection() as conn:
             rows = self._execute(conn, q.SELECT_DONE_WALLETS).fetchall()
         return iter([row[0] for row in rows])
+
+    def _stream(
+        self, statement: q.Statement, params: Mapping[str, Any] | None = None
+    ) -> list[tuple]:
+        # Fetched whole, then closed, for the same reason as read_traders.
+        with self._connection() as conn:
+            return self._execute(conn, statement, params).fetchall()
+
+    def _run(self, statement: q.Statement, params: Mapping[str, Any] | None = None) -> None:
+        with self._connection() as conn:
+            self._execute(conn, statement, params)
 
     def committed_run_ids(self) -> set[str]:
         with self._connection() as conn:

@@ -198,6 +198,28 @@ ENSURE_TABLES: tuple[Statement, ...] = (
     CREATE_RUNS,
 )
 
+# Each managed table's columns, so that `ensure_tables` can add the ones an existing table lacks
+# (the users' checkpoint table predates run_id, attempts, error, last_trade_at, ...).
+TABLE_COLUMNS: dict[str, tuple[Column, ...]] = {
+    "checkpoint": CHECKPOINT_COLUMNS,
+    "trades": TRADE_COLUMNS,
+    "markets": MARKET_COLUMNS,
+    "events": EVENT_COLUMNS,
+    "runs": RUN_COLUMNS,
+}
+
+
+def add_column(table: str, column: Column) -> Statement:
+    """ALTER TABLE .. ADD COLUMN for a column of schema.py (added columns are always nullable)."""
+    if table not in TABLE_COLUMNS or column not in TABLE_COLUMNS[table]:
+        raise ValueError(f"{column.name!r} is not a column of the {table} table")
+    type_ = f"ARRAY<{column.type}>" if column.mode == "REPEATED" else column.type
+    return Statement(
+        f"add_column_{table}_{column.name}",
+        f"ALTER TABLE {{{table}}} ADD COLUMN IF NOT EXISTS {_q(column.name)} {type_}",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # DDL: one run's staging tables (non-partitioned; replaced if a crashed commit left them behind).
 
@@ -232,6 +254,36 @@ SELECT `wallet_address`
 FROM {checkpoint}
 WHERE `completed` = TRUE
   AND `upload_successful` = TRUE
+""",
+)
+
+# Per wallet, what the selection needs: done or not, its newest landed trade, its last fetch.
+SELECT_CHECKPOINT_STATES = Statement(
+    "select_checkpoint_states",
+    """
+SELECT
+  `wallet_address`,
+  IFNULL(`completed` AND `upload_successful`, FALSE) AS `done`,
+  `last_trade_at`,
+  `last_refreshed_at`
+FROM {checkpoint}
+WHERE `wallet_address` IS NOT NULL
+""",
+)
+
+SELECT_KNOWN_MARKETS = Statement(
+    "select_known_markets",
+    """
+SELECT `condition_id`, `status`, `updated_at`
+FROM {markets}
+""",
+)
+
+SELECT_KNOWN_EVENTS = Statement(
+    "select_known_events",
+    """
+SELECT `event_slug`, `status`, `updated_at`
+FROM {events}
 """,
 )
 
@@ -321,9 +373,11 @@ MERGE_MARKETS = _merge_newest("merge_markets", "markets", "condition_id", MARKET
 MERGE_EVENTS = _merge_newest("merge_events", "events", "event_slug", EVENT_COLUMNS)
 
 # One outcome per wallet (a success beats a failure, then the newest). A successful wallet's
-# trade_count is what this run staged for it (authoritative); a failed one keeps the outcome's.
-# Guards: a late commit of an older run must not overwrite newer state, and a wallet whose
-# trades are in production is never turned back into a failed one.
+# trade_count is what production holds for it after this transaction's INSERT (so a refresh, which
+# fetches only the newest trades, still records the total); a failed one keeps the outcome's.
+# Guards: a late commit of an older run must not overwrite newer state; a wallet whose trades are
+# in production is never turned back into a failed one (a failed refresh records only its error,
+# and its unchanged last_refreshed_at makes the next run try again); last_trade_at never moves back.
 MERGE_CHECKPOINT = Statement(
     "merge_checkpoint",
     """
@@ -332,7 +386,7 @@ USING (
   SELECT
     o.`wallet_address`,
     o.`upload_successful`,
-    IF(o.`upload_successful`, IFNULL(c.`trade_count`, 0), o.`trade_count`) AS `trade_count`,
+    IF(o.`upload_successful`, IFNULL(p.`trade_count`, 0), o.`trade_count`) AS `trade_count`,
     o.`gcs_file`,
     o.`processed_at`,
     o.`run_id`,
@@ -358,26 +412,48 @@ USING (
   LEFT JOIN (
     SELECT
       `wallet_address`,
-      COUNT(DISTINCT `id`) AS `trade_count`
-    FROM {stg_trades}
+      COUNT(*) AS `trade_count`
+    FROM {trades}
+    WHERE `wallet_address` IN (SELECT `wallet_address` FROM {stg_outcomes})
     GROUP BY `wallet_address`
-  ) AS c
-    ON c.`wallet_address` = o.`wallet_address`
+  ) AS p
+    ON p.`wallet_address` = o.`wallet_address`
 ) AS s
 ON t.`wallet_address` = s.`wallet_address`
 WHEN MATCHED
   AND (t.`processed_at` IS NULL OR s.`processed_at` > t.`processed_at`)
-  AND (s.`upload_successful` OR NOT IFNULL(t.`upload_successful`, FALSE)) THEN
+  AND s.`upload_successful` THEN
   UPDATE SET
     `completed` = TRUE,
-    `upload_successful` = s.`upload_successful`,
+    `upload_successful` = TRUE,
     `trade_count` = s.`trade_count`,
     `gcs_file` = s.`gcs_file`,
     `processed_at` = s.`processed_at`,
     `run_id` = s.`run_id`,
     `attempts` = IFNULL(t.`attempts`, 0) + 1,
-    `error` = s.`error`,
-    `last_trade_at` = s.`last_trade_at`
+    `error` = NULL,
+    `last_trade_at` = IF(
+      t.`last_trade_at` IS NULL OR s.`last_trade_at` > t.`last_trade_at`,
+      s.`last_trade_at`,
+      t.`last_trade_at`
+    ),
+    `last_refreshed_at` = s.`processed_at`
+WHEN MATCHED
+  AND (t.`processed_at` IS NULL OR s.`processed_at` > t.`processed_at`)
+  AND NOT IFNULL(t.`completed` AND t.`upload_successful`, FALSE) THEN
+  UPDATE SET
+    `completed` = TRUE,
+    `upload_successful` = FALSE,
+    `trade_count` = s.`trade_count`,
+    `gcs_file` = s.`gcs_file`,
+    `processed_at` = s.`processed_at`,
+    `run_id` = s.`run_id`,
+    `attempts` = IFNULL(t.`attempts`, 0) + 1,
+    `error` = s.`error`
+WHEN MATCHED
+  AND (t.`processed_at` IS NULL OR s.`processed_at` > t.`processed_at`) THEN
+  UPDATE SET
+    `error` = s.`error`
 WHEN NOT MATCHED THEN
   INSERT (
     `wallet_address`,
@@ -389,7 +465,8 @@ WHEN NOT MATCHED THEN
     `run_id`,
     `attempts`,
     `error`,
-    `last_trade_at`
+    `last_trade_at`,
+    `last_refreshed_at`
   )
   VALUES (
     s.`wallet_address`,
@@ -401,7 +478,8 @@ WHEN NOT MATCHED THEN
     s.`run_id`,
     1,
     s.`error`,
-    s.`last_trade_at`
+    s.`last_trade_at`,
+    IF(s.`upload_successful`, s.`processed_at`, NULL)
   )
 """,
 )
@@ -458,6 +536,48 @@ COMMIT_STATEMENTS: tuple[Statement, ...] = (
     MERGE_EVENTS,
     MERGE_CHECKPOINT,
     INSERT_RUN,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Verification: done wallets whose trade count in production differs from the checkpoint's
+# (a dropped partition, a table restored from an old snapshot, a hand-edited checkpoint). One
+# grouped query over the trades' wallet column, not one per wallet.
+
+VERIFY_MISMATCHES = Statement(
+    "verify_mismatches",
+    """
+SELECT
+  c.`wallet_address`,
+  c.`trade_count`,
+  IFNULL(p.`trade_count`, 0) AS `production_count`
+FROM {checkpoint} AS c
+LEFT JOIN (
+  SELECT `wallet_address`, COUNT(*) AS `trade_count`
+  FROM {trades}
+  GROUP BY `wallet_address`
+) AS p
+  ON p.`wallet_address` = c.`wallet_address`
+WHERE c.`completed` = TRUE
+  AND c.`upload_successful` = TRUE
+  AND IFNULL(c.`trade_count`, -1) != IFNULL(p.`trade_count`, 0)
+ORDER BY c.`wallet_address`
+""",
+)
+
+# Resetting makes the wallet pending again: the next run fetches its whole history, and the
+# commit's id dedup lands only what production is missing.
+VERIFY_RESET = Statement(
+    "verify_reset",
+    """
+UPDATE {checkpoint}
+SET
+  `upload_successful` = FALSE,
+  `error` = @reason,
+  `last_trade_at` = NULL,
+  `last_refreshed_at` = NULL
+WHERE `wallet_address` IN UNNEST(@wallets)
+""",
+    params=(Param("reason", "STRING"), Param("wallets", "ARRAY<STRING>")),
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -534,6 +654,13 @@ LIMIT @limit
 # ---------------------------------------------------------------------------------------------
 # DuckDB only: session setup and loading a run's NDJSON staging files (BigQuery uses load jobs).
 
+DUCKDB_TABLE_COLUMNS = Statement(
+    "duckdb_table_columns",
+    "SELECT column_name FROM information_schema.columns WHERE table_name = $table",
+    params=(Param("table", "STRING"),),
+    dialect="duckdb",
+)
+
 DUCKDB_SET_UTC = Statement("duckdb_set_utc", "SET TimeZone = 'UTC'", dialect="duckdb")
 
 
@@ -581,8 +708,13 @@ ALL_STATEMENTS: tuple[Statement, ...] = (
     *DROP_STAGING.values(),
     SELECT_TRADERS,
     SELECT_DONE_WALLETS,
+    SELECT_CHECKPOINT_STATES,
+    SELECT_KNOWN_MARKETS,
+    SELECT_KNOWN_EVENTS,
     SELECT_COMMITTED_RUN_IDS,
     SELECT_RUN,
+    VERIFY_MISMATCHES,
+    VERIFY_RESET,
     BEGIN_TRANSACTION,
     *COMMIT_STATEMENTS,
     COMMIT_TRANSACTION,
@@ -592,6 +724,7 @@ ALL_STATEMENTS: tuple[Statement, ...] = (
     STATUS_TOTALS,
     STATUS_LAST_RUNS,
     DUCKDB_SET_UTC,
+    DUCKDB_TABLE_COLUMNS,
     *DUCKDB_LOAD_STAGING.values(),
 )
 

@@ -1,0 +1,34 @@
+"""`verify`: done wallets whose trade count in production differs from the checkpoint's.
+
+It finds them with one grouped query and resets them (unless `--report_only`), so the next run
+fetches their whole history again and the commit lands only what production is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.options import BackfillOptions, OptionsError, resolve
+from pipeline.warehouse import open_warehouse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    BackfillOptions._add_argparse_args(parser)
+    parser.add_argument(
+        "--report_only", action="store_true", help="list the mismatches, reset nothing"
+    )
+
+
+def main(args: argparse.Namespace, argv: list[str]) -> int:
+    try:
+        config = resolve(PipelineOptions([a for a in argv if a != "--report_only"]))
+    except OptionsError as exc:
+        print(exc)
+        return 2
+    with open_warehouse(config.warehouse, config.tables) as warehouse:
+        warehouse.ensure_tables()
+        report = warehouse.verify(reset=not args.report_only)
+    print(report.render())
+    return 0
