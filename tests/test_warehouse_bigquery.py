@@ -29,7 +29,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from sqlglot.errors import ErrorLevel
 
-from pipeline.schema import STAGED_KINDS, TRADE_COLUMNS
+from pipeline.schema import CHECKPOINT_COLUMNS, STAGED_KINDS, TRADE_COLUMNS
 from pipeline.status_report import render_status
 from pipeline.warehouse import CommitError, TableNames, open_warehouse
 from pipeline.warehouse import bigquery_warehouse as bqw
@@ -838,3 +838,46 @@ def test_constructor_validates(emulator: BigQueryEmulator) -> None:
         BigQueryWarehouse("my-project", "d;s")
     with pytest.raises(ValueError, match="staging_expiration_hours"):
         BigQueryWarehouse("my-project", "ds", staging_expiration_hours=0)
+
+
+def test_the_users_existing_checkpoint_table_gains_the_missing_columns(
+    emulator: BigQueryEmulator, bq: bigquery.Client
+) -> None:
+    wh = new_warehouse(emulator.endpoint)
+    bq.create_dataset(wh.dataset, exists_ok=True)
+    bq.query(
+        f"CREATE TABLE `{wh.dataset}.backfill_checkpoint` (wallet_address STRING, "
+        "completed BOOL, upload_successful BOOL, trade_count INT64, gcs_file STRING, "
+        "processed_at TIMESTAMP)"
+    ).result()
+    bq.query(
+        f"INSERT INTO `{wh.dataset}.backfill_checkpoint` VALUES "
+        "('0xold', TRUE, TRUE, 3, 'gs://x', NULL)"
+    ).result()
+    wh.ensure_tables()
+    wh.ensure_tables()
+    # Read back through a query: bqemulator applies ALTER TABLE to its storage, not to the
+    # table metadata that get_table returns.
+    result = bq.query(f"SELECT * FROM `{wh.dataset}.backfill_checkpoint`").result()
+    fields = [f.name for f in result.schema]
+    assert fields[:6] == ["wallet_address", "completed", "upload_successful", "trade_count",
+                          "gcs_file", "processed_at"]  # fmt: skip
+    assert set(fields) == {c.name for c in CHECKPOINT_COLUMNS}
+    assert list(wh.read_checkpoint_states()) == [("0xold", True, None, None)]
+
+
+def test_verify_resets_mismatched_wallets(
+    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1"), trade("0xb", "b1", "r1")],
+        outcomes=[outcome("0xa", "r1", True, 2), outcome("0xb", "r1", True, 1)],
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert wh.verify().mismatches == ()
+    bq.query(f"DELETE FROM `{wh.dataset}.trades` WHERE id = 'a2'").result()
+    report = wh.verify()
+    assert report.mismatches == (("0xa", 2, 1),) and report.reset
+    assert sorted(wh.read_done_wallets()) == ["0xb"]

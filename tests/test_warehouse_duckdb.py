@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from pipeline.schema import format_timestamp
+from pipeline.schema import CHECKPOINT_COLUMNS, format_timestamp
 from pipeline.status_report import render_status
 from pipeline.warehouse import (
     CommitError,
@@ -623,3 +623,45 @@ def test_a_lock_held_too_long_fails_with_a_clear_message(tmp_path: Path) -> None
             wh.committed_run_ids()
     finally:
         holder.join(30)
+
+
+def test_the_users_existing_checkpoint_table_gains_the_missing_columns(tmp_path: Path) -> None:
+    """The monitoring's checkpoint table predates run_id, attempts, error, last_trade_at, ..."""
+    path = tmp_path / "old.duckdb"
+    conn = duckdb.connect(str(path))
+    conn.execute(
+        "CREATE TABLE backfill_checkpoint (wallet_address VARCHAR, completed BOOLEAN, "
+        "upload_successful BOOLEAN, trade_count BIGINT, gcs_file VARCHAR, processed_at TIMESTAMPTZ)"
+    )
+    conn.execute("INSERT INTO backfill_checkpoint VALUES ('0xold', true, true, 3, 'gs://x', NULL)")
+    conn.close()
+    wh = DuckDBWarehouse(path)
+    wh.ensure_tables()
+    wh.ensure_tables()  # idempotent
+    row = checkpoint(wh)["0xold"]
+    assert set(row) == {c.name for c in CHECKPOINT_COLUMNS}
+    assert (row["trade_count"], row["attempts"], row["last_refreshed_at"]) == (3, None, None)
+    assert list(wh.read_checkpoint_states()) == [("0xold", True, None, None)]
+
+
+def test_verify_reports_and_resets_mismatched_done_wallets(
+    wh: DuckDBWarehouse, tmp_path: Path
+) -> None:
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1"), trade("0xb", "b1", "r1")],
+        outcomes=[outcome("0xa", "r1", True, 2), outcome("0xb", "r1", True, 1)],
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert wh.verify().mismatches == ()
+    query(wh, "DELETE FROM trades WHERE id = 'a2'")
+    report = wh.verify(reset=False)
+    assert report.mismatches == (("0xa", 2, 1),) and not report.reset
+    assert checkpoint(wh)["0xa"]["upload_successful"] is True
+    report = wh.verify()
+    assert report.reset and "0xa" in report.render()
+    a = checkpoint(wh)["0xa"]
+    assert (a["upload_successful"], a["last_trade_at"]) == (False, None)
+    assert a["error"].startswith("verify:")
+    assert list(wh.read_done_wallets()) == ["0xb"]

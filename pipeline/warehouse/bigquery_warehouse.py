@@ -223,6 +223,12 @@ def query_parameter(
     return bigquery.ScalarQueryParameter(param.name, param.type, value)
 
 
+# ENSURE_TABLES statement -> the TableNames field of the table it creates.
+_TABLE_KEYS = {
+    statement.name: statement.name.removeprefix("create_") for statement in q.ENSURE_TABLES
+}
+
+
 class BigQueryWarehouse(Warehouse):
     """One BigQuery dataset as the warehouse.
 
@@ -384,29 +390,17 @@ class BigQueryWarehouse(Warehouse):
             mismatch = _storage_mismatch(wanted, existing)
             if mismatch:
                 log.warning("table %s exists but its %s", self._table_id(wanted.table_id), mismatch)
-            self._add_missing_columns(wanted, existing)
+            self._add_missing_columns(_TABLE_KEYS[statement.name], existing)
 
-    def _add_missing_columns(self, wanted: bigquery.Table, existing: bigquery.Table) -> None:
+    def _add_missing_columns(self, table: str, existing: bigquery.Table) -> None:
         """A table made by an older version (or the users' own checkpoint table) gains the
-        columns it lacks, as NULLABLE. Only when some are missing: every schema update counts
-        against the table's metadata-update quota."""
+        columns it lacks, with the same ALTER TABLE text DuckDB runs. Only when some are
+        missing: every schema change counts against the table's metadata-update quota."""
         have = {field.name for field in existing.schema}
-        missing = [field for field in wanted.schema if field.name not in have]
-        if not missing:
-            return
-        added = [
-            bigquery.SchemaField(field.name, field.field_type, mode="REPEATED")
-            if field.mode == "REPEATED"
-            else bigquery.SchemaField(field.name, field.field_type, mode="NULLABLE")
-            for field in missing
-        ]
-        log.warning(
-            "table %s: adding missing columns %s",
-            self._table_id(existing.table_id),
-            [field.name for field in added],
-        )
-        existing.schema = [*existing.schema, *added]
-        self.client.update_table(existing, ["schema"])
+        for column in q.TABLE_COLUMNS.get(table, ()):
+            if column.name not in have:
+                log.warning("table %s: adding missing column %s", existing.table_id, column.name)
+                self._query(q.add_column(table, column)).result()
 
     def _stream(
         self, statement: q.Statement, params: Mapping[str, Any] | None = None

@@ -1,0 +1,124 @@
+"""After the backfill: refresh keeps wallets current, settled markets are never fetched twice,
+and verification repairs a production that lost trades. DirectRunner, simulator, DuckDB."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.run import run_backfill
+from tests.support import (
+    REPO,
+    checkpoint,
+    production_trade_ids,
+    query,
+    run_argv,
+    seed_traders,
+    truth_trade_ids,
+)
+
+
+@pytest.fixture
+def world(tmp_path, sim_server, monkeypatch):
+    def make(wallets=16, traders=None, **sim):
+        server = sim_server(seed=23, wallets=wallets, tier="unlimited", max_trades=1500, **sim)
+        addresses = server.simulator.wallet_addresses()
+        db = tmp_path / "wh.duckdb"
+        seed_traders(db, addresses if traders is None else traders(addresses))
+        monkeypatch.setenv("DOME_API_KEY", server.api_key)
+        return server, addresses, db, tmp_path / "staging"
+
+    return make
+
+
+def market_states(db):
+    return dict(query(db, "SELECT condition_id, status FROM markets"))
+
+
+def test_refresh_lands_new_trades_once_and_an_unchanged_wallet_costs_one_request(world):
+    server, wallets, db, staging = world(open_fraction=1.0)
+    simulator = server.simulator
+    run_backfill(run_argv(db, staging, server))
+    assert production_trade_ids(db) == truth_trade_ids(simulator, wallets)
+
+    changed = wallets[:4]
+    server.add_trades({wallet: 5 for wallet in changed})
+    settled = server.settle_markets(count=3)
+    server.reset_stats()
+    summary = run_backfill(run_argv(db, staging, server, "--refresh_after=0s"))
+
+    assert summary.state == "DONE"
+    ids = production_trade_ids(db)
+    assert ids == truth_trade_ids(simulator, wallets)  # the new truth, each trade once
+    assert max(ids.values()) == 1
+    by_wallet = server.stats()["orders_requests_by_wallet"]
+    assert {w: by_wallet.get(w) for w in wallets if w not in changed} == {
+        w: 1 for w in wallets if w not in changed
+    }
+    marks = checkpoint(db)
+    for wallet in wallets:
+        assert marks[wallet][:3] == (True, True, len(simulator.orders(wallet))), wallet
+    # Open markets were refreshed: the settled ones are closed in production now, and the
+    # markets only the new trades reach were fetched.
+    states = market_states(db)
+    assert all(states[cid] == "closed" for cid in settled)
+    assert set(states) == set(simulator.traded_condition_ids())
+
+
+def test_a_backfill_over_settled_markets_in_production_requests_no_market(world):
+    half = 10
+    server, wallets, db, staging = world(
+        wallets=20, markets=6, open_fraction=0.0, traders=lambda w: w[:half]
+    )
+    simulator = server.simulator
+    run_backfill(run_argv(db, staging, server))
+    first_markets = set(market_states(db))
+    later = [w for w in wallets[half:] if simulator.orders(w)]
+    needed = {o["condition_id"] for w in later for o in simulator.orders(w)}
+    assert later and needed <= first_markets, (
+        "test set-up: the later wallets must trade known markets"
+    )
+    assert all(status == "closed" for status in market_states(db).values())
+
+    seed_traders(db, wallets[half:])
+    server.reset_stats()
+    run_backfill(run_argv(db, staging, server))
+    requests = server.stats()["requests"]
+    assert requests["orders"] >= len(later)
+    assert requests.get("markets", 0) == 0 and requests.get("events", 0) == 0
+    assert production_trade_ids(db) == truth_trade_ids(simulator, wallets)
+
+
+def test_verify_finds_exactly_the_wallets_missing_trades_and_the_next_run_restores_them(world):
+    server, wallets, db, staging = world()
+    simulator = server.simulator
+    run_backfill(run_argv(db, staging, server))
+    damaged = sorted(w for w in wallets if simulator.orders(w))[:3]
+    query(db, f"DELETE FROM trades WHERE wallet_address IN {tuple(damaged)!r}")
+    # A partial loss too: one trade of another wallet.
+    partial = sorted(w for w in wallets if len(simulator.orders(w)) > 1 and w not in damaged)[0]
+    query(
+        db,
+        f"DELETE FROM trades WHERE id = (SELECT MIN(id) FROM trades WHERE wallet_address = '{partial}')",
+    )
+
+    found = subprocess.run(
+        [sys.executable, "-m", "pipeline", "verify", f"--warehouse=duckdb:{db}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"verify: {len(damaged) + 1} done wallets differ" in found
+    for wallet in [*damaged, partial]:
+        assert wallet in found
+    marks = checkpoint(db)
+    assert {w for w, mark in marks.items() if not mark[1]} == {*damaged, partial}
+
+    server.reset_stats()
+    run_backfill(run_argv(db, staging, server))
+    assert set(server.stats()["orders_requests_by_wallet"]) == {*damaged, partial}
+    assert production_trade_ids(db) == truth_trade_ids(simulator, wallets)
+    assert all(mark[:2] == (True, True) for mark in checkpoint(db).values())
