@@ -28,6 +28,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
 	$(BIN)/python bench/client_rate.py
 
 clean:

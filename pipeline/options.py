@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import re
 import secrets
 import time
@@ -96,8 +97,9 @@ class BackfillOptions(PipelineOptions):
         add(
             "--fetch_threads",
             type=int,
-            default=8,
-            help="requests in flight per fetching step in each worker process",
+            default=None,
+            help="requests in flight per fetching step in each worker process; default: enough "
+            "to keep the process's share of the rate limit busy at ~250 ms per request (8-64)",
         )
         add("--page_limit", type=int, default=1000, help="orders per page (the API allows 1-1000)")
         add(
@@ -181,6 +183,12 @@ def parse_duration(text: str) -> float:
 def new_run_id(now: dt.datetime | None = None) -> str:
     moment = now or dt.datetime.now(dt.UTC)
     return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def default_fetch_threads(process_limit: RateLimit, latency_s: float = 0.25) -> int:
+    """Requests in flight that keep a process's sustained rate busy (Little's law: rate x
+    latency), doubled for the latency's long tail; at least 8, at most 64 per step."""
+    return max(8, min(64, math.ceil(2 * process_limit.sustained * latency_s)))
 
 
 def derive_rate_shares(options: PipelineOptions) -> int:
@@ -274,7 +282,10 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
 
     checks = [
         (opts.max_wallets is None or opts.max_wallets >= 1, "--max_wallets must be at least 1"),
-        (opts.fetch_threads >= 1, "--fetch_threads must be at least 1"),
+        (
+            opts.fetch_threads is None or opts.fetch_threads >= 1,
+            "--fetch_threads must be at least 1",
+        ),
         (1 <= opts.page_limit <= 1000, "--page_limit must be 1-1000 (the API's range)"),
         (opts.max_pages >= 1, "--max_pages must be at least 1"),
         (1 <= opts.max_attempts <= 20, "--max_attempts must be 1-20"),
@@ -284,6 +295,7 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
     if problems:
         raise OptionsError("invalid options:\n  " + "\n  ".join(problems))
 
+    fetch_threads = opts.fetch_threads or default_fetch_threads(rate_limit.share(max(1, shares)))
     client = ClientSettings(
         base_url=opts.api_base_url,
         connect_timeout_s=opts.connect_timeout,
@@ -291,7 +303,7 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         max_attempts=opts.max_attempts,
         page_limit=opts.page_limit,
         max_pages=opts.max_pages,
-        pool_size=max(4, 3 * opts.fetch_threads),
+        pool_size=3 * fetch_threads,
     )
     return BackfillConfig(
         warehouse=opts.warehouse,
@@ -302,7 +314,7 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         rate_limit=rate_limit,
         rate_shares=shares,
         max_wallets=opts.max_wallets,
-        fetch_threads=opts.fetch_threads,
+        fetch_threads=fetch_threads,
         api_key_secret=opts.api_key_secret,
         refresh_after_s=refresh_after_s,
         refresh_overlap_s=refresh_overlap_s,

@@ -25,6 +25,9 @@ class DedupFirst(beam.PTransform):
     def expand(self, keys):
         return (
             keys
+            # Without this break, the runner fuses the stateful step with whatever produced the
+            # keys (the fetching), and a stage holding state runs on one worker only.
+            | "Redistribute" >> beam.Reshuffle()
             | "Key" >> beam.Map(lambda key: (key, None)).with_output_types(tuple[str, None])
             | "First" >> beam.ParDo(_FirstPerKeyFn())
         )

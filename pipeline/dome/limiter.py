@@ -57,18 +57,20 @@ class RateLimiter:
     Capacities are floored to whole requests (a fractional share must not round up past the whole
     limit); each window is lengthened by a margin, because the server counts arrivals and a request
     can reach it later or earlier than it was stamped here (thread scheduling, the network). The
-    margins cost 3% of the per-second window, which binds only at the Free tier (10/s and 100/10 s
+    margins cost 4% of the per-second window, which binds only at the Free tier (10/s and 100/10 s
     are the same sustained rate), and 1% of the ten-second one, which binds at Dev and Pro.
 
-    After a 429 every caller waits out the pause and the capacity drops by half (not below a
-    quarter); each success wins back a little, so the process recovers within a few windows.
+    After a 429 every caller waits out the pause and the per-second capacity drops by half (not
+    below a quarter); each success wins back a little, so the process recovers within seconds.
+    The ten-second window keeps its capacity: halving it while the last ten seconds' requests
+    still count would stall the process for several seconds after a single 429.
     """
 
     def __init__(
         self,
         limit: RateLimit,
         *,
-        margin_s: tuple[float, float] = (0.03, 0.10),
+        margin_s: tuple[float, float] = (0.04, 0.10),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit
@@ -96,15 +98,16 @@ class RateLimiter:
 
     def _window_wait(self, now: float) -> float:
         wait = 0.0
-        for capacity, length in self._windows:
-            allowed = max(1, math.floor(capacity * self._factor))
+        for index, (capacity, length) in enumerate(self._windows):
+            factor = self._factor if index == 0 else 1.0
+            allowed = max(1, math.floor(capacity * factor))
             if len(self._stamps) >= allowed:
                 oldest_counted = self._stamps[-allowed]
                 wait = max(wait, oldest_counted + length - now)
         return wait
 
     def throttled(self, pause_s: float) -> None:
-        """The server said 429: pause every caller and halve the capacity."""
+        """The server said 429: pause every caller and halve the per-second capacity."""
         with self._cond:
             self._paused_until = max(self._paused_until, self._clock() + pause_s)
             self._factor = max(0.25, self._factor / 2)

@@ -22,6 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max_trades", type=int, default=30_000, help="cap on one wallet's trade count"
     )
     parser.add_argument(
+        "--trade_counts",
+        default="",
+        help="exact trade counts by wallet index, e.g. 0=200000,3=0 (not capped by --max_trades)",
+    )
+    parser.add_argument(
+        "--latency_sigma", type=float, default=0.6, help="spread of the lognormal latency"
+    )
+    parser.add_argument(
         "--tier",
         choices=[t for t in TIERS if t != "custom"],
         default="unlimited",
@@ -55,6 +63,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_trade_counts(text: str) -> dict[int, int]:
+    """'0=200000,3=0' -> {0: 200000, 3: 0}."""
+    counts: dict[int, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        index, sep, count = part.partition("=")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ValueError(f"--trade_counts: {part!r} is not INDEX=COUNT")
+        counts[int(index)] = int(count)
+    return counts
+
+
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     """Build the SimConfig; a bad option or fault spec raises ValueError with the reason."""
     return SimConfig(
@@ -66,6 +85,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         per_10s=args.per_10s,
         retry_after=not args.no_retry_after,
         latency_ms=args.latency_ms,
+        latency_sigma=args.latency_sigma,
+        trade_counts=parse_trade_counts(args.trade_counts),
         faults=parse_fault_spec(args.faults or ""),
         api_key=args.api_key or os.environ.get("DOME_API_KEY") or None,
         omit_log_index=args.omit_log_index,

@@ -81,6 +81,8 @@ class DuckDBWarehouse(Warehouse):
                 delay = min(delay * 2, 1.0)
         try:
             conn.execute(q.render_duckdb(q.DUCKDB_SET_UTC, self._tables))
+            for setting in q.DUCKDB_LIMIT_MEMORY:
+                conn.execute(q.render_duckdb(setting, self._tables))
         except BaseException:
             conn.close()
             raise

@@ -663,6 +663,15 @@ DUCKDB_TABLE_COLUMNS = Statement(
 
 DUCKDB_SET_UTC = Statement("duckdb_set_utc", "SET TimeZone = 'UTC'", dialect="duckdb")
 
+# The commit loads a run's whole staging: without a cap DuckDB sizes its buffers to the machine and
+# the process's peak memory grows with the run. Capped, one thread, insertion order not kept, it
+# spills to `<database>.tmp` instead, and peak memory stays flat however many trades a run stages.
+DUCKDB_LIMIT_MEMORY: tuple[Statement, ...] = (
+    Statement("duckdb_memory_limit", "SET memory_limit = '128MB'", dialect="duckdb"),
+    Statement("duckdb_threads", "SET threads = 1", dialect="duckdb"),
+    Statement("duckdb_insertion_order", "SET preserve_insertion_order = false", dialect="duckdb"),
+)
+
 
 def _duckdb_type(column: Column) -> str:
     bq = f"ARRAY<{column.type}>" if column.mode == "REPEATED" else column.type
@@ -724,6 +733,7 @@ ALL_STATEMENTS: tuple[Statement, ...] = (
     STATUS_TOTALS,
     STATUS_LAST_RUNS,
     DUCKDB_SET_UTC,
+    *DUCKDB_LIMIT_MEMORY,
     DUCKDB_TABLE_COLUMNS,
     *DUCKDB_LOAD_STAGING.values(),
 )
