@@ -619,3 +619,11 @@ def test_the_setup_file_sdist_that_dataflow_stages_installs(tmp_path: Path) -> N
         "the sdist that --setup_file stages does not build on a worker (setup.py reads "
         f"requirements.txt: is it in the sdist? MANIFEST.in: include requirements.txt)\n{output}"
     )
+
+
+def test_no_streaming_inserts_anywhere() -> None:
+    """Streaming inserts cost quota and money and cannot be part of the commit's transaction."""
+    sources = [*REPO.glob("pipeline/**/*.py"), *REPO.glob("transforms/**/*.py")]
+    assert sources
+    offenders = [str(p) for p in sources if "insert_rows" in p.read_text()]
+    assert offenders == []

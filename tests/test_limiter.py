@@ -61,3 +61,10 @@ def test_throttle_pauses_everyone_then_capacity_recovers():
 def test_unknown_tier_is_refused_with_the_choices(tier):
     with pytest.raises(ValueError, match="free, dev, pro"):
         RateLimit.for_tier(tier)
+
+
+def test_margins_cost_least_where_a_window_sets_the_sustained_rate():
+    free = RateLimiter(RateLimit.for_tier("free"))
+    dev = RateLimiter(RateLimit.for_tier("dev"))
+    assert [length for _, length in free._windows] == [1.04, 10.25]
+    assert [length for _, length in dev._windows] == [1.25, 10.25]

@@ -32,7 +32,7 @@ def normalize_wallet(raw: object) -> tuple[str | None, str | None]:
     return text, None
 
 
-class ReadWarehouseFn(beam.DoFn):
+class _ReadWarehouseFn(beam.DoFn):
     """Reads one query's rows from the warehouse inside the graph (one code path for every runner)."""
 
     def __init__(self, warehouse: str, tables: TableNames, method: str) -> None:
@@ -43,6 +43,17 @@ class ReadWarehouseFn(beam.DoFn):
     def process(self, _: object) -> Iterator[object]:
         with open_warehouse(self._warehouse, self._tables) as warehouse:
             yield from getattr(warehouse, self._method)()
+
+
+class ReadFromWarehouse(beam.PTransform):
+    """The rows one warehouse read method yields, as a PCollection (a root of the graph)."""
+
+    def __init__(self, warehouse: str, tables: TableNames, method: str) -> None:
+        super().__init__()
+        self._fn = _ReadWarehouseFn(warehouse, tables, method)
+
+    def expand(self, pbegin):
+        return pbegin | "Start" >> beam.Create([None]) | "Read" >> beam.ParDo(self._fn)
 
 
 class _NormalizeFn(beam.DoFn):
@@ -70,11 +81,8 @@ class ReadWallets(beam.PTransform):
         self._warehouse, self._tables, self._run_id = warehouse, tables, run_id
 
     def expand(self, pbegin):
-        raw = (
-            pbegin
-            | "Start" >> beam.Create([None])
-            | "ReadTraders"
-            >> beam.ParDo(ReadWarehouseFn(self._warehouse, self._tables, "read_traders"))
+        raw = pbegin | "ReadTraders" >> ReadFromWarehouse(
+            self._warehouse, self._tables, "read_traders"
         )
         checked = raw | "Normalize" >> beam.ParDo(_NormalizeFn(self._run_id)).with_outputs(
             REJECTS, main="wallets"

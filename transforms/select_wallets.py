@@ -15,16 +15,22 @@ from dataclasses import dataclass
 import apache_beam as beam
 
 from pipeline.options import BackfillConfig
-from transforms.read_wallets import ReadWarehouseFn
+from transforms.read_wallets import ReadFromWarehouse
 
 NEW, REFRESH = 0, 1  # selection priority: new wallets always come before refreshes
 
 
 @dataclass(frozen=True)
 class RefreshPolicy:
+    """When something fetched before is fetched again; `now` is fixed at launch for every worker."""
+
     now: float
     refresh_after_s: float | None
     overlap_s: float
+
+    @classmethod
+    def of(cls, config: BackfillConfig) -> RefreshPolicy:
+        return cls(config.started_at, config.refresh_after_s, config.refresh_overlap_s)
 
 
 def plan_fetch(
@@ -65,21 +71,14 @@ class SelectWallets(beam.PTransform):
     def __init__(self, config: BackfillConfig) -> None:
         super().__init__()
         self._config = config
-        self._policy = RefreshPolicy(
-            now=config.started_at,
-            refresh_after_s=config.refresh_after_s,
-            overlap_s=config.refresh_overlap_s,
-        )
+        self._policy = RefreshPolicy.of(config)
 
     def expand(self, wallets):
         config = self._config
         states = (
             wallets.pipeline
-            | "StartCheckpoint" >> beam.Create([None])
             | "ReadCheckpoint"
-            >> beam.ParDo(
-                ReadWarehouseFn(config.warehouse, config.tables, "read_checkpoint_states")
-            )
+            >> ReadFromWarehouse(config.warehouse, config.tables, "read_checkpoint_states")
             | "KeyState" >> beam.Map(lambda state: (state[0], tuple(state)))
         )
         wanted = wallets | "KeyWanted" >> beam.Map(lambda wallet: (wallet, True))

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 
 from pipeline.options import BackfillConfig
-from transforms.read_wallets import ReadWarehouseFn
+from transforms.read_wallets import ReadFromWarehouse
 from transforms.select_wallets import RefreshPolicy
 
 FINAL_STATUSES = frozenset({"closed", "resolved", "settled", "finalized"})
@@ -44,19 +44,13 @@ class SkipKnown(beam.PTransform):
     def __init__(self, config: BackfillConfig, read_method: str) -> None:
         super().__init__()
         self._config, self._read_method = config, read_method
-        self._policy = RefreshPolicy(
-            now=config.started_at,
-            refresh_after_s=config.refresh_after_s,
-            overlap_s=config.refresh_overlap_s,
-        )
+        self._policy = RefreshPolicy.of(config)
 
     def expand(self, keys):
         config = self._config
         known = (
             keys.pipeline
-            | "Start" >> beam.Create([None])
-            | "ReadKnown"
-            >> beam.ParDo(ReadWarehouseFn(config.warehouse, config.tables, self._read_method))
+            | "ReadKnown" >> ReadFromWarehouse(config.warehouse, config.tables, self._read_method)
             | "KeyKnown" >> beam.Map(lambda row: (row[0], (row[1], row[2])))
         )
         wanted = keys | "KeyWanted" >> beam.Map(lambda key: (key, True))

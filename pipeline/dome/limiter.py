@@ -56,9 +56,11 @@ class RateLimiter:
 
     Capacities are floored to whole requests (a fractional share must not round up past the whole
     limit); each window is lengthened by a margin, because the server counts arrivals and a request
-    can reach it later or earlier than it was stamped here (thread scheduling, the network). The
-    margins cost 4% of the per-second window, which binds only at the Free tier (10/s and 100/10 s
-    are the same sustained rate), and 1% of the ten-second one, which binds at Dev and Pro.
+    reaches it a variable time after it was stamped here (thread scheduling under load, the
+    network). Where the per-second window sets the sustained rate (Free: 10/s and 100/10 s are the
+    same rate) its margin is 40 ms, 4% of the rate; where it only caps bursts (Dev, Pro) it costs
+    nothing sustained, so it gets 250 ms. The ten-second window, which sets the sustained rate at
+    Dev and Pro, gets 250 ms (2.5%).
 
     After a 429 every caller waits out the pause and the per-second capacity drops by half (not
     below a quarter); each success wins back a little, so the process recovers within seconds.
@@ -70,10 +72,13 @@ class RateLimiter:
         self,
         limit: RateLimit,
         *,
-        margin_s: tuple[float, float] = (0.04, 0.10),
+        margin_s: tuple[float, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit
+        if margin_s is None:
+            bursts_only = limit.per_second > limit.per_10s / 10
+            margin_s = (0.25 if bursts_only else 0.04, 0.25)
         self._windows = (
             (max(1, math.floor(limit.per_second)), 1.0 + margin_s[0]),
             (max(1, math.floor(limit.per_10s)), 10.0 + margin_s[1]),

@@ -72,6 +72,15 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def commit_time(committed_at: dt.datetime | None) -> dt.datetime:
+    """The runs row's committed_at: now (UTC) unless given, and never a naive timestamp."""
+    if committed_at is None:
+        return dt.datetime.now(dt.UTC)
+    if committed_at.tzinfo is None:
+        raise ValueError("committed_at must be timezone-aware (UTC)")
+    return committed_at
+
+
 def _epoch(value: dt.datetime | None) -> float | None:
     if value is None:
         return None

@@ -27,7 +27,7 @@ from tenacity import (
 
 from pipeline.schema import STAGED_KINDS, Column
 from pipeline.status_report import FailedWallet, RunSummary, StatusReport
-from pipeline.warehouse import CommitError, CommitReport, TableNames, Warehouse
+from pipeline.warehouse import CommitError, CommitReport, TableNames, Warehouse, commit_time
 from pipeline.warehouse import sql as q
 
 log = logging.getLogger(__name__)
@@ -433,10 +433,7 @@ class BigQueryWarehouse(Warehouse):
     ) -> CommitReport:
         q.validate_run_id(run_id)
         sources = _check_files(run_id, files)
-        if committed_at is None:
-            committed_at = dt.datetime.now(dt.UTC)
-        elif committed_at.tzinfo is None:
-            raise ValueError("committed_at must be timezone-aware (UTC)")
+        committed_at = commit_time(committed_at)
 
         if self._rows(q.SELECT_RUN, {"run_id": run_id}):
             return CommitReport(run_id, already_committed=True)

@@ -15,7 +15,7 @@ import duckdb
 
 from pipeline.schema import STAGED_KINDS
 from pipeline.status_report import FailedWallet, RunSummary, StatusReport
-from pipeline.warehouse import CommitError, CommitReport, TableNames, Warehouse
+from pipeline.warehouse import CommitError, CommitReport, TableNames, Warehouse, commit_time
 from pipeline.warehouse import sql as q
 
 log = logging.getLogger(__name__)
@@ -170,10 +170,7 @@ class DuckDBWarehouse(Warehouse):
     ) -> CommitReport:
         q.validate_run_id(run_id)
         paths = _check_files(run_id, files)
-        if committed_at is None:
-            committed_at = dt.datetime.now(dt.UTC)
-        elif committed_at.tzinfo is None:
-            raise ValueError("committed_at must be timezone-aware (UTC)")
+        committed_at = commit_time(committed_at)
 
         # One connection for the whole commit: the file lock makes it exclusive across processes.
         with self._connection() as conn:

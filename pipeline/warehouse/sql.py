@@ -667,7 +667,7 @@ DUCKDB_SET_UTC = Statement("duckdb_set_utc", "SET TimeZone = 'UTC'", dialect="du
 # the process's peak memory grows with the run. Capped, one thread, insertion order not kept, it
 # spills to `<database>.tmp` instead, and peak memory stays flat however many trades a run stages.
 DUCKDB_LIMIT_MEMORY: tuple[Statement, ...] = (
-    Statement("duckdb_memory_limit", "SET memory_limit = '128MB'", dialect="duckdb"),
+    Statement("duckdb_memory_limit", "SET memory_limit = '64MB'", dialect="duckdb"),
     Statement("duckdb_threads", "SET threads = 1", dialect="duckdb"),
     Statement("duckdb_insertion_order", "SET preserve_insertion_order = false", dialect="duckdb"),
 )
