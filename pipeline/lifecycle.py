@@ -13,8 +13,8 @@ import logging
 from typing import Any
 
 from pipeline import staging
-from pipeline.options import BackfillConfig
-from pipeline.warehouse import TableNames, open_warehouse
+from pipeline.options import BackfillConfig, OptionsError
+from pipeline.warehouse import CommitError, TableNames, open_warehouse
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def prepare(config: BackfillConfig) -> list[dict[str, Any]]:
     """Start of every run: create missing tables, commit any earlier run left staged, then
     (with --verify) reset done wallets whose trades production does not hold."""
     if staging.has_files(config.staging_root, config.run_id):
-        raise ValueError(
+        raise OptionsError(
             f"run_id {config.run_id} already has staging under {config.staging_root}: "
             "use a new run id (or omit --run_id)"
         )
@@ -47,9 +47,15 @@ def prepare(config: BackfillConfig) -> list[dict[str, Any]]:
         if staging.is_committed(config.staging_root, run_id):
             continue
         log.warning("recovering run %s: staged but not committed", run_id)
-        recovered.append(
-            commit_staged_run(config.warehouse, config.tables, config.staging_root, run_id)
-        )
+        try:
+            recovered.append(
+                commit_staged_run(config.warehouse, config.tables, config.staging_root, run_id)
+            )
+        except CommitError as exc:
+            # Never let one bad staging block every later run: its wallets are not marked done,
+            # so this run fetches them again; the staging stays for `commit --run_id` by hand.
+            log.error("run %s stays uncommitted: %s", run_id, exc)
+            recovered.append({"run_id": run_id, "error": str(exc)})
     if config.verify:
         with open_warehouse(config.warehouse, config.tables) as warehouse:
             log.warning("%s", warehouse.verify(reset=True).render())

@@ -40,8 +40,12 @@ class RunSummary:
             f"{c.get('requests_markets', 0)}, events {c.get('requests_events', 0)}); retries: "
             f"{c.get('retries', 0)}; HTTP 429: {c.get('http_429', 0)}",
         ]
-        if self.recovered:
-            lines.append(f"  recovered earlier runs: {[r['run_id'] for r in self.recovered]}")
+        done = [r["run_id"] for r in self.recovered if "error" not in r]
+        failed = [r["run_id"] for r in self.recovered if "error" in r]
+        if done:
+            lines.append(f"  recovered earlier runs: {done}")
+        if failed:
+            lines.append(f"  earlier runs that still fail to commit (see the log): {failed}")
         return "\n".join(lines)
 
 

@@ -146,3 +146,18 @@ def test_start_up_commits_a_run_that_was_staged_but_not_committed(world, tmp_pat
     assert server.stats()["requests"].get("orders", 0) == 0
     assert_production_is_truth(server, wallets, fresh)
     assert (staging / summary.run_id / "_COMMITTED.json").exists()
+
+
+def test_a_staged_run_that_cannot_commit_does_not_block_later_runs(world, tmp_path):
+    server, wallets, db, staging = world
+    broken = run_backfill(run_argv(db, staging, server))
+    (staging / broken.run_id / "_COMMITTED.json").unlink()
+    next(iter((staging / broken.run_id / "trades").glob("*.json"))).write_text("not json\n")
+    fresh = tmp_path / "fresh.duckdb"
+    seed_traders(fresh, wallets)
+    summary = run_backfill(run_argv(fresh, staging, server))
+    assert summary.state == "DONE"
+    assert [(r["run_id"], "error" in r) for r in summary.recovered] == [(broken.run_id, True)]
+    assert "still fail to commit" in summary.render()
+    assert summary.counters["wallets_fetched"] == WALLETS  # fetched again, so nothing is lost
+    assert_production_is_truth(server, wallets, fresh)
