@@ -35,10 +35,17 @@ PROFILES: dict[str, dict[str, int]] = {
 STEADY_AFTER_S = 10.0
 
 
-def run_tier(tier: str, workdir: Path, pipeline_args: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_tier(
+    tier: str,
+    workdir: Path,
+    pipeline_args: tuple[str, ...] = (),
+    wallets: int = common.WALLETS,
+) -> dict[str, Any]:
     """One pipeline run at `tier` against a fresh simulator; every figure 1 and 2 need from it."""
     profile = PROFILES[tier]
-    with common.simulator(workdir, tier=tier, max_trades=profile["max_trades"]) as sim:
+    with common.simulator(
+        workdir, tier=tier, max_trades=profile["max_trades"], wallets=wallets
+    ) as sim:
         truth = sim.truth()
         wallets = sorted(truth["wallets"])
         db_path, staging = common.fresh_warehouse(workdir, f"pipeline-{tier}", wallets)
@@ -148,15 +155,22 @@ def main() -> int:
     parser.add_argument(
         "--pipeline_arg", action="append", default=[], help="extra option for `pipeline run`"
     )
+    parser.add_argument(
+        "--wallets",
+        type=int,
+        default=common.WALLETS,
+        help="more wallets amortise the fixed idle between the graph's fetching stages",
+    )
     args = parser.parse_args()
     tiers = args.tier or ["free", "dev"]
     with tempfile.TemporaryDirectory(prefix="bench-rate-") as tmp:
         for tier in tiers:
             start = time.monotonic()
-            result = run_tier(tier, Path(tmp), tuple(args.pipeline_arg))
+            result = run_tier(tier, Path(tmp), tuple(args.pipeline_arg), args.wallets)
             print(report(result))
             print(f"  target: rate use >= 0.95, 0 429s ({time.monotonic() - start:.0f} s)")
     extra = [f"--tier={t}" for t in tiers] + [f"--pipeline_arg={a}" for a in args.pipeline_arg]
+    extra += [f"--wallets={args.wallets}"] if args.wallets != common.WALLETS else []
     print("rerun:", common.rerun("rate_use.py", *extra))
     return 0
 
