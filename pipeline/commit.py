@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
 from pipeline.lifecycle import commit_staged_run
-from pipeline.options import BackfillOptions, OptionsError, resolve
+from pipeline.options import BackfillOptions, OptionsError, resolve_command_argv
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +18,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         print("commit: give --run_id (a folder under --staging_root that has _STAGED.json)")
         return 2
     try:
-        config = resolve(PipelineOptions(argv))
+        config = resolve_command_argv(argv)
     except OptionsError as exc:
         print(exc)
         return 2

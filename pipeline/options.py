@@ -321,3 +321,23 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         verify=bool(opts.verify),
         started_at=time.time(),
     )
+
+
+def resolve_command_argv(argv: list[str], own: dict[str, bool] | None = None) -> BackfillConfig:
+    """The config for a command (`status`, `commit`, `verify`) from its arguments.
+
+    `own` names the command's own options (True: it takes a value), which Beam's PipelineOptions
+    does not know and would warn about; they are left out before resolving.
+    """
+    own = own or {}
+    kept: list[str] = []
+    skip_value = False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if skip_value:
+            skip_value = False
+        elif name in own:
+            skip_value = own[name] and "=" not in arg
+        else:
+            kept.append(arg)
+    return resolve(PipelineOptions(kept))

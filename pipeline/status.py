@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from pipeline.options import BackfillOptions, OptionsError, resolve
+from pipeline.options import BackfillOptions, OptionsError, resolve_command_argv
 from pipeline.status_report import render_status
 from pipeline.warehouse import open_warehouse
 
@@ -22,22 +20,9 @@ def show_status(warehouse: str, tables, last_runs: int = 5) -> str:
         return render_status(handle.status(last_runs=last_runs))
 
 
-def _without(argv: list[str], name: str) -> list[str]:
-    """argv minus `--name V` / `--name=V`, the one option Beam's PipelineOptions does not know."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == name:
-            skip = True
-        elif not arg.startswith(f"{name}="):
-            kept.append(arg)
-    return kept
-
-
 def main(args: argparse.Namespace, argv: list[str]) -> int:
     try:
-        config = resolve(PipelineOptions(_without(argv, "--last_runs")))
+        config = resolve_command_argv(argv, {"--last_runs": True})
     except OptionsError as exc:
         print(exc)
         return 2

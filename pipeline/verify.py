@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from pipeline.options import BackfillOptions, OptionsError, resolve
+from pipeline.options import BackfillOptions, OptionsError, resolve_command_argv
 from pipeline.warehouse import open_warehouse
 
 
@@ -23,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
     try:
-        config = resolve(PipelineOptions([a for a in argv if a != "--report_only"]))
+        config = resolve_command_argv(argv, {"--report_only": False})
     except OptionsError as exc:
         print(exc)
         return 2

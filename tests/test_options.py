@@ -76,3 +76,13 @@ def test_api_key_from_environment_only(monkeypatch):
         load_api_key(None)
     monkeypatch.setenv("DOME_API_KEY", "  k-123  ")
     assert load_api_key(None) == "k-123"
+
+
+def test_command_options_are_left_out_before_beam_sees_them():
+    from pipeline.options import resolve_command_argv
+
+    config = resolve_command_argv(
+        ["--last_runs", "3", "--report_only", "--warehouse=duckdb:x.duckdb", "--tier=dev"],
+        {"--last_runs": True, "--report_only": False},
+    )
+    assert config.warehouse == "duckdb:x.duckdb" and config.rate_limit.per_second == 100
