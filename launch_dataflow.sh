@@ -3,7 +3,8 @@
 # Scheduler. Subcommands (each accepts --dry-run: print the exact commands and request bodies,
 # shell-quoted, one per line, and change nothing):
 #   setup     enable the APIs; create the bucket, the BigQuery dataset, the service account and its
-#             roles, the Artifact Registry repository and the API key's secret (key read from stdin)
+#             roles, the Artifact Registry repository, and with SOURCE=dome the API key's secret
+#             (key read from stdin); SOURCE=polymarket (the default) needs no key and no secret
 #   build     build the image with Cloud Build; write the template spec to gs://BUCKET/templates/
 #   run       launch one run now (job name fixed: a second launch while one is active is refused)
 #   schedule  create or update the Cloud Scheduler job that launches a run every 30 minutes
@@ -13,8 +14,10 @@ set -euo pipefail
 
 readonly JOB_NAME="trade-backfill" # fixed on purpose: see cmd_run (409 ALREADY_EXISTS)
 readonly APIS=(dataflow.googleapis.com bigquery.googleapis.com storage.googleapis.com
-  secretmanager.googleapis.com cloudscheduler.googleapis.com artifactregistry.googleapis.com
-  cloudbuild.googleapis.com)
+  cloudscheduler.googleapis.com artifactregistry.googleapis.com cloudbuild.googleapis.com)
+# Polymarket's published requests per 10 s per IP, by bucket: the same as
+# pipeline/sources/polymarket/source.py LIMITS_PER_10S (tests/test_deploy.py checks they agree).
+readonly POLYMARKET_LIMITS="all=15000 data=1000 trades=200 gamma=4000 markets=300 events=500 listing=900"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly ROOT
 DRY_RUN=0
@@ -30,19 +33,26 @@ Environment (default in brackets):
   REGION               Dataflow, Artifact Registry and Cloud Scheduler region [us-central1]
   BUCKET               bucket for staging, temp files and the template [PROJECT-trade-backfill]
   DATASET              BigQuery dataset [polymarket]; BQ_LOCATION its location [REGION]
-  TIER                 Dome API tier: free, dev or pro [free]
+  SOURCE               polymarket (Polymarket's public APIs, no key) or dome (an API key) [polymarket]
+  EGRESS               how workers reach the internet: shared (one IP for all, e.g. Cloud NAT) or
+                       per_worker (each worker its own external IP, Dataflow's default) [shared];
+                       Polymarket's limits are per IP: the job's processes sharing an IP split them
+  BUCKET_LIMITS        SOURCE=polymarket: lower per-10 s limits for the whole job, e.g.
+                       trades=100,markets=150 [the published limits]
+  TIER                 SOURCE=dome: the API tier, free, dev or pro [free]
   MAX_WORKERS          Dataflow's maximum number of workers [2]
   MACHINE_TYPE         worker machine type [n1-standard-1]
   SERVICE_ACCOUNT      service account name (not the email) [trade-backfill]
-  SECRET               Secret Manager secret holding the API key [dome-api-key]
-  SECRET_VERSION       the version the jobs read: a number or latest [latest]
+  SECRET               SOURCE=dome: Secret Manager secret holding the API key [dome-api-key]
+  SECRET_VERSION       SOURCE=dome: the version the jobs read: a number or latest [latest]
   REPOSITORY           Artifact Registry repository [trade-backfill]
   IMAGE_TAG            image tag [the git commit, else latest]; build and run/schedule must agree
   MAX_WALLETS          at most N wallets per run [all]
   REFRESH_AFTER        re-fetch done wallets and open markets older than this, e.g. 6h [6h];
                        empty: backfill only
   VERIFY               true: each run first resets done wallets missing trades [false]
-  RATE_PER_SECOND, RATE_PER_10S   override the tier's limits for the whole job [the tier's]
+  RATE_PER_SECOND, RATE_PER_10S   SOURCE=dome: override the tier's limits for the whole job
+                       [the tier's]
   SCHEDULE             cron schedule [*/30 * * * *]; TIME_ZONE [Etc/UTC]
   SCHEDULER_RETRIES    Cloud Scheduler retries of a failed launch, 0-5 [0]
   PYTHON               python used to write JSON bodies [python3]
@@ -107,6 +117,9 @@ configure() {
   BUCKET="${BUCKET:-${PROJECT}-trade-backfill}"
   DATASET="${DATASET:-polymarket}"
   BQ_LOCATION="${BQ_LOCATION:-$REGION}"
+  SOURCE="${SOURCE:-polymarket}"
+  EGRESS="${EGRESS:-shared}"
+  BUCKET_LIMITS="${BUCKET_LIMITS:-}"
   TIER="${TIER:-free}"
   MAX_WORKERS="${MAX_WORKERS:-2}"
   MACHINE_TYPE="${MACHINE_TYPE:-n1-standard-1}"
@@ -135,7 +148,30 @@ configure() {
     problems+=("BUCKET='$BUCKET': 3-63 lowercase letters, digits, '-' or '_'")
   [[ "$DATASET" =~ ^[A-Za-z0-9_]{1,1024}$ ]] || problems+=("DATASET='$DATASET': letters, digits and '_'")
   [[ "$BQ_LOCATION" =~ ^[A-Za-z]+(-[a-z]+[0-9]+)?$ ]] || problems+=("BQ_LOCATION='$BQ_LOCATION': US, EU or a region")
+  [[ "$SOURCE" =~ ^(polymarket|dome)$ ]] || problems+=("SOURCE='$SOURCE': polymarket or dome")
+  [[ "$EGRESS" =~ ^(shared|per_worker)$ ]] || problems+=("EGRESS='$EGRESS': shared or per_worker")
   [[ "$TIER" =~ ^(free|dev|pro)$ ]] || problems+=("TIER='$TIER': free, dev or pro")
+  local item limit
+  if [[ -n "$BUCKET_LIMITS" && ! "$BUCKET_LIMITS" =~ ^[a-z]+=[0-9.]+(,[a-z]+=[0-9.]+)*$ ]]; then
+    problems+=("BUCKET_LIMITS='$BUCKET_LIMITS': bucket=requests per 10 s, comma-separated, e.g. trades=100,markets=150")
+  elif [[ -n "$BUCKET_LIMITS" ]]; then
+    for item in ${BUCKET_LIMITS//,/ }; do # no glob characters: checked above
+      limit="$(published_limit "${item%%=*}")"
+      if [[ -z "$limit" ]] || ! is_number "${item#*=}" ||
+        ! awk -v v="${item#*=}" -v l="$limit" 'BEGIN { exit !(v + 0 <= l + 0) }'; then
+        problems+=("BUCKET_LIMITS='$BUCKET_LIMITS': bucket=requests per 10 s, comma-separated, each at most the published limit ($POLYMARKET_LIMITS)")
+        break
+      fi
+    done
+  fi
+  if [[ "$SOURCE" == "polymarket" ]]; then
+    [[ -z "$RATE_PER_SECOND$RATE_PER_10S" ]] ||
+      problems+=("RATE_PER_SECOND, RATE_PER_10S: SOURCE=dome only; for SOURCE=polymarket set BUCKET_LIMITS")
+  elif [[ "$SOURCE" == "dome" ]]; then
+    [[ -z "$BUCKET_LIMITS" ]] || problems+=("BUCKET_LIMITS: SOURCE=polymarket only; for SOURCE=dome set RATE_PER_SECOND, RATE_PER_10S")
+    [[ "$EGRESS" != "per_worker" ]] ||
+      problems+=("EGRESS=per_worker: Dome's limits are the API key's, shared by the whole job whatever the IPs; leave EGRESS unset (shared)")
+  fi
   { is_int "$MAX_WORKERS" && ((MAX_WORKERS <= 1000)); } || problems+=("MAX_WORKERS='$MAX_WORKERS': 1-1000")
   [[ "$MACHINE_TYPE" =~ ^[a-z][a-z0-9]*(-[a-z0-9]+)+$ ]] || problems+=("MACHINE_TYPE='$MACHINE_TYPE': e.g. n1-standard-2")
   [[ "$SERVICE_ACCOUNT" =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] ||
@@ -158,22 +194,42 @@ configure() {
   TEMPLATE="gs://${BUCKET}/templates/backfill.json"
   SECRET_PATH="projects/${PROJECT}/secrets/${SECRET}/versions/${SECRET_VERSION}"
 
-  # The rate limit is the whole job's; each worker process gets 1/RATE_SHARES of it. Dataflow runs
-  # one SDK process per vCPU, and the autoscaler never exceeds MAX_WORKERS, so this is the most
-  # processes that can fetch at once: the same rule as pipeline.options.derive_rate_shares, passed
-  # explicitly so the split never depends on how the launcher maps the environment to options.
+  # The rate limit is shared by every process that draws on it; each gets 1/RATE_SHARES of it.
+  # Dataflow runs one SDK process per vCPU, and the autoscaler never exceeds MAX_WORKERS, so
+  # MAX_WORKERS x vCPUs is the most processes that can fetch at once. Dome's limit is the key's
+  # (the whole job's); Polymarket's is per IP: with EGRESS=per_worker only one worker's processes
+  # share an IP. The same rule as pipeline.options.derive_rate_shares, passed explicitly so the
+  # split never depends on how the launcher maps the environment to options.
   local vcpus=1
   if [[ "$MACHINE_TYPE" =~ -([0-9]+)(-[0-9]+)?$ ]]; then
     vcpus="${BASH_REMATCH[1]}"
   fi
-  RATE_SHARES=$((MAX_WORKERS * vcpus))
+  if [[ "$SOURCE" == "polymarket" && "$EGRESS" == "per_worker" ]]; then
+    RATE_SHARES="$vcpus"
+  else
+    RATE_SHARES=$((MAX_WORKERS * vcpus))
+  fi
+  # Each process must get at least 0.1 request/s of the narrowest sustained limit (as the
+  # pipeline checks): Dome, the tier's (or RATE_PER_*); Polymarket, the smallest bucket per
+  # 10 s (published: /trades, 200 per 10 s = 20/s), lowered by BUCKET_LIMITS.
   if ((${#problems[@]} == 0)); then
-    local limits="10 100"
-    case "$TIER" in dev) limits="100 500" ;; pro) limits="300 3000" ;; esac
-    if ! awk -v l="$limits" -v s="${RATE_PER_SECOND}" -v t="${RATE_PER_10S}" -v n="$RATE_SHARES" \
-      'BEGIN { split(l, d, " "); ps = (s == "" ? d[1] : s); pt = (t == "" ? d[2] : t);
-               m = (ps < pt / 10 ? ps : pt / 10); exit !(m / n >= 0.1) }'; then
-      problems+=("MAX_WORKERS x vCPUs of MACHINE_TYPE = $RATE_SHARES processes: each would get under 0.1 request/s of the $TIER tier; lower MAX_WORKERS or use a smaller MACHINE_TYPE")
+    local narrowest of
+    if [[ "$SOURCE" == "dome" ]]; then
+      local limits="10 100"
+      case "$TIER" in dev) limits="100 500" ;; pro) limits="300 3000" ;; esac
+      narrowest="$(awk -v l="$limits" -v s="${RATE_PER_SECOND}" -v t="${RATE_PER_10S}" \
+        'BEGIN { split(l, d, " "); ps = (s == "" ? d[1] : s); pt = (t == "" ? d[2] : t);
+                 print (ps + 0 < pt / 10 ? ps + 0 : pt / 10) }')"
+      of="the $TIER tier"
+    else
+      narrowest="$(awk -v l="$POLYMARKET_LIMITS" -v o="${BUCKET_LIMITS//,/ }" \
+        'BEGIN { n = split(l, d, " "); for (i = 1; i <= n; i++) { split(d[i], kv, "="); lim[kv[1]] = kv[2] + 0 }
+                 n = split(o, d, " "); for (i = 1; i <= n; i++) { split(d[i], kv, "="); lim[kv[1]] = kv[2] + 0 }
+                 m = -1; for (b in lim) if (m < 0 || lim[b] < m) m = lim[b]; print m / 10 }')"
+      of="Polymarket's per-IP limits (EGRESS=$EGRESS)"
+    fi
+    if ! awk -v m="$narrowest" -v n="$RATE_SHARES" 'BEGIN { exit !(m / n >= 0.1) }'; then
+      problems+=("$RATE_SHARES processes share the narrowest limit, $narrowest request/s: each would get under 0.1 request/s of $of; lower MAX_WORKERS or use a smaller MACHINE_TYPE")
     fi
   fi
   if ((${#problems[@]})); then
@@ -188,19 +244,26 @@ launch_parameters() {
   PARAMS=(
     "warehouse=bigquery:${PROJECT}.${DATASET}"
     "staging_root=gs://${BUCKET}/staging"
-    "api_key_secret=${SECRET_PATH}"
-    "tier=${TIER}"
+    "source=${SOURCE}"
+    "egress=${EGRESS}"
     "rate_shares=${RATE_SHARES}"
   )
+  if [[ "$SOURCE" == "dome" ]]; then
+    PARAMS+=("api_key_secret=${SECRET_PATH}" "tier=${TIER}")
+    [[ -z "$RATE_PER_SECOND" ]] || PARAMS+=("rate_per_second=${RATE_PER_SECOND}")
+    [[ -z "$RATE_PER_10S" ]] || PARAMS+=("rate_per_10s=${RATE_PER_10S}")
+  else
+    [[ -z "$BUCKET_LIMITS" ]] || PARAMS+=("bucket_limits=${BUCKET_LIMITS}")
+  fi
   [[ -z "$MAX_WALLETS" ]] || PARAMS+=("max_wallets=${MAX_WALLETS}")
   [[ -z "$REFRESH_AFTER" ]] || PARAMS+=("refresh_after=${REFRESH_AFTER}")
   [[ "$VERIFY" == "false" ]] || PARAMS+=("verify=${VERIFY}")
-  [[ -z "$RATE_PER_SECOND" ]] || PARAMS+=("rate_per_second=${RATE_PER_SECOND}")
-  [[ -z "$RATE_PER_10S" ]] || PARAMS+=("rate_per_10s=${RATE_PER_10S}")
 }
 
 cmd_setup() {
-  run gcloud services enable "${APIS[@]}" --project="$PROJECT"
+  local -a apis=("${APIS[@]}")
+  [[ "$SOURCE" != "dome" ]] || apis+=(secretmanager.googleapis.com)
+  run gcloud services enable "${apis[@]}" --project="$PROJECT"
   ensure "the bucket" gcloud storage buckets describe "gs://${BUCKET}" --project="$PROJECT" -- \
     gcloud storage buckets create "gs://${BUCKET}" --project="$PROJECT" --location="$REGION" \
     --uniform-bucket-level-access
@@ -227,9 +290,25 @@ cmd_setup() {
     --repository-format=docker --description="Trade backfill: Flex Template and worker image"
   run gcloud artifacts repositories add-iam-policy-binding "$REPOSITORY" --project="$PROJECT" \
     --location="$REGION" --member="serviceAccount:${SA_EMAIL}" --role=roles/artifactregistry.reader --format=none
+  if [[ "$SOURCE" != "dome" ]]; then
+    if ((DRY_RUN)); then
+      echo "# SOURCE=${SOURCE}: no API key, so no secret (SOURCE=dome creates it)"
+    else
+      echo "= SOURCE=${SOURCE}: no API key, so no secret (SOURCE=dome creates it)" >&2
+    fi
+    return
+  fi
   setup_secret
   run gcloud secrets add-iam-policy-binding "$SECRET" --project="$PROJECT" \
     --member="serviceAccount:${SA_EMAIL}" --role=roles/secretmanager.secretAccessor --format=none
+}
+
+# The published per-10 s limit of a Polymarket bucket (empty if there is no such bucket).
+published_limit() {
+  local item
+  for item in $POLYMARKET_LIMITS; do
+    [[ "${item%%=*}" != "$1" ]] || echo "${item#*=}"
+  done
 }
 
 # The API key goes from stdin straight to Secret Manager: never an argument, a file or a log line.

@@ -294,6 +294,7 @@ def run_pipeline(
     argv = [
         f"--warehouse=duckdb:{db_path}",
         f"--staging_root={staging}",
+        "--source=dome",
         f"--api_base_url={sim.base_url}",
         *extra,
     ]

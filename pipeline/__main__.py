@@ -13,8 +13,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("pipeline.status", "show progress from the checkpoint table"),
     "commit": ("pipeline.commit", "commit one run's staging into the warehouse (recovery)"),
     "verify": ("pipeline.verify", "reset done wallets whose trades production does not hold"),
+    "traders": ("pipeline.traders", "traders add FILE: append wallet addresses to traders"),
     "demo": ("pipeline.demo", "start the simulator, seed wallets, run the pipeline, show status"),
-    "simulate": ("pipeline.simulator.cli", "serve the Dome API simulator on 127.0.0.1"),
+    "simulate": ("simulator.cli", "serve the Dome API simulator on 127.0.0.1"),
 }
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import re
 
-from pipeline.dome.client import API_KEY_ENV
-from pipeline.dome.errors import ConfigError
+from pipeline.sources.dome.client import API_KEY_ENV
+from pipeline.sources.errors import ConfigError
 
 SECRET_VERSION = re.compile(r"^projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+$")
 

@@ -25,6 +25,7 @@ from pipeline.status import show_status
 from pipeline.warehouse import TableNames, open_warehouse
 
 READY = re.compile(r"base_url=(\S+) api_key=(\S+)")
+PM_READY = re.compile(r"data_api_url=(\S+) gamma_api_url=(\S+)")
 # What a hand-kept traders table really holds: blanks, typos, case and whitespace variants.
 BAD_TRADERS = [None, "", "0x123", "not-a-wallet", "0x" + "z" * 40, "0x" + "1" * 39]
 
@@ -33,21 +34,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="demo", help="where the DuckDB file and staging live")
     parser.add_argument("--wallets", type=int, default=300, help="wallets the simulator serves")
     parser.add_argument("--seed", type=int, default=7, help="the simulator's data seed")
-    parser.add_argument("--tier", default="dev", help="rate-limit tier, for simulator and pipeline")
+    parser.add_argument(
+        "--source",
+        default="polymarket",
+        choices=("polymarket", "dome"),
+        help="the API contract the simulator serves to the run (both from one world)",
+    )
+    parser.add_argument("--tier", default="dev", help="--source=dome: the Dome rate-limit tier")
     parser.add_argument("--latency_ms", type=float, default=20.0, help="simulated API latency")
 
 
-def _start_simulator(args: argparse.Namespace) -> tuple[subprocess.Popen, str, str]:
+def _start_simulator(args: argparse.Namespace) -> tuple[subprocess.Popen, str, str, str]:
+    """(process, Dome base URL, its key, Polymarket root URL) once both ready lines are out."""
     command = [
         sys.executable, "-m", "pipeline", "simulate", "--port", "0", "--seed", str(args.seed),
         "--wallets", str(args.wallets), "--tier", args.tier, "--latency_ms", str(args.latency_ms),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
+    dome: tuple[str, str] | None = None
     for line in process.stdout:
         match = READY.search(line)
         if match:
-            return process, match.group(1), match.group(2)
+            dome = match.group(1), match.group(2)
+        pm = PM_READY.search(line)
+        if pm and dome:
+            return process, dome[0], dome[1], pm.group(1)
     raise RuntimeError("the simulator exited before it was ready")
 
 
@@ -71,28 +83,43 @@ def _seed_traders(db_path: Path, wallets: list[str]) -> bool:
 
 
 def _count_staged_lines(folder: Path) -> int:
+    """Lines staged so far; Beam renames its temporary files meanwhile, so one may vanish."""
     total = 0
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as handle:
-                total += sum(
-                    chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")
-                )
+    try:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                with path.open("rb") as handle:
+                    total += sum(
+                        chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")
+                    )
+    except OSError:
+        pass
     return total
 
 
-def _progress(base_url: str, trades_dir: Path, stop: threading.Event, start: float) -> None:
+def _source_stats(base_url: str, source: str) -> tuple[int, int, int]:
+    """(wallets fetched so far, requests, 429s) as the simulator counted them for `source`."""
+    stats = _sim_json(base_url, "/_sim/stats")
+    if source == "dome":
+        return len(stats["orders_requests_by_wallet"]), stats["requests_total"], stats["http_429"]
+    pm = stats["polymarket"]
+    refused = sum(bucket["http_429"] for bucket in pm["buckets"].values())
+    return len(pm["trades_requests_by_wallet"]), pm["requests_total"], refused
+
+
+def _progress(
+    base_url: str, source: str, trades_dir: Path, stop: threading.Event, start: float
+) -> None:
     while not stop.wait(1.0):
         try:
-            stats = _sim_json(base_url, "/_sim/stats")
+            wallets, requests, refused = _source_stats(base_url, source)
         except OSError:
             continue
         elapsed = time.monotonic() - start
         line = (
-            f"\r  {elapsed:5.0f} s  wallets {len(stats.get('orders_requests_by_wallet', {})):4d}"
+            f"\r  {elapsed:5.0f} s  wallets {wallets:4d}"
             f"  trades {_count_staged_lines(trades_dir):7d}"
-            f"  requests {stats['requests_total']:6d} ({stats['requests_total'] / elapsed:5.1f}/s)"
-            f"  429s {stats['http_429']}"
+            f"  requests {requests:6d} ({requests / elapsed:5.1f}/s)  429s {refused}"
         )
         print(line, end="", flush=True)
 
@@ -102,7 +129,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     db_path, staging = workdir / "backfill.duckdb", workdir / "staging"
     print(f"demo: state in {workdir} (delete it to start over)")
-    simulator, base_url, api_key = _start_simulator(args)
+    simulator, base_url, api_key, pm_url = _start_simulator(args)
     try:
         truth = _sim_json(base_url, "/_sim/truth")
         wallets = sorted(truth["wallets"]) if isinstance(truth["wallets"], dict) else []
@@ -110,17 +137,19 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
             print(
                 f"seeded traders: {len(wallets)} wallets, 5 duplicates, {len(BAD_TRADERS)} bad rows"
             )
-        os.environ["DOME_API_KEY"] = api_key  # the simulator's key; the pipeline reads only the env
-        run_argv = [
-            f"--warehouse=duckdb:{db_path}",
-            f"--staging_root={staging}",
-            f"--api_base_url={base_url}",
-            f"--tier={args.tier}",
-        ]
+        run_argv = [f"--warehouse=duckdb:{db_path}", f"--staging_root={staging}"]
+        if args.source == "dome":
+            os.environ["DOME_API_KEY"] = api_key  # the simulator's; the pipeline reads only the env
+            run_argv += ["--source=dome", f"--api_base_url={base_url}", f"--tier={args.tier}"]
+        else:  # Polymarket needs no key; the simulator serves its data and gamma APIs on one port
+            run_argv += [f"--data_api_url={pm_url}", f"--gamma_api_url={pm_url}"]
+        print(f"source: {args.source} (the bundled simulator)")
         run_id = new_run_id()
         stop, start = threading.Event(), time.monotonic()
         watcher = threading.Thread(
-            target=_progress, args=(base_url, staging / run_id / "trades", stop, start), daemon=True
+            target=_progress,
+            args=(base_url, args.source, staging / run_id / "trades", stop, start),
+            daemon=True,
         )
         watcher.start()
         try:
@@ -128,11 +157,11 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         finally:
             stop.set()
             watcher.join()
-        stats = _sim_json(base_url, "/_sim/stats")
+        _, requests, refused = _source_stats(base_url, args.source)
         print()
         print(summary.render())
         print(
-            f"  simulator saw {stats['requests_total']} requests, {stats['http_429']} answered 429; "
+            f"  simulator saw {requests} requests, {refused} answered 429; "
             f"{time.monotonic() - start:.1f} s"
         )
         print()

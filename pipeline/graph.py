@@ -6,6 +6,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.options import BackfillConfig
+from pipeline.sources import source_class
 from transforms.api import ApiHandle
 from transforms.fetch_markets import FetchEvents, FetchMarkets
 from transforms.fetch_trades import FetchTrades
@@ -17,13 +18,18 @@ from transforms.stage import CommitRun, WriteStaging
 def build_pipeline(options: PipelineOptions, config: BackfillConfig) -> beam.Pipeline:
     """Builds (does not run) the graph, so tests and the launcher construct the very same job."""
     pipeline = beam.Pipeline(options=options)
-    api = ApiHandle(config)  # one client and rate limiter per worker process, for every fetch step
+    api = ApiHandle(config.source)  # one source and rate limiter per worker process
+    source = source_class(config.source.name)
 
     read = pipeline | "ReadWallets" >> ReadWallets(config.warehouse, config.tables, config.run_id)
     requests = read["wallets"] | "SelectWallets" >> SelectWallets(config)
     fetched = requests | "FetchTrades" >> FetchTrades(api, config)
-    markets = fetched["condition_ids"] | "FetchMarkets" >> FetchMarkets(api, config)
-    events = markets["event_slugs"] | "FetchEvents" >> FetchEvents(api, config)
+    markets = fetched["market_refs"] | "FetchMarkets" >> FetchMarkets(
+        api, config, source.markets_per_batch
+    )
+    # Polymarket's trades name their events: those need not wait for the markets.
+    event_slugs = (fetched["event_slugs"], markets["event_slugs"]) | "EventSlugs" >> beam.Flatten()
+    events = event_slugs | "FetchEvents" >> FetchEvents(api, config, source.events_per_batch)
 
     staged = {
         "trades": fetched["trade_pages"] | "StageTrades" >> WriteStaging(config, "trades", True),

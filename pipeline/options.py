@@ -23,8 +23,12 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline.api_key import SECRET_VERSION
-from pipeline.dome.client import DEFAULT_BASE_URL, ClientSettings
-from pipeline.dome.limiter import TIERS, RateLimit
+from pipeline.sources import SOURCE_NAMES, SourceSpec
+from pipeline.sources.dome.client import DEFAULT_BASE_URL, TIERS, RateLimit
+from pipeline.sources.http import HttpSettings
+from pipeline.sources.limiter import Window, share
+from pipeline.sources.polymarket.source import DATA_API_URL, GAMMA_API_URL, LIMITS_PER_10S
+from pipeline.sources.polymarket.source import windows as polymarket_windows
 from pipeline.warehouse import TableNames, parse_warehouse_spec
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -57,7 +61,42 @@ class BackfillOptions(PipelineOptions):
             default=None,
             help="names this run's staging; default: UTC time plus a random suffix",
         )
-        add("--api_base_url", default=DEFAULT_BASE_URL, help="the Dome API, or the simulator")
+        add(
+            "--source",
+            default="polymarket",
+            choices=SOURCE_NAMES,
+            help="polymarket: Polymarket's public Data API v2 and Gamma (no key, the default); "
+            "dome: a Dome-shaped API (--api_base_url, DOME_API_KEY)",
+        )
+        add(
+            "--api_base_url",
+            default=DEFAULT_BASE_URL,
+            help="--source=dome: the Dome API, or the simulator",
+        )
+        add(
+            "--data_api_url",
+            default=DATA_API_URL,
+            help="--source=polymarket: the Data API (trades, status, resolutions)",
+        )
+        add(
+            "--gamma_api_url",
+            default=GAMMA_API_URL,
+            help="--source=polymarket: the Gamma API (markets, events)",
+        )
+        add(
+            "--bucket_limits",
+            default=None,
+            help="--source=polymarket: lower per-10 s limits for the whole job, e.g. "
+            "trades=100,markets=150 (buckets: " + ", ".join(LIMITS_PER_10S) + ")",
+        )
+        add(
+            "--egress",
+            default="shared",
+            choices=("shared", "per_worker"),
+            help="--source=polymarket on Dataflow: shared (all workers leave through one IP, "
+            "e.g. Cloud NAT: the limits are split among every process of the job) or per_worker "
+            "(each worker has its own external IP: split among one worker's processes)",
+        )
         add(
             "--api_key_secret",
             default=None,
@@ -68,7 +107,7 @@ class BackfillOptions(PipelineOptions):
             "--tier",
             default="free",
             choices=sorted(TIERS),
-            help="the API key's rate-limit tier (dome-api.md)",
+            help="--source=dome: the API key's rate-limit tier (dome-api.md)",
         )
         add(
             "--rate_per_second",
@@ -143,21 +182,15 @@ class BackfillConfig:
     tables: TableNames
     staging_root: str
     run_id: str
-    client: ClientSettings
-    rate_limit: RateLimit  # the whole job's limit
+    source: SourceSpec  # what each worker builds its source from (one process's rate share)
+    job_windows: tuple[Window, ...]  # the whole job's rate limits
     rate_shares: int
     max_wallets: int | None
     fetch_threads: int
-    api_key_secret: str | None = None
     refresh_after_s: float | None = None  # None: no refresh (backfill only)
     refresh_overlap_s: float = 3600.0
     verify: bool = False
     started_at: float = 0.0  # unix seconds, fixed at launch: every worker judges staleness alike
-
-    @property
-    def process_rate_limit(self) -> RateLimit:
-        """What one worker process may use, so that all processes together stay inside the limit."""
-        return self.rate_limit.share(self.rate_shares)
 
     @property
     def run_staging(self) -> str:
@@ -185,18 +218,50 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
-def default_fetch_threads(process_limit: RateLimit, latency_s: float = 0.25) -> int:
-    """Requests in flight that keep a process's sustained rate busy (Little's law: rate x
+def default_fetch_threads(process_windows: tuple[Window, ...], latency_s: float = 0.25) -> int:
+    """Requests in flight that keep a process's fastest bucket busy (Little's law: rate x
     latency), doubled for the latency's long tail; at least 8, at most 64 per step."""
-    return max(8, min(64, math.ceil(2 * process_limit.sustained * latency_s)))
+    by_bucket: dict[str, float] = {}
+    for window in process_windows:
+        rate = window.sustained
+        by_bucket[window.bucket] = min(by_bucket.get(window.bucket, rate), rate)
+    # The narrowest bucket a step draws from bounds it; the widest ("all") is shared by every
+    # step, so the busiest single step runs at most at the second-largest bucket's rate.
+    rates = sorted(by_bucket.values())
+    rate = rates[-2] if len(rates) > 1 else rates[0]
+    return max(8, min(64, math.ceil(2 * rate * latency_s)))
 
 
-def derive_rate_shares(options: PipelineOptions) -> int:
-    """How many processes may fetch at once, from the runner's own options.
+def parse_bucket_limits(text: str | None) -> dict[str, float]:
+    """'trades=100,markets=150' -> {'trades': 100.0, 'markets': 150.0}, checked."""
+    limits: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in LIMITS_PER_10S:
+            raise ValueError(f"unknown bucket {name!r}: use {', '.join(LIMITS_PER_10S)}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r}: give a number of requests per 10 s") from None
+        if not (math.isfinite(number) and 0 < number <= LIMITS_PER_10S[name]):
+            raise ValueError(
+                f"{name}={value}: give a number above 0 and at most the published "
+                f"{LIMITS_PER_10S[name]}"
+            )
+        limits[name] = number
+    return limits
 
-    DirectRunner: one process, or `direct_num_workers` with multi_processing. Dataflow:
-    `max_num_workers` × the SDK processes per worker (one per vCPU unless
-    `--experiments=no_use_multiple_sdk_containers`), which the autoscaler never exceeds.
+
+def derive_rate_shares(options: PipelineOptions, per_worker_egress: bool = False) -> int:
+    """How many processes draw on one limit, from the runner's own options.
+
+    DirectRunner: one process, or `direct_num_workers` with multi_processing (one machine, one
+    IP). Dataflow: `max_num_workers` × the SDK processes per worker (one per vCPU unless
+    `--experiments=no_use_multiple_sdk_containers`), which the autoscaler never exceeds; with
+    `per_worker_egress` (a per-IP limit, each worker its own IP) one worker's processes only.
     """
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
     if "dataflow" in runner:
@@ -205,7 +270,7 @@ def derive_rate_shares(options: PipelineOptions) -> int:
         vcpus = _machine_vcpus(workers.machine_type)
         experiments = options.view_as(PipelineOptions).get_all_options().get("experiments") or []
         per_worker = 1 if "no_use_multiple_sdk_containers" in experiments else vcpus
-        return max(1, max_workers * per_worker)
+        return max(1, per_worker if per_worker_egress else max_workers * per_worker)
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode == "multi_processing":
         return max(1, direct.direct_num_workers or 1)
@@ -241,28 +306,49 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         problems.append(f"--run_id {run_id!r}: use 1-64 letters, digits, '_' or '-'")
     if not opts.staging_root:
         problems.append("--staging_root: give a folder or a gs:// prefix")
-    if not re.match(r"^https?://[^\s/]+", opts.api_base_url or ""):
-        problems.append(f"--api_base_url {opts.api_base_url!r}: give an http(s) URL")
+    url_options = {"dome": ("api_base_url",), "polymarket": ("data_api_url", "gamma_api_url")}
+    for name in url_options.get(opts.source, ()):
+        url = getattr(opts, name) or ""
+        if not re.match(r"^https?://[^\s/]+", url):
+            problems.append(f"--{name} {url!r}: give an http(s) URL")
 
     if opts.api_key_secret and not SECRET_VERSION.match(opts.api_key_secret):
         problems.append(
             f"--api_key_secret {opts.api_key_secret!r}: use projects/P/secrets/S/versions/V"
         )
     runner = (options.view_as(StandardOptions).runner or "").lower()
-    if "dataflow" in runner and not opts.api_key_secret:
+    if "dataflow" in runner and opts.source == "dome" and not opts.api_key_secret:
         problems.append("--api_key_secret is required on Dataflow (workers do not see your env)")
 
-    rate_limit = RateLimit.for_tier(opts.tier)
-    per_second = opts.rate_per_second if opts.rate_per_second is not None else rate_limit.per_second
-    per_10s = opts.rate_per_10s if opts.rate_per_10s is not None else rate_limit.per_10s
-    if per_second <= 0 or per_10s <= 0:
-        problems.append("--rate_per_second and --rate_per_10s must be positive")
+    job_windows: tuple[Window, ...] = ()
+    if opts.source == "dome":
+        rate_limit = RateLimit.for_tier(opts.tier)
+        per_second = (
+            opts.rate_per_second if opts.rate_per_second is not None else rate_limit.per_second
+        )
+        per_10s = opts.rate_per_10s if opts.rate_per_10s is not None else rate_limit.per_10s
+        if not (per_second > 0 and per_10s > 0):
+            problems.append("--rate_per_second and --rate_per_10s must be positive")
+        else:
+            job_windows = RateLimit(per_second, per_10s).windows()
     else:
-        rate_limit = RateLimit(per_second, per_10s)
-    shares = opts.rate_shares if opts.rate_shares is not None else derive_rate_shares(options)
+        try:
+            job_windows = polymarket_windows(parse_bucket_limits(opts.bucket_limits))
+        except ValueError as exc:
+            problems.append(f"--bucket_limits: {exc}")
+    if opts.source == "dome" and opts.egress == "per_worker":
+        problems.append(
+            "--egress=per_worker applies to --source=polymarket only (Dome's limit belongs to the "
+            "key, whatever IP a worker has)"
+        )
+    shares = (
+        opts.rate_shares
+        if opts.rate_shares is not None
+        else derive_rate_shares(options, opts.egress == "per_worker")
+    )
     if shares < 1:
         problems.append("--rate_shares must be at least 1")
-    elif min(rate_limit.per_second, rate_limit.per_10s / 10) / shares < 0.1:
+    elif job_windows and min(w.sustained for w in job_windows) / shares < 0.1:
         problems.append(
             f"--rate_shares {shares}: each process would get under 0.1 request/s; "
             "lower --max_num_workers or raise the rate limit"
@@ -289,33 +375,48 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         (1 <= opts.page_limit <= 1000, "--page_limit must be 1-1000 (the API's range)"),
         (opts.max_pages >= 1, "--max_pages must be at least 1"),
         (1 <= opts.max_attempts <= 20, "--max_attempts must be 1-20"),
-        (opts.connect_timeout > 0 and opts.read_timeout > 0, "timeouts must be positive"),
+        (
+            all(
+                math.isfinite(t) and 0 < t <= 3600
+                for t in (opts.connect_timeout, opts.read_timeout)
+            ),
+            "--connect_timeout and --read_timeout must be seconds above 0, at most 3600",
+        ),
     ]
     problems.extend(message for ok, message in checks if not ok)
     if problems:
         raise OptionsError("invalid options:\n  " + "\n  ".join(problems))
 
-    fetch_threads = opts.fetch_threads or default_fetch_threads(rate_limit.share(max(1, shares)))
-    client = ClientSettings(
-        base_url=opts.api_base_url,
+    process_windows = share(job_windows, shares)
+    fetch_threads = opts.fetch_threads or default_fetch_threads(process_windows)
+    http = HttpSettings(
         connect_timeout_s=opts.connect_timeout,
         read_timeout_s=opts.read_timeout,
         max_attempts=opts.max_attempts,
+        pool_size=3 * fetch_threads,
+    )
+    source = SourceSpec(
+        name=opts.source,
+        run_id=run_id,
+        windows=process_windows,
+        http=http,
         page_limit=opts.page_limit,
         max_pages=opts.max_pages,
-        pool_size=3 * fetch_threads,
+        dome_base_url=opts.api_base_url,
+        data_api_url=opts.data_api_url,
+        gamma_api_url=opts.gamma_api_url,
+        api_key_secret=opts.api_key_secret,
     )
     return BackfillConfig(
         warehouse=opts.warehouse,
         tables=tables,
         staging_root=opts.staging_root,
         run_id=run_id,
-        client=client,
-        rate_limit=rate_limit,
+        source=source,
+        job_windows=job_windows,
         rate_shares=shares,
         max_wallets=opts.max_wallets,
         fetch_threads=fetch_threads,
-        api_key_secret=opts.api_key_secret,
         refresh_after_s=refresh_after_s,
         refresh_overlap_s=refresh_overlap_s,
         verify=bool(opts.verify),

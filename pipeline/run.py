@@ -7,6 +7,7 @@ wait) it returns once the job is submitted: the commit is the graph's own last s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ from apache_beam.runners.runner import PipelineResult
 from pipeline import lifecycle
 from pipeline.graph import build_pipeline
 from pipeline.options import BackfillConfig, BackfillOptions, OptionsError, resolve
+from pipeline.sources import prepare_run
+from pipeline.sources.errors import SourceError
 from transforms.api import NAMESPACE
 
 log = logging.getLogger(__name__)
@@ -36,8 +39,7 @@ class RunSummary:
             f"{c.get('wallets_rejected', 0)} rejected",
             f"  trades: {c.get('trades', 0)} fetched, {c.get('committed_trades_inserted', 0)} new"
             f" in production; markets: {c.get('markets', 0)}; events: {c.get('events', 0)}",
-            f"  requests: {c.get('requests', 0)} (orders {c.get('requests_orders', 0)}, markets "
-            f"{c.get('requests_markets', 0)}, events {c.get('requests_events', 0)}); retries: "
+            f"  requests: {c.get('requests', 0)} ({_by_endpoint(c)}); retries: "
             f"{c.get('retries', 0)}; HTTP 429: {c.get('http_429', 0)}",
         ]
         done = [r["run_id"] for r in self.recovered if "error" not in r]
@@ -47,6 +49,15 @@ class RunSummary:
         if failed:
             lines.append(f"  earlier runs that still fail to commit (see the log): {failed}")
         return "\n".join(lines)
+
+
+def _by_endpoint(counters: dict[str, int]) -> str:
+    parts = [
+        f"{name.removeprefix('requests_')} {value}"
+        for name, value in sorted(counters.items())
+        if name.startswith("requests_")
+    ]
+    return ", ".join(parts) or "none"
 
 
 def counters_of(result: PipelineResult) -> dict[str, int]:
@@ -63,6 +74,7 @@ def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunSummary:
     options = PipelineOptions(argv)
     config: BackfillConfig = resolve(options)
     recovered = lifecycle.prepare(config)
+    config = dataclasses.replace(config, source=prepare_run(config.source))
     pipeline = build_pipeline(options, config)
     result = pipeline.run()
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
@@ -86,5 +98,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     except OptionsError as exc:
         print(exc)
         return 2
+    except SourceError as exc:
+        print(f"the run could not start: the source did not answer: {exc}")
+        return 1
     print(summary.render())
     return 0

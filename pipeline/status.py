@@ -1,4 +1,5 @@
-"""`status`: done, failed (with their errors), remaining, percent done and the last runs."""
+"""`status`: done, failed (with their errors), remaining, percent done, pending markets and events,
+trades per source and the last runs. It only reads: missing tables are named, never created."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def show_status(warehouse: str, tables, last_runs: int = 5) -> str:
+    """Only reads: a missing table is reported in the output, never created or altered."""
     with open_warehouse(warehouse, tables) as handle:
-        handle.ensure_tables()
         return render_status(handle.status(last_runs=last_runs))
 
 

@@ -38,16 +38,26 @@ class StatusReport:
     existing query does, so malformed addresses stay in it.
     """
 
-    done_wallets: int
-    failed_wallets: int
-    total_wallets: int
+    done_wallets: int | None
+    failed_wallets: int | None
+    total_wallets: int | None
     progress_percent: float | None
-    remaining_wallets: int
+    remaining_wallets: int | None
     failed: tuple[FailedWallet, ...] = ()
-    trades_rows: int = 0
-    markets_rows: int = 0
-    events_rows: int = 0
+    trades_rows: int | None = 0
+    markets_rows: int | None = 0
+    events_rows: int | None = 0
     last_runs: tuple[RunSummary, ...] = ()
+    # Markets / events production names (trades; events also markets) but does not hold: the
+    # next run asks for them again. None when the tables needed to count them are missing.
+    markets_pending: int | None = None
+    events_pending: int | None = None
+    # (source, production trade rows), rows landed before sources counted as "dome".
+    trades_by_source: tuple[tuple[str, int], ...] = ()
+    # Tables status needed and did not find (status only reads: it creates nothing), and
+    # numbers it could not compute for another reason (a table not migrated yet).
+    missing_tables: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def _n(value: int | None) -> str:
@@ -91,6 +101,20 @@ def render_status(report: StatusReport) -> str:
         f"production rows  trades {_n(report.trades_rows)}, markets {_n(report.markets_rows)}, "
         f"events {_n(report.events_rows)}",
     ]
+    if report.markets_pending is not None or report.events_pending is not None:
+        lines.append(
+            f"pending          markets {_n(report.markets_pending)}, events "
+            f"{_n(report.events_pending)} (named by production, not landed; the next run asks again)"
+        )
+    if report.trades_by_source:
+        counts = ", ".join(f"{source} {_n(rows)}" for source, rows in report.trades_by_source)
+        lines.append(f"trades by source {counts}")
+    if report.missing_tables:
+        lines.append(
+            f"missing tables   {', '.join(report.missing_tables)} (status creates nothing; "
+            "the next run creates them)"
+        )
+    lines.extend(f"note             {note}" for note in report.notes)
     if report.failed:
         lines.append("")
         lines.append(

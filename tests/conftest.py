@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture
 def sim_server() -> Iterator[Callable[..., Any]]:
     """Factory: `sim_server(**SimConfig overrides) -> SimServer` on 127.0.0.1, closed at teardown."""
-    from pipeline.simulator import SimConfig, serve
+    from simulator import SimConfig, serve
 
     servers = []
 

@@ -10,22 +10,23 @@ import tracemalloc
 
 import pytest
 
-from pipeline.dome.client import ClientEvents, ClientSettings, DomeClient
-from pipeline.dome.errors import (
+from pipeline.sources.dome.client import DomeClient, DomeSettings, RateLimit
+from pipeline.sources.dome.ids import trade_id
+from pipeline.sources.errors import (
     ConfigError,
-    DomeError,
     HTTPStatusError,
     PageError,
     PaginationError,
+    SourceError,
 )
-from pipeline.dome.ids import trade_id
-from pipeline.dome.limiter import RateLimit, RateLimiter
+from pipeline.sources.http import HttpSettings, Telemetry
+from pipeline.sources.limiter import RateLimiter
 
 UNLIMITED = RateLimit(10_000, 100_000)
-FAST = ClientSettings(read_timeout_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2)
+FAST = HttpSettings(read_timeout_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2)
 
 
-class Recorder(ClientEvents):
+class Recorder(Telemetry):
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -40,16 +41,17 @@ class Recorder(ClientEvents):
     def retry(self, endpoint, reason):
         self._add("retries")
 
-    def throttled(self, endpoint):
+    def throttled(self, endpoint, status):
         self._add("429")
 
     def unknown_fields(self, kind, counts):
         self._add("unknown")
 
 
-def make_client(server, settings=FAST, limit=UNLIMITED, events=None):
-    settings = ClientSettings(**{**settings.__dict__, "base_url": server.base_url})
-    return DomeClient(settings, server.api_key, RateLimiter(limit), events)
+def make_client(server, dome=None, limit=UNLIMITED, events=None, http=FAST, key=None):
+    dome = DomeSettings(**{**(dome or DomeSettings()).__dict__, "base_url": server.base_url})
+    limiter = RateLimiter(limit.windows())
+    return DomeClient.build(dome, key or server.api_key, limiter, events, http)
 
 
 def fetch_all(client, wallet):
@@ -68,7 +70,7 @@ def test_20k_trade_wallet_fetched_exactly_in_ceil_pages_with_flat_memory(sim_ser
     orders = fetch_all(client, big)
     assert ids(big, orders) == ids(big, server.simulator.orders(big))
     assert len(set(ids(big, orders))) == 20_000
-    assert server.stats()["requests"]["orders"] == math.ceil(20_000 / FAST.page_limit)
+    assert server.stats()["requests"]["orders"] == math.ceil(20_000 / DomeSettings().page_limit)
 
     def peak_while_streaming(wallet):
         tracemalloc.start()
@@ -89,7 +91,7 @@ def test_eight_threads_share_a_free_tier_limiter_without_a_429(sim_server):
     server = sim_server(seed=5, wallets=40, tier="free", max_trades=300)
     wallets = server.simulator.wallet_addresses()
     events = Recorder()
-    client = make_client(server, ClientSettings(page_limit=50), RateLimit.for_tier("free"), events)
+    client = make_client(server, DomeSettings(page_limit=50), RateLimit.for_tier("free"), events)
     stop = time.monotonic() + 30
     errors: list[Exception] = []
 
@@ -117,10 +119,10 @@ def test_eight_threads_share_a_free_tier_limiter_without_a_429(sim_server):
 def run_with_fault(server, rule, wallet, settings=FAST):
     server.set_faults([rule])
     events = Recorder()
-    client = make_client(server, settings, events=events)
+    client = make_client(server, events=events, http=settings)
     try:
         return fetch_all(client, wallet), None, events
-    except DomeError as error:
+    except SourceError as error:
         return None, error, events
 
 
@@ -158,9 +160,9 @@ def test_retry_after_is_honoured(sim_server):
 
 PERMANENT = [
     ({"kind": "http_4xx", "status": 403}, HTTPStatusError, "HTTP 403", 1),
-    ({"kind": "http_5xx", "rate": 1.0}, DomeError, "gave up after 5 attempts", 5),
+    ({"kind": "http_5xx", "rate": 1.0}, SourceError, "gave up after 5 attempts", 5),
     ({"kind": "empty_has_more"}, PaginationError, "empty page that says has_more", None),
-    ({"kind": "repeat_key"}, PaginationError, "pagination_key repeated", None),
+    ({"kind": "repeat_key"}, PaginationError, "cursor repeated", None),
     ({"kind": "missing_field", "field": "price"}, PageError, "'price' is missing", None),
     ({"kind": "wrong_type"}, PageError, "'shares' should be an integer", None),
 ]
@@ -199,7 +201,7 @@ def test_page_error_names_field_wallet_and_page(sim_server):
 def test_max_pages_guard(sim_server):
     server = sim_server(seed=9, wallets=2, trade_counts={0: 500})
     wallet = server.simulator.wallet_addresses()[0]
-    settings = ClientSettings(page_limit=100, max_pages=3)
+    settings = DomeSettings(page_limit=100, max_pages=3)
     client = make_client(server, settings)
     with pytest.raises(PaginationError, match="more than 3 pages"):
         fetch_all(client, wallet)
@@ -207,8 +209,7 @@ def test_max_pages_guard(sim_server):
 
 def test_wrong_key_is_a_clear_401_without_the_key(sim_server):
     server = sim_server(seed=1, wallets=2)
-    settings = ClientSettings(base_url=server.base_url)
-    client = DomeClient(settings, "wrong-key-123", RateLimiter(RateLimit(100, 1000)))
+    client = make_client(server, limit=RateLimit(100, 1000), key="wrong-key-123")
     with pytest.raises(HTTPStatusError) as error:
         fetch_all(client, server.simulator.wallet_addresses()[0])
     assert error.value.status == 401 and "wrong-key-123" not in str(error.value)
@@ -221,7 +222,7 @@ def test_wrong_key_is_a_clear_401_without_the_key(sim_server):
 
 def test_page_limit_refused_is_a_configuration_error(sim_server):
     server = sim_server(seed=1, wallets=2)
-    client = make_client(server, ClientSettings(page_limit=5000))
+    client = make_client(server, DomeSettings(page_limit=5000))
     with pytest.raises(ConfigError, match="--page_limit"):
         fetch_all(client, server.simulator.wallet_addresses()[0])
 

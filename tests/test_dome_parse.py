@@ -4,8 +4,8 @@ import copy
 
 import pytest
 
-from pipeline.dome.errors import PageError
-from pipeline.dome.parse import EVENT_FIELDS, MARKET_FIELDS, ORDER_FIELDS, parse_page
+from pipeline.sources.dome.parse import EVENT_FIELDS, MARKET_FIELDS, ORDER_FIELDS, parse_page
+from pipeline.sources.errors import PageError
 
 ORDER = {
     "token_id": "12345678901234567890123456789012345678901234567890123456789012345678901234567",
@@ -39,7 +39,7 @@ def test_valid_page_parses_and_keeps_big_integers_as_text():
     big = int(ORDER["token_id"])
     parsed = parse_page(page({**ORDER, "token_id": big}), "orders", ORDER_FIELDS, WHERE)
     assert parsed.items[0]["token_id"] == ORDER["token_id"]
-    assert parsed.has_more is False and parsed.next_key is None and parsed.total == 1
+    assert parsed.has_more is False and parsed.next_cursor is None and parsed.total == 1
 
 
 def test_optional_fields_may_be_absent():

@@ -1,4 +1,4 @@
-"""The process-wide limiter on its own: both windows hold under threads; 429 slows, then recovers."""
+"""The process-wide limiter on its own: every window holds under threads; a refusal slows, then recovers."""
 
 import threading
 import time
@@ -6,7 +6,8 @@ from bisect import bisect_left
 
 import pytest
 
-from pipeline.dome.limiter import RateLimit, RateLimiter
+from pipeline.sources.dome.client import RateLimit
+from pipeline.sources.limiter import RateLimiter, Window, share
 
 
 def peak(stamps: list[float], window: float) -> int:
@@ -15,7 +16,9 @@ def peak(stamps: list[float], window: float) -> int:
 
 
 def test_both_windows_hold_across_threads():
-    limiter = RateLimiter(RateLimit(per_second=8, per_10s=20), margin_s=(0.0, 0.0))
+    limiter = RateLimiter(
+        [Window("key", 8, 1.0, margin_s=0.0), Window("key", 20, 10.0, margin_s=0.0)]
+    )
     stamps: list[float] = []
     lock = threading.Lock()
 
@@ -38,23 +41,22 @@ def test_both_windows_hold_across_threads():
 
 def test_shares_never_add_up_past_the_whole():
     whole = RateLimit.for_tier("dev")
-    share = whole.share(3)
-    limiter = RateLimiter(share)
-    capacities = [capacity for capacity, _ in limiter._windows]
+    limiter = RateLimiter(share(whole.windows(), 3))
+    capacities = [capacity for _, capacity, _ in limiter.capacities()]
     assert capacities == [33, 166]
     assert 3 * capacities[0] <= whole.per_second and 3 * capacities[1] <= whole.per_10s
     assert whole.sustained == 50 and RateLimit.for_tier("free").sustained == 10
 
 
 def test_throttle_pauses_everyone_then_capacity_recovers():
-    limiter = RateLimiter(RateLimit(per_second=100, per_10s=1000))
-    limiter.throttled(0.3)
-    assert limiter.factor == 0.5
+    limiter = RateLimiter(RateLimit(per_second=100, per_10s=1000).windows())
+    limiter.throttled(None, 0.3)
+    assert limiter.factor("key") == 0.5
     waited = limiter.acquire()
     assert waited >= 0.25
     for _ in range(30):
         limiter.succeeded()
-    assert limiter.factor == 1.0
+    assert limiter.factor("key") == 1.0
 
 
 @pytest.mark.parametrize("tier", ["gold", ""])
@@ -64,7 +66,7 @@ def test_unknown_tier_is_refused_with_the_choices(tier):
 
 
 def test_margins_cost_least_where_a_window_sets_the_sustained_rate():
-    free = RateLimiter(RateLimit.for_tier("free"))
-    dev = RateLimiter(RateLimit.for_tier("dev"))
-    assert [length for _, length in free._windows] == [1.04, 10.25]
-    assert [length for _, length in dev._windows] == [1.25, 10.25]
+    free = RateLimiter(RateLimit.for_tier("free").windows())
+    dev = RateLimiter(RateLimit.for_tier("dev").windows())
+    assert [length for _, _, length in free.capacities()] == [1.04, 10.25]
+    assert [length for _, _, length in dev.capacities()] == [1.25, 10.25]

@@ -4,15 +4,54 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.api_key import load_api_key
-from pipeline.dome.errors import ConfigError
 from pipeline.options import OptionsError, derive_rate_shares, resolve
+from pipeline.sources.errors import ConfigError
 
 
-def test_defaults_resolve():
+def limits(windows):
+    return {(w.bucket, w.seconds): w.limit for w in windows}
+
+
+def test_defaults_resolve_to_polymarket_at_its_published_limits():
     config = resolve(PipelineOptions([]))
     assert config.warehouse == "duckdb:backfill.duckdb" and config.rate_shares == 1
-    assert config.rate_limit.per_second == 10 and config.rate_limit.per_10s == 100
+    assert config.source.name == "polymarket" and config.source.api_key_secret is None
+    assert limits(config.source.windows)[("trades", 10.0)] == 200
+    assert limits(config.source.windows)[("markets", 10.0)] == 300
     assert config.run_id and config.run_staging.endswith(config.run_id)
+
+
+def test_dome_resolves_its_tier():
+    config = resolve(PipelineOptions(["--source=dome"]))
+    assert limits(config.job_windows) == {("key", 1.0): 10, ("key", 10.0): 100}
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("trades=0", "above 0"),
+        ("trades=nan", "above 0"),
+        ("trades=500", "at most the published 200"),
+        ("bogus=3", "unknown bucket 'bogus'"),
+        ("trades=x", "a number of requests"),
+    ],
+)
+def test_bucket_limits_are_checked(text, problem):
+    with pytest.raises(OptionsError, match=problem):
+        resolve(PipelineOptions([f"--bucket_limits={text}"]))
+
+
+def test_bucket_limits_lower_the_published_ones():
+    config = resolve(PipelineOptions(["--bucket_limits=trades=50,events=100"]))
+    assert limits(config.job_windows)[("trades", 10.0)] == 50
+    assert limits(config.job_windows)[("events", 10.0)] == 100
+    assert limits(config.job_windows)[("markets", 10.0)] == 300
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1"])
+def test_timeouts_must_be_finite_and_positive(value):
+    with pytest.raises(OptionsError, match="--connect_timeout and --read_timeout"):
+        resolve(PipelineOptions([f"--read_timeout={value}"]))
 
 
 def test_every_problem_is_listed_with_what_to_fix():
@@ -24,6 +63,7 @@ def test_every_problem_is_listed_with_what_to_fix():
         "--max_wallets=0",
         "--api_base_url=ftp://x",
         "--api_key_secret=my-key",
+        "--source=dome",
     ]
     with pytest.raises(OptionsError) as error:
         resolve(PipelineOptions(argv))
@@ -42,9 +82,10 @@ def test_every_problem_is_listed_with_what_to_fix():
 
 def test_dataflow_needs_the_secret_and_splits_the_rate():
     with pytest.raises(OptionsError, match="--api_key_secret is required on Dataflow"):
-        resolve(PipelineOptions(["--runner=DataflowRunner"]))
+        resolve(PipelineOptions(["--runner=DataflowRunner", "--source=dome"]))
     options = PipelineOptions(
         [
+            "--source=dome",
             "--runner=DataflowRunner",
             "--max_num_workers=5",
             "--machine_type=n2-standard-4",
@@ -54,8 +95,17 @@ def test_dataflow_needs_the_secret_and_splits_the_rate():
     )
     assert derive_rate_shares(options) == 20
     config = resolve(options)
-    share = config.process_rate_limit
-    assert 20 * share.per_second <= 100 and 20 * share.per_10s <= 500
+    share = limits(config.source.windows)
+    assert 20 * share[("key", 1.0)] <= 100 and 20 * share[("key", 10.0)] <= 500
+
+
+def test_polymarket_egress_decides_who_shares_the_per_ip_limits():
+    argv = ["--runner=DataflowRunner", "--max_num_workers=4", "--machine_type=n2-standard-2"]
+    shared = resolve(PipelineOptions(argv))
+    per_worker = resolve(PipelineOptions([*argv, "--egress=per_worker"]))
+    assert shared.rate_shares == 8 and per_worker.rate_shares == 2
+    assert limits(shared.source.windows)[("trades", 10.0)] == 25
+    assert limits(per_worker.source.windows)[("trades", 10.0)] == 100
 
 
 def test_multi_processing_splits_by_worker_count():
@@ -66,8 +116,9 @@ def test_multi_processing_splits_by_worker_count():
 
 
 def test_explicit_rates_override_the_tier():
-    config = resolve(PipelineOptions(["--tier=pro", "--rate_per_second=42", "--rate_per_10s=200"]))
-    assert (config.rate_limit.per_second, config.rate_limit.per_10s) == (42, 200)
+    argv = ["--source=dome", "--tier=pro", "--rate_per_second=42", "--rate_per_10s=200"]
+    config = resolve(PipelineOptions(argv))
+    assert limits(config.job_windows) == {("key", 1.0): 42, ("key", 10.0): 200}
 
 
 def test_api_key_from_environment_only(monkeypatch):
@@ -82,7 +133,12 @@ def test_command_options_are_left_out_before_beam_sees_them():
     from pipeline.options import resolve_command_argv
 
     config = resolve_command_argv(
-        ["--last_runs", "3", "--report_only", "--warehouse=duckdb:x.duckdb", "--tier=dev"],
+        ["--last_runs", "3", "--report_only", "--warehouse=duckdb:x.duckdb", "--source=dome"],
         {"--last_runs": True, "--report_only": False},
     )
-    assert config.warehouse == "duckdb:x.duckdb" and config.rate_limit.per_second == 100
+    assert config.warehouse == "duckdb:x.duckdb" and config.source.name == "dome"
+
+
+def test_per_worker_egress_is_refused_for_dome():
+    with pytest.raises(OptionsError, match="--egress=per_worker applies to --source=polymarket"):
+        resolve(PipelineOptions(["--source=dome", "--egress=per_worker"]))

@@ -1,4 +1,5 @@
-"""The whole graph on the DirectRunner against the simulator and a DuckDB file: production == truth."""
+"""The whole graph on the DirectRunner against the simulator and a DuckDB file: production == truth,
+for each source (Polymarket and Dome, served by the simulator from one world)."""
 
 from __future__ import annotations
 
@@ -13,63 +14,99 @@ from pipeline.run import run_backfill
 from pipeline.warehouse import TableNames
 from tests.support import (
     INVALID_TRADERS,
+    TRADES_ENDPOINT,
     checkpoint,
+    production_fills,
     production_trade_ids,
     query,
     run_argv,
     run_subprocess,
     seed_traders,
+    source_stats,
+    trade_requests,
+    trade_requests_by_wallet,
+    truth_counts,
+    truth_fills,
+    truth_markets_and_events,
     truth_trade_ids,
 )
 
 WALLETS = 24
 
 
-@pytest.fixture
-def world(tmp_path, sim_server, monkeypatch):
-    """A simulator, a DuckDB warehouse whose traders are its wallets plus junk, a staging folder."""
+class World:
+    """A simulator, a DuckDB warehouse whose traders are its wallets plus junk, a staging folder,
+    and the source the runs fetch from."""
+
+    def __init__(self, server, wallets, db, staging, source):
+        self.server, self.wallets, self.db, self.staging = server, wallets, db, staging
+        self.source = source
+
+    def __iter__(self):
+        return iter((self.server, self.wallets, self.db, self.staging))
+
+    def argv(self, db=None, *extra):
+        return run_argv(db or self.db, self.staging, self.server, *extra, source=self.source)
+
+
+@pytest.fixture(params=["polymarket", "dome"])
+def world(request, tmp_path, sim_server, monkeypatch):
     server = sim_server(seed=11, wallets=WALLETS, tier="unlimited", max_trades=2500)
     wallets = server.simulator.wallet_addresses()
     db = tmp_path / "wh.duckdb"
     seed_traders(db, [*wallets, wallets[0].upper().replace("0X", "0x"), *INVALID_TRADERS])
     monkeypatch.setenv("DOME_API_KEY", server.api_key)
-    return server, wallets, db, tmp_path / "staging"
+    return World(server, wallets, db, tmp_path / "staging", request.param)
 
 
-def assert_production_is_truth(server, wallets, db):
-    simulator = server.simulator
-    assert production_trade_ids(db) == truth_trade_ids(simulator, wallets)
+def assert_production_is_truth(world, db=None):
+    server, wallets, source = world.server, world.wallets, world.source
+    db = db or world.db
+    assert production_fills(db) == truth_fills(server, wallets, source)
+    assert query(db, "SELECT COUNT(*) - COUNT(DISTINCT id) FROM trades") == [(0,)]
+    if source == "dome":
+        assert production_trade_ids(db) == truth_trade_ids(server.simulator, wallets)
+    truth_markets, truth_events = truth_markets_and_events(server, source)
     markets = {row[0] for row in query(db, "SELECT condition_id FROM markets")}
-    assert markets == set(simulator.traded_condition_ids())
+    assert markets == truth_markets
     assert query(db, "SELECT COUNT(*) - COUNT(DISTINCT condition_id) FROM markets") == [(0,)]
     events = {row[0] for row in query(db, "SELECT event_slug FROM events")}
-    assert events == set(simulator.traded_event_slugs())
+    assert events == truth_events
     marks = checkpoint(db)
     assert set(marks) == set(wallets)
+    counts = truth_counts(server, wallets, source)
     for wallet in wallets:
-        assert marks[wallet][:3] == (True, True, len(simulator.orders(wallet))), wallet
+        assert marks[wallet][:3] == (True, True, counts[wallet]), wallet
 
 
 def test_backfill_lands_truth_once_and_a_second_run_fetches_nothing(world):
-    server, wallets, db, staging = world
-    summary = run_backfill(run_argv(db, staging, server))
+    server, _wallets, db, staging = world
+    summary = run_backfill(world.argv())
     assert summary.state == "DONE"
     assert summary.counters["wallets_rejected"] == len(INVALID_TRADERS)
     assert summary.counters["wallets_fetched"] == WALLETS
-    assert_production_is_truth(server, wallets, db)
+    assert_production_is_truth(world)
+    sources = query(
+        db, "SELECT DISTINCT source FROM trades UNION SELECT DISTINCT source FROM markets"
+    )
+    assert sources == [(world.source,)]
     rejects = list((staging / summary.run_id / "rejects").glob("*.json"))
     assert sum(len(p.read_text().splitlines()) for p in rejects) == len(INVALID_TRADERS)
 
     server.reset_stats()
-    second = run_backfill(run_argv(db, staging, server))
-    assert server.stats()["requests"].get("orders", 0) == 0
+    second = run_backfill(world.argv())
+    # Nothing again but /v2/status and the markets no source has: those are asked every run
+    # (keyset closed/open, then by slug), so that one that appears later lands.
+    missing = server.truth(source="polymarket")["missing_markets"] if world.source != "dome" else []
+    assert source_stats(server, world.source)["requests_total"] <= 1 + 3 * len(missing)
+    assert trade_requests(server, world.source) == 0
     assert second.counters.get("trades", 0) == 0
-    assert_production_is_truth(server, wallets, db)
+    assert_production_is_truth(world)
 
 
 def test_commit_twice_changes_nothing(world):
-    server, _, db, staging = world
-    summary = run_backfill(run_argv(db, staging, server))
+    _server, _, db, staging = world
+    summary = run_backfill(world.argv())
     before = query(db, "SELECT * FROM trades ORDER BY id"), checkpoint(db)
     report = commit_staged_run(f"duckdb:{db}", TableNames(), str(staging), summary.run_id)
     assert report["already_committed"] is True
@@ -77,15 +114,21 @@ def test_commit_twice_changes_nothing(world):
 
 
 def test_permanent_fault_marks_wallet_failed_then_next_run_completes_it(world):
-    server, wallets, db, staging = world
+    server, wallets, db, _staging = world
     broken = [w for w in wallets if server.simulator.orders(w)][:2]
+    endpoint = TRADES_ENDPOINT[world.source]
     server.set_faults(
         [
-            {"kind": "http_4xx", "status": 403, "wallets": [broken[0]]},
-            {"kind": "missing_field", "field": "price", "wallets": [broken[1]]},
+            {"kind": "http_4xx", "status": 403, "wallets": [broken[0]], "endpoint": endpoint},
+            {
+                "kind": "missing_field",
+                "field": "price",
+                "wallets": [broken[1]],
+                "endpoint": endpoint,
+            },
         ]
     )
-    first = run_backfill(run_argv(db, staging, server))
+    first = run_backfill(world.argv())
     assert first.counters["wallets_failed"] == 2
     marks = checkpoint(db)
     assert marks[broken[0]][:2] == (True, False) and "HTTP 403" in marks[broken[0]][3]
@@ -95,28 +138,27 @@ def test_permanent_fault_marks_wallet_failed_then_next_run_completes_it(world):
 
     server.set_faults([])
     server.reset_stats()
-    run_backfill(run_argv(db, staging, server))
-    assert set(server.stats()["orders_requests_by_wallet"]) == set(broken)
-    assert_production_is_truth(server, wallets, db)
+    run_backfill(world.argv())
+    assert set(trade_requests_by_wallet(server, world.source)) == set(broken)
+    assert_production_is_truth(world)
 
 
 def test_same_result_with_multi_processing(world):
-    server, wallets, db, staging = world
-    argv = run_argv(
-        db, staging, server, "--direct_running_mode=multi_processing", "--direct_num_workers=2"
-    )
+    _server, _wallets, _db, _staging = world
+    argv = world.argv(None, "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     summary = run_backfill(argv)
     assert summary.state == "DONE"
-    assert_production_is_truth(server, wallets, db)
+    assert_production_is_truth(world)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_sigkill_at_a_random_point_then_rerun_is_exact(world, seed):
-    server, wallets, db, staging = world
-    # At the Free tier with small pages the run takes ~6 s (start-up, ~3.5 s of fetching, staging,
+    server, _wallets, db, _staging = world
+    # With slow limits and small pages the run takes ~6 s (start-up, ~3.5 s of fetching, staging,
     # commit), so a kill between 1 and 5.5 s lands in fetching, staging or committing.
-    slow_argv = run_argv(db, staging, server, "--tier=free", "--page_limit=100")
+    slow = ("--tier=free",) if world.source == "dome" else ("--bucket_limits=trades=20",)
+    slow_argv = world.argv(None, *slow, "--page_limit=100")
     process = run_subprocess(slow_argv, server.api_key)
     time.sleep(random.Random(seed).uniform(1.0, 5.5))
     assert process.poll() is None, "the run ended before the kill: the test would prove nothing"
@@ -124,40 +166,40 @@ def test_sigkill_at_a_random_point_then_rerun_is_exact(world, seed):
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
 
-    rerun = run_subprocess(run_argv(db, staging, server), server.api_key)
+    rerun = run_subprocess(world.argv(), server.api_key)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
-    assert_production_is_truth(server, wallets, db)
+    assert_production_is_truth(world)
     # Nothing twice: every trade id once, and every run's staging committed at most once.
     assert query(db, "SELECT COUNT(*) - COUNT(DISTINCT id) FROM trades") == [(0,)]
 
 
 def test_start_up_commits_a_run_that_was_staged_but_not_committed(world, tmp_path):
     """A crash between staging and commit, made deterministic: a staged run nobody committed."""
-    server, wallets, db, staging = world
-    summary = run_backfill(run_argv(db, staging, server))
+    server, wallets, _db, staging = world
+    summary = run_backfill(world.argv())
     (staging / summary.run_id / "_COMMITTED.json").unlink()
     fresh = tmp_path / "fresh.duckdb"
     seed_traders(fresh, wallets)
     server.reset_stats()
-    recovered = run_backfill(run_argv(fresh, staging, server))
+    recovered = run_backfill(world.argv(fresh))
     assert [r["run_id"] for r in recovered.recovered] == [summary.run_id]
     # The recovered staging already completed every wallet: the new run fetched none of them.
-    assert server.stats()["requests"].get("orders", 0) == 0
-    assert_production_is_truth(server, wallets, fresh)
+    assert trade_requests(server, world.source) == 0
+    assert_production_is_truth(world, fresh)
     assert (staging / summary.run_id / "_COMMITTED.json").exists()
 
 
 def test_a_staged_run_that_cannot_commit_does_not_block_later_runs(world, tmp_path):
-    server, wallets, db, staging = world
-    broken = run_backfill(run_argv(db, staging, server))
+    _server, wallets, _db, staging = world
+    broken = run_backfill(world.argv())
     (staging / broken.run_id / "_COMMITTED.json").unlink()
     next(iter((staging / broken.run_id / "trades").glob("*.json"))).write_text("not json\n")
     fresh = tmp_path / "fresh.duckdb"
     seed_traders(fresh, wallets)
-    summary = run_backfill(run_argv(fresh, staging, server))
+    summary = run_backfill(world.argv(fresh))
     assert summary.state == "DONE"
     assert [(r["run_id"], "error" in r) for r in summary.recovered] == [(broken.run_id, True)]
     assert "still fail to commit" in summary.render()
     assert summary.counters["wallets_fetched"] == WALLETS  # fetched again, so nothing is lost
-    assert_production_is_truth(server, wallets, fresh)
+    assert_production_is_truth(world, fresh)

@@ -16,9 +16,9 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, storage
 
-from pipeline.dome.ids import trade_id
 from pipeline.lifecycle import commit_staged_run
 from pipeline.run import run_backfill
+from pipeline.sources.dome.ids import trade_id
 from pipeline.warehouse import TableNames, open_warehouse
 from pipeline.warehouse import sql as q
 from tests.bq_emulator import BigQueryEmulator
@@ -68,6 +68,7 @@ def world(emulators, sim_server, monkeypatch):
     argv = [
         f"--warehouse=bigquery:{dataset}",
         f"--staging_root=gs://{BUCKET}/{dataset.split('.')[1]}",
+        "--source=dome",
         f"--api_base_url={server.base_url}",
         "--tier=pro",
     ]

@@ -12,10 +12,12 @@ from pipeline.run import run_backfill
 from tests.support import (
     REPO,
     checkpoint,
+    production_fills,
     production_trade_ids,
     query,
     run_argv,
     seed_traders,
+    truth_fills,
     truth_trade_ids,
 )
 
@@ -122,3 +124,32 @@ def test_verify_finds_exactly_the_wallets_missing_trades_and_the_next_run_restor
     assert set(server.stats()["orders_requests_by_wallet"]) == {*damaged, partial}
     assert production_trade_ids(db) == truth_trade_ids(simulator, wallets)
     assert all(mark[:2] == (True, True) for mark in checkpoint(db).values())
+
+
+def test_a_dome_backfill_refreshed_from_polymarket_lands_each_fill_once(world):
+    """The users' tables were filled from Dome; a refresh from Polymarket overlaps them (the
+    overlap window re-reads fills Dome landed, with other ids) and must not land any twice."""
+    server, wallets, db, staging = world(lag_seconds=0)
+    run_backfill(run_argv(db, staging, server, source="dome"))
+    before = truth_fills(server, wallets, "dome")
+    assert production_fills(db) == before
+
+    server.add_trades({wallet: 4 for wallet in wallets[:6]})
+    new = truth_fills(server, wallets, "dome") - before
+    served = truth_fills(server, wallets, "polymarket")
+    # The overlap is real: Polymarket serves fills Dome already landed, under other ids.
+    assert sum((served & before).values()) > 0
+    summary = run_backfill(
+        run_argv(
+            db, staging, server, "--refresh_after=0s", "--refresh_overlap=30d", source="polymarket"
+        )
+    )
+    assert summary.state == "DONE" and summary.counters.get("wallets_failed", 0) == 0
+    # Every fill once: what Dome landed (dust included) plus the new ones Polymarket serves.
+    assert production_fills(db) == before + (new & served)
+    assert query(db, "SELECT COUNT(*) FROM trades WHERE source = 'polymarket'") == [
+        (sum((new & served).values()),)
+    ]
+    counts = dict(query(db, "SELECT wallet_address, COUNT(*) FROM trades GROUP BY 1"))
+    marks = checkpoint(db)
+    assert {w: marks[w][2] for w in wallets} == {w: counts.get(w, 0) for w in wallets}

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipeline.simulator import FAULT_KINDS, FaultRule, SimConfig, Simulator, parse_fault_spec
-from pipeline.simulator.cli import add_arguments
-from pipeline.simulator.server import _scope, encode_key
+from simulator import FAULT_KINDS, FaultRule, SimConfig, Simulator, parse_fault_spec
+from simulator.cli import add_arguments
+from simulator.server import _scope, encode_key
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER_FIELDS = (
@@ -574,7 +574,8 @@ def test_fault_spec_grammar():
         "http_5xx:times",
         "http_5xx:times=-1",
         "reset:wallets=0x12",
-        "slow:endpoint=trades",
+        "slow:endpoint=positions",
+        "repeat_key:endpoint=status",
         "http_5xx:status=404",
     ):
         with pytest.raises(ValueError):
@@ -589,7 +590,7 @@ def _cli_command(*options: str) -> list[str]:
     if all(importlib.util.find_spec(module) for module, _ in COMMANDS.values()):
         return [sys.executable, "-m", "pipeline", "simulate", *options]
     code = (
-        "import argparse, sys; from pipeline.simulator import cli; "
+        "import argparse, sys; from simulator import cli; "
         "p = argparse.ArgumentParser(); cli.add_arguments(p); "
         "sys.exit(cli.main(p.parse_args(sys.argv[1:]), sys.argv[1:]))"
     )
@@ -626,7 +627,7 @@ def test_cli_serves_until_sigterm():
 def test_cli_rejects_a_bad_fault_spec():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    from pipeline.simulator.cli import main
+    from simulator.cli import main
 
     argv = ["--faults", "gremlins:rate=1"]
     assert main(parser.parse_args(argv), argv) == 2

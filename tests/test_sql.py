@@ -71,7 +71,8 @@ def test_no_value_is_formatted_into_sql(statement: q.Statement) -> None:
     # The run id only ever reaches SQL through a parameter (staging names map '-' to '_').
     assert RUN_ID not in sql
     strings = [lit for lit in sqlglot.parse_one(sql, read="bigquery").find_all(exp.Literal)]
-    assert [lit.this for lit in strings if lit.is_string] == []
+    # The only string literals allowed are schema constants (the legacy source's name).
+    assert [lit.this for lit in strings if lit.is_string and lit.this not in q.SQL_CONSTANTS] == []
 
 
 def test_statements_that_take_values_use_parameters() -> None:
@@ -150,3 +151,47 @@ def test_staging_statements_need_a_run_id() -> None:
 def test_dataset_prefix_is_validated(bad: str) -> None:
     with pytest.raises(ValueError, match=r"PROJECT\.DATASET"):
         q.render(q.SELECT_TRADERS, TableNames(), dataset=bad)
+
+
+def test_relaxed_columns_are_nullable_in_the_schema_and_relaxed_by_one_alter() -> None:
+    from pipeline.schema import TRADE_COLUMNS
+
+    modes = {c.name: c.mode for c in TRADE_COLUMNS}
+    assert q.RELAXED_COLUMNS == {"trades": ("order_hash", "user")}
+    assert all(modes[name] == "NULLABLE" for name in q.RELAXED_COLUMNS["trades"])
+    assert q.render(q.relax_column("trades", "user"), TableNames(trades="fills")) == (
+        "ALTER TABLE `fills` ALTER COLUMN `user` DROP NOT NULL"
+    )
+    duck = q.render_duckdb(q.relax_column("trades", "user"), TableNames())
+    assert " ".join(duck.split()) == 'ALTER TABLE "trades" ALTER COLUMN "user" DROP NOT NULL'
+    with pytest.raises(ValueError, match="not a relaxed column"):
+        q.relax_column("trades", "id")
+
+
+def test_new_repeated_and_bool_columns_are_added_with_their_types() -> None:
+    from pipeline.schema import MARKET_COLUMNS
+
+    columns = {c.name: c for c in MARKET_COLUMNS}
+    duck = q.render_duckdb(q.add_column("markets", columns["payouts"]), TableNames())
+    assert (
+        " ".join(duck.split())
+        == 'ALTER TABLE "markets" ADD COLUMN IF NOT EXISTS "payouts" BIGINT[]'
+    )
+    assert q.render(q.add_column("markets", columns["neg_risk"]), TableNames()) == (
+        "ALTER TABLE `markets` ADD COLUMN IF NOT EXISTS `neg_risk` BOOL"
+    )
+
+
+def test_the_trades_insert_reads_production_for_the_staged_wallets_only() -> None:
+    sql = q.render(q.INSERT_TRADES, TableNames(), RUN_ID)
+    parsed = sqlglot.parse_one(sql, read="bigquery")
+    assert isinstance(parsed, exp.Insert)
+    production = [
+        select
+        for select in parsed.find_all(exp.Select)
+        if select.args.get("group") and any(t.name == "trades" for t in select.find_all(exp.Table))
+    ]
+    assert len(production) == 2  # every source's rows, and the staged row's own source's
+    for select in production:
+        assert "upload_successful" in select.args["where"].sql("bigquery")
+    assert "fill_ordinal" in sql and "ROUND(d.`price` * 1000000)" in sql

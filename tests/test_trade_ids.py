@@ -2,7 +2,7 @@
 
 import json
 
-from pipeline.dome.ids import trade_id
+from pipeline.sources.dome.ids import trade_id
 
 WALLET = "0x" + "ab" * 20
 ORDER = {

@@ -8,8 +8,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.dome.ids import trade_id
 from pipeline.options import resolve
+from pipeline.sources.dome.ids import trade_id
 from tests.support import seed_traders
 from transforms.api import ApiHandle
 from transforms.batch import BatchPerKey
@@ -27,6 +27,7 @@ def setup(sim_server, monkeypatch, tmp_path):
         PipelineOptions(
             [
                 f"--warehouse=duckdb:{db}",
+                "--source=dome",
                 f"--api_base_url={server.base_url}",
                 f"--staging_root={tmp_path}",
                 "--run_id=r1",
@@ -35,7 +36,7 @@ def setup(sim_server, monkeypatch, tmp_path):
             ]
         )
     )
-    return server, config, ApiHandle(config)
+    return server, config, ApiHandle(config.source)
 
 
 def test_fetch_trades_pages_outcomes_and_condition_ids(setup):
@@ -59,7 +60,7 @@ def test_fetch_trades_pages_outcomes_and_condition_ids(setup):
         expected_outcomes.append((broken, False, 100))
         assert_that(outcomes, equal_to(expected_outcomes), label="outcomes")
         traded = sorted({o["condition_id"] for w in wallets for o in simulator.orders(w)})
-        distinct = out["condition_ids"] | beam.Distinct()
+        distinct = out["market_refs"] | beam.Map(lambda ref: ref[0]) | beam.Distinct()
         assert_that(distinct, equal_to(traded), label="condition_ids")
 
 
@@ -70,13 +71,14 @@ def test_fetch_markets_once_per_id_in_batches_then_events(setup):
     ids = [m["condition_id"] for m in markets]
     slugs = sorted({m["event_slug"] for m in markets if m.get("event_slug")})
     with TestPipeline() as p:
-        fetched = p | beam.Create(ids + ids[:5] + ["0xnot-a-market"]) | FetchMarkets(api, config)
+        refs = [(cid, None) for cid in ids + ids[:5] + ["0xnot-a-market"]]
+        fetched = p | beam.Create(refs) | FetchMarkets(api, config, 100)
         assert_that(
             fetched["markets"] | "MarketIds" >> beam.Map(lambda m: m["condition_id"]),
             equal_to(ids),
             label="markets",
         )
-        events = fetched["event_slugs"] | FetchEvents(api, config)
+        events = fetched["event_slugs"] | FetchEvents(api, config, 1)
         assert_that(
             events | "Slugs" >> beam.Map(lambda e: e["event_slug"]), equal_to(slugs), label="events"
         )

@@ -40,12 +40,22 @@ from pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
 from tests.bq_emulator import BigQueryEmulator
 from tests.test_warehouse_duckdb import (
     COMMITTED_AT,
+    CROSS_SOURCE_CASES,
+    NEW_COLUMNS,
     T0,
+    UNLANDED_EVENTS,
+    UNLANDED_MARKETS,
+    cross_source_runs,
     event,
     market,
+    old_columns,
+    old_ddl,
     outcome,
+    pm_market,
+    pm_trade,
     stage,
     trade,
+    unlanded_history,
     write_ndjson,
 )
 
@@ -881,3 +891,126 @@ def test_verify_resets_mismatched_wallets(
     report = wh.verify()
     assert report.mismatches == (("0xa", 2, 1),) and report.reset
     assert sorted(wh.read_done_wallets()) == ["0xb"]
+
+
+# -- two sources ----------------------------------------------------------------------------------
+
+
+def test_an_old_trades_table_is_migrated_and_accepts_a_polymarket_row(
+    emulator: BigQueryEmulator, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    wh = new_warehouse(emulator.endpoint)
+    bq.create_dataset(wh.dataset)
+    # By DDL: bqemulator enforces NOT NULL for a table made this way (not for one made through
+    # the API), as BigQuery does for REQUIRED fields.
+    for table in ("trades", "markets"):
+        bq.query(q.render(old_ddl(table), TableNames(), dataset=wh.dataset)).result()
+    assert {f.name: f.mode for f in bq.get_table(f"{wh.dataset}.trades").schema}["user"] == (
+        "REQUIRED"
+    )
+    with pytest.raises(gexc.BadRequest, match="NOT NULL"):
+        bq.query(
+            f"INSERT INTO `{wh.dataset}.trades` (id, wallet_address, token_id, side, market_slug, "
+            "condition_id, shares, shares_normalized, price, tx_hash, title, `timestamp`, "
+            "traded_at, order_hash, `user`, run_id, fetched_at) VALUES ('x', '0xw', '1', 'BUY', "
+            "'m', '0xc', 1, 1.0, 0.5, '0xt', 't', 1, CURRENT_TIMESTAMP(), NULL, NULL, 'r', "
+            "CURRENT_TIMESTAMP())"
+        ).result()
+
+    wh.ensure_tables()
+    wh.ensure_tables()  # bqemulator keeps the old modes in its metadata: the ALTER runs again
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[pm_trade("0xp", "p1", "r1"), trade("0xd", "d1", "r1")],
+        outcomes=[
+            outcome("0xp", "r1", True, 10, source="polymarket"),
+            outcome("0xd", "r1", True, 10),
+        ],
+        markets=[pm_market("0xc9", "r1", 10)],
+    )
+    assert wh.commit_run("r1", files, committed_at=COMMITTED_AT).trades_inserted == 2
+    landed = query(
+        bq,
+        f"SELECT order_hash, `user`, source, fill_ordinal, event_slug FROM `{wh.dataset}.trades` "
+        "WHERE id = 'p1'",
+    )
+    assert landed == [(None, None, "polymarket", 0, "weather")]
+    assert query(
+        bq,
+        f"SELECT outcomes, payouts, neg_risk, source FROM `{wh.dataset}.markets` "
+        "WHERE condition_id = '0xc9'",
+    ) == [(["Yes", "No"], [1_000_000, 0], True, "polymarket")]
+    result = bq.query(f"SELECT * FROM `{wh.dataset}.markets`").result()
+    assert NEW_COLUMNS["markets"] <= {f.name for f in result.schema}
+    assert checkpoint(bq, wh)["0xp"]["source"] == "polymarket"
+
+
+def test_relaxing_runs_only_for_a_required_column(
+    proxy: FaultyProxy, emulator: BigQueryEmulator, bq: bigquery.Client
+) -> None:
+    """The ALTER is sent when the field's mode is REQUIRED, and not for a table made today."""
+    wh = new_warehouse(proxy.endpoint)
+    wh.ensure_tables()
+    sent = [body for method, _, body in proxy.requests if b"DROP NOT NULL" in body]
+    assert sent == []
+    old = new_warehouse(proxy.endpoint)
+    bq.create_dataset(old.dataset)
+    bq.create_table(
+        bigquery.Table(f"{old.dataset}.trades", schema=bqw.schema_fields(old_columns("trades")))
+    )
+    old.ensure_tables()
+    sent = [json.loads(body) for method, _, body in proxy.requests if b"DROP NOT NULL" in body]
+    statements = sorted(job["configuration"]["query"]["query"] for job in sent)
+    assert statements == [
+        f"ALTER TABLE `{old.dataset}.trades` ALTER COLUMN `{column}` DROP NOT NULL"
+        for column in ("order_hash", "user")
+    ]
+
+
+@pytest.mark.parametrize("case", sorted(CROSS_SOURCE_CASES))
+def test_cross_source_dedup(
+    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path, case: str
+) -> None:
+    r0, r1, r2, landed = cross_source_runs(tmp_path, case)
+    wh.commit_run("r0", r0, committed_at=COMMITTED_AT)
+    before = set(trade_ids(bq, wh))
+    report = wh.commit_run("r1", r1, committed_at=COMMITTED_AT)
+    assert sorted(set(trade_ids(bq, wh)) - before) == landed
+    assert report.trades_inserted == len(landed)
+    assert wh.commit_run("r2", r2, committed_at=COMMITTED_AT).trades_inserted == 0
+    w = checkpoint(bq, wh)["0xw"]
+    assert w["trade_count"] == len(before) + len(landed)
+    assert w["source"] == CROSS_SOURCE_CASES[case][1][0].get("source")
+
+
+def test_unlanded_markets_and_events_are_read_and_counted(
+    wh: BigQueryWarehouse, tmp_path: Path
+) -> None:
+    assert (list(wh.read_unlanded_markets()), list(wh.read_unlanded_events())) == ([], [])
+    wh.commit_run("r1", stage(tmp_path, "r1", **unlanded_history()), committed_at=COMMITTED_AT)
+    assert sorted(wh.read_unlanded_markets()) == UNLANDED_MARKETS
+    assert sorted(wh.read_unlanded_events()) == UNLANDED_EVENTS
+    assert all(type(row) is tuple for row in wh.read_unlanded_markets())
+    report = wh.status()
+    assert (report.markets_pending, report.events_pending) == (2, 2)
+    assert report.trades_by_source == (("dome", 2), ("polymarket", 2))
+    assert "trades by source dome 2, polymarket 2" in render_status(report)
+
+
+def test_status_only_reads_and_names_missing_tables(
+    emulator: BigQueryEmulator, bq: bigquery.Client
+) -> None:
+    wh = new_warehouse(emulator.endpoint)
+    report = wh.status()
+    assert report.missing_tables == tuple(TableNames().as_dict().values())
+    with pytest.raises(gexc.NotFound):
+        bq.get_dataset(wh.dataset)  # status created nothing
+    wh.ensure_tables()
+    bq.delete_table(f"{wh.dataset}.events")
+    report = wh.status()
+    assert report.missing_tables == ("events",)
+    assert (report.done_wallets, report.trades_rows, report.markets_pending) == (0, None, None)
+    assert report.trades_by_source == () and report.last_runs == ()
+    assert "missing tables   events" in render_status(report)
+    assert "events" not in {t.table_id for t in bq.list_tables(wh.dataset)}

@@ -13,7 +13,13 @@ from typing import Any
 import duckdb
 import pytest
 
-from pipeline.schema import CHECKPOINT_COLUMNS, format_timestamp
+from pipeline.schema import (
+    CHECKPOINT_COLUMNS,
+    MARKET_COLUMNS,
+    TRADE_COLUMNS,
+    Column,
+    format_timestamp,
+)
 from pipeline.status_report import render_status
 from pipeline.warehouse import (
     CommitError,
@@ -21,6 +27,7 @@ from pipeline.warehouse import (
     open_warehouse,
     parse_warehouse_spec,
 )
+from pipeline.warehouse import sql as q
 from pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
 
 T0 = 1_790_000_000.0  # 2026-09-21, a fixed clock: results must not depend on "now"
@@ -69,8 +76,9 @@ def outcome(
     processed: float,
     trade_count: int = 0,
     error: str | None = None,
+    source: str | None = None,
 ) -> dict:
-    return {
+    row = {
         "wallet_address": wallet,
         "upload_successful": ok,
         "trade_count": trade_count,
@@ -80,6 +88,29 @@ def outcome(
         "processed_at": ts(processed),
         "run_id": run_id,
     }
+    if source is not None:
+        row["source"] = source
+    return row
+
+
+def pm_trade(wallet: str, trade_id: str, run_id: str, ordinal: int = 0, **extra: Any) -> dict:
+    """A Polymarket row: no order hash, no maker, no log index; `fill_ordinal` among identical rows."""
+    row = trade(
+        wallet,
+        trade_id,
+        run_id,
+        source="polymarket",
+        order_hash=None,
+        user=None,
+        block_number=None,
+        log_index=None,
+        event_slug="weather",
+        outcome_index=0,
+        fill_ordinal=ordinal,
+        extra=json.dumps({"pseudonym": "Rain-Man"}),
+    )
+    row.update(extra)
+    return row
 
 
 def market(condition_id: str, run_id: str, updated: float, title: str = "m") -> dict:
@@ -665,3 +696,305 @@ def test_verify_reports_and_resets_mismatched_done_wallets(
     assert (a["upload_successful"], a["last_trade_at"]) == (False, None)
     assert a["error"].startswith("verify:")
     assert list(wh.read_done_wallets()) == ["0xb"]
+
+
+# -- two sources: the migration, cross-source dedup, the checkpoint's source ----------------------
+
+# The columns trades and markets gained with the second source; what the tables had before.
+NEW_COLUMNS = {
+    "trades": {"source", "event_slug", "outcome_index", "fill_ordinal", "extra"},
+    "markets": {
+        "source", "market_id", "outcomes", "outcome_prices", "token_ids", "payouts", "neg_risk",
+        "extra",
+    },
+}  # fmt: skip
+_CURRENT = {"trades": TRADE_COLUMNS, "markets": MARKET_COLUMNS}
+
+
+def old_columns(table: str) -> tuple[Column, ...]:
+    """A table's columns before sources: no new columns, order_hash and user REQUIRED."""
+    relaxed = q.RELAXED_COLUMNS.get(table, ())
+    return tuple(
+        Column(c.name, c.type, "REQUIRED" if c.name in relaxed else c.mode)
+        for c in _CURRENT[table]
+        if c.name not in NEW_COLUMNS[table]
+    )
+
+
+def insert_row(wh: DuckDBWarehouse, table: str, row: dict) -> None:
+    conn = duckdb.connect(wh.path)
+    try:
+        columns = ", ".join(f'"{name}"' for name in row)
+        holes = ", ".join("?" for _ in row)
+        conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({holes})", list(row.values()))
+    finally:
+        conn.close()
+
+
+def old_ddl(table: str) -> q.Statement:
+    return q._create(f"old_{table}", table, old_columns(table))
+
+
+def pm_market(condition_id: str, run_id: str, updated: float) -> dict:
+    row = market(condition_id, run_id, updated)
+    row.update(
+        source="polymarket",
+        market_id="12345",
+        outcomes=["Yes", "No"],
+        outcome_prices=["0.37", "0.63"],
+        token_ids=["1" * 77, "2" * 77],
+        payouts=[1_000_000, 0],
+        neg_risk=True,
+        extra=json.dumps({"active": True}),
+    )
+    return row
+
+
+def test_an_old_trades_table_is_migrated_and_accepts_a_polymarket_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.duckdb"
+    conn = duckdb.connect(str(path))
+    for table in ("trades", "markets"):
+        conn.execute(q.render_duckdb(old_ddl(table), TableNames()))
+    conn.close()
+    wh = DuckDBWarehouse(path)
+    old = trade("0xw", "d1", "r0")
+    for name in NEW_COLUMNS["trades"]:
+        old.pop(name, None)
+    insert_row(wh, "trades", old)
+    with pytest.raises(duckdb.ConstraintException, match="order_hash"):
+        insert_row(wh, "trades", old | {"id": "d2", "order_hash": None})
+    # Before the migration, status reads what it can and says what it cannot.
+    report = wh.status()
+    assert "events" in report.missing_tables and report.trades_by_source == ()
+    assert any("trades.source" in note for note in report.notes)
+
+    with caplog.at_level("WARNING"):
+        wh.ensure_tables()
+    assert "making column order_hash nullable" in caplog.text
+    assert "adding missing column payouts" in caplog.text
+    nullable = dict(
+        query(
+            wh,
+            "SELECT column_name, is_nullable FROM information_schema.columns "
+            "WHERE table_name = 'trades'",
+        )
+    )
+    assert (nullable["order_hash"], nullable["user"], nullable["id"]) == ("YES", "YES", "NO")
+    assert set(nullable) == {c.name for c in TRADE_COLUMNS}
+    types = dict(
+        query(
+            wh, "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'markets'"
+        )
+    )
+    assert (types["outcomes"], types["payouts"], types["neg_risk"]) == (
+        "VARCHAR[]",
+        "BIGINT[]",
+        "BOOLEAN",
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        wh.ensure_tables()  # nothing left to change
+    assert caplog.text == ""
+
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[pm_trade("0xp", "p1", "r1")],
+        outcomes=[outcome("0xp", "r1", True, 10, source="polymarket")],
+        markets=[pm_market("0xc9", "r1", 10)],
+    )
+    assert wh.commit_run("r1", files, committed_at=COMMITTED_AT).trades_inserted == 1
+    landed = query(
+        wh, "SELECT order_hash, \"user\", source, fill_ordinal FROM trades WHERE id = 'p1'"
+    )
+    assert landed == [(None, None, "polymarket", 0)]
+    assert query(
+        wh, "SELECT outcomes, payouts, neg_risk FROM markets WHERE condition_id = '0xc9'"
+    ) == [(["Yes", "No"], [1_000_000, 0], True)]
+    assert wh.status().trades_by_source == (("dome", 1), ("polymarket", 1))
+
+
+# One fill key: the same fill as each source describes it (the hash's case and the price's last
+# digits differ; shares are millionths in both).
+FILL = {"tx_hash": "0xfeed", "shares": 2_500_000, "price": 0.37}
+PM_FILL = {"tx_hash": "0xFEED", "shares": 2_500_000, "price": 0.3700000001}
+
+
+def dome_fill(trade_id: str, log_index: int, legacy: bool = False, **extra: Any) -> dict:
+    row = trade("0xw", trade_id, "r", log_index=log_index, **{**FILL, **extra})
+    if not legacy:
+        row["source"] = "dome"
+    return row
+
+
+def pm_fill(trade_id: str, ordinal: int, **extra: Any) -> dict:
+    return pm_trade("0xw", trade_id, "r", ordinal, **{**PM_FILL, **extra})
+
+
+# case -> (production rows, staged rows, ids the staged rows land)
+CROSS_SOURCE_CASES: dict[str, tuple[list[dict], list[dict], list[str]]] = {
+    # Two identical Dome fills (landed before sources: source NULL) and another fill; Polymarket
+    # serves the same three plus a new one: only the new one lands.
+    "a_overlap_lands_only_the_new_fill": (
+        [
+            dome_fill("d1", 1, legacy=True),
+            dome_fill("d2", 2, legacy=True),
+            dome_fill("d3", 3, legacy=True, tx_hash="0xother"),
+        ],
+        [
+            pm_fill("p0", 0),
+            pm_fill("p1", 1),
+            pm_fill("p3", 0, tx_hash="0xOTHER"),
+            pm_fill("p4", 0, tx_hash="0xnew"),
+        ],
+        ["p4"],
+    ),
+    # Three identical Polymarket fills where Dome landed two: exactly one more is a real fill.
+    "b_a_third_identical_fill_lands_once": (
+        [dome_fill("d1", 1), dome_fill("d2", 2)],
+        [pm_fill("p0", 0), pm_fill("p1", 1), pm_fill("p2", 2)],
+        ["p2"],
+    ),
+    # The other way round: Dome rows have no ordinal, their rank among themselves is by id.
+    "b_reversed_dome_after_polymarket": (
+        [pm_fill("p0", 0), pm_fill("p1", 1)],
+        [dome_fill("d1", 1), dome_fill("d2", 2), dome_fill("d3", 3)],
+        ["d3"],
+    ),
+    # One source only: ids decide, identical fills and all, as before sources existed.
+    "c_same_source_dome": (
+        [dome_fill("d1", 1), dome_fill("d2", 2)],
+        [dome_fill("d1", 1), dome_fill("d2", 2), dome_fill("d4", 4)],
+        ["d4"],
+    ),
+    "c_same_source_legacy_and_dome": (
+        [dome_fill("d1", 1, legacy=True)],
+        [dome_fill("d1", 1), dome_fill("d2", 2)],
+        ["d2"],
+    ),
+    "c_same_source_polymarket": (
+        [pm_fill("p0", 0), pm_fill("p1", 1)],
+        [pm_fill("p0", 0), pm_fill("p1", 1), pm_fill("p2", 2)],
+        ["p2"],
+    ),
+}
+
+
+def cross_source_runs(tmp_path: Path, case: str) -> tuple[dict, dict, dict, list[str]]:
+    """Staging of the case's production run r0, its staged run r1, r1 again as r2; r1's ids."""
+    production, staged, landed = CROSS_SOURCE_CASES[case]
+    source = staged[0].get("source")
+    runs = [
+        stage(tmp_path, run_id, trades=rows, outcomes=[outcome("0xw", run_id, True, t, source=s)])
+        for run_id, rows, t, s in (
+            ("r0", production, 5, production[0].get("source")),
+            ("r1", staged, 10, source),
+            ("r2", staged, 20, source),
+        )
+    ]
+    return runs[0], runs[1], runs[2], landed
+
+
+@pytest.mark.parametrize("case", sorted(CROSS_SOURCE_CASES))
+def test_cross_source_dedup(wh: DuckDBWarehouse, tmp_path: Path, case: str) -> None:
+    r0, r1, r2, landed = cross_source_runs(tmp_path, case)
+    wh.commit_run("r0", r0, committed_at=COMMITTED_AT)
+    before = set(trade_ids(wh))
+    report = wh.commit_run("r1", r1, committed_at=COMMITTED_AT)
+    assert sorted(set(trade_ids(wh)) - before) == landed
+    assert report.trades_inserted == len(landed)
+    assert wh.commit_run("r2", r2, committed_at=COMMITTED_AT).trades_inserted == 0
+    assert checkpoint(wh)["0xw"]["trade_count"] == len(before) + len(landed)
+
+
+def test_the_checkpoint_records_the_source_of_the_last_successful_fetch(
+    wh: DuckDBWarehouse, tmp_path: Path
+) -> None:
+    def commit(run_id: str, processed: float, *outcomes: dict) -> None:
+        wh.commit_run(run_id, stage(tmp_path, run_id, outcomes=list(outcomes)))
+
+    commit("r1", 10, outcome("0xa", "r1", True, 10, source="dome"))
+    commit("r2", 20, outcome("0xb", "r2", False, 20, error="x", source="polymarket"))
+    assert (checkpoint(wh)["0xa"]["source"], checkpoint(wh)["0xb"]["source"]) == ("dome", None)
+    commit(
+        "r3",
+        30,
+        outcome("0xa", "r3", True, 30, source="polymarket"),
+        outcome("0xb", "r3", True, 30, source="polymarket"),
+    )
+    assert checkpoint(wh)["0xa"]["source"] == "polymarket"
+    commit("r4", 40, outcome("0xa", "r4", False, 40, error="x", source="dome"))
+    a = checkpoint(wh)["0xa"]
+    assert (a["source"], a["upload_successful"], a["error"]) == ("polymarket", True, "x")
+    assert checkpoint(wh)["0xb"]["source"] == "polymarket"
+
+
+# -- markets and events production names but does not hold ---------------------------------------
+
+
+def unlanded_history() -> dict[str, list[dict]]:
+    """Trades name markets 0xc1 (landed), 0xc2 (twice, one slug empty) and 0xc3; events are named
+    by trades (`weather`, landed; `storm`; empty) and by markets (`rain`)."""
+    return {
+        "trades": [
+            trade("0xa", "a1", "r1", condition_id="0xc1", market_slug="m1"),
+            pm_trade("0xa", "a2", "r1", condition_id="0xc2", market_slug="", event_slug="storm"),
+            pm_trade("0xa", "a3", "r1", condition_id="0xc2", market_slug="m2", event_slug=""),
+            trade("0xb", "b1", "r1", condition_id="0xc3", market_slug="m3"),
+        ],
+        "outcomes": [outcome("0xa", "r1", True, 10), outcome("0xb", "r1", True, 10)],
+        "markets": [market("0xc1", "r1", 10) | {"event_slug": "rain"}],
+        "events": [event("weather", "r1", 10)],
+    }
+
+
+UNLANDED_MARKETS = [("0xc2", "m2"), ("0xc3", "m3")]
+UNLANDED_EVENTS = [("rain",), ("storm",)]
+
+
+def test_unlanded_markets_and_events_are_read_and_counted(
+    wh: DuckDBWarehouse, tmp_path: Path
+) -> None:
+    assert (list(wh.read_unlanded_markets()), list(wh.read_unlanded_events())) == ([], [])
+    wh.commit_run("r1", stage(tmp_path, "r1", **unlanded_history()), committed_at=COMMITTED_AT)
+    assert sorted(wh.read_unlanded_markets()) == UNLANDED_MARKETS
+    assert sorted(wh.read_unlanded_events()) == UNLANDED_EVENTS
+    report = wh.status()
+    assert (report.markets_pending, report.events_pending) == (2, 2)
+    assert report.trades_by_source == (("dome", 2), ("polymarket", 2))
+    text = render_status(report)
+    assert "pending          markets 2, events 2" in text
+    assert "trades by source dome 2, polymarket 2" in text
+
+    # A later run lands them: nothing is pending any more.
+    landed = {
+        "markets": [market("0xc2", "r2", 20), market("0xc3", "r2", 20)],
+        "events": [event("rain", "r2", 20), event("storm", "r2", 20)],
+    }
+    wh.commit_run("r2", stage(tmp_path, "r2", **landed), committed_at=COMMITTED_AT)
+    assert (list(wh.read_unlanded_markets()), list(wh.read_unlanded_events())) == ([], [])
+    assert (wh.status().markets_pending, wh.status().events_pending) == (0, 0)
+
+
+def test_status_only_reads_and_names_missing_tables(tmp_path: Path) -> None:
+    path = tmp_path / "none" / "wh.duckdb"
+    report = DuckDBWarehouse(path).status()
+    assert not path.exists() and not path.parent.exists()
+    assert report.missing_tables == tuple(TableNames().as_dict().values())
+    assert report.done_wallets is None and report.markets_pending is None
+    assert "missing tables   traders, backfill_checkpoint" in render_status(report)
+
+    wh = DuckDBWarehouse(tmp_path / "wh.duckdb")
+    wh.ensure_tables()
+    query(wh, "DROP TABLE events")
+    query(wh, "DROP TABLE backfill_runs")
+    report = wh.status()
+    assert report.missing_tables == ("events", "backfill_runs")
+    assert (report.done_wallets, report.trades_rows, report.events_rows) == (0, None, None)
+    assert report.markets_pending is None and report.trades_by_source == ()
+    text = render_status(report)
+    assert "missing tables   events, backfill_runs (status creates nothing" in text
+    names = {row[0] for row in query(wh, "SELECT table_name FROM duckdb_tables()")}
+    assert "events" not in names and "backfill_runs" not in names

@@ -1,7 +1,8 @@
-"""One Dome client per worker process, shared by every fetching DoFn, with its counts for Metrics.
+"""One source client per worker process, shared by every fetching DoFn, with its counts for Metrics.
 
-The rate limit belongs to the API key, so the orders, markets and events steps of one process must
-draw from one limiter: a `Shared` handle, pickled into each DoFn, gives them the same client.
+Rate limits belong to the API key (Dome) or the IP (Polymarket), so the trades, markets and events
+steps of one process must draw from one limiter: a `Shared` handle, pickled into each DoFn, gives
+them the same source.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from collections import Counter
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
-from pipeline.api_key import load_api_key
-from pipeline.dome.client import ClientEvents, DomeClient
-from pipeline.dome.limiter import RateLimiter
-from pipeline.options import BackfillConfig
+from pipeline.sources import Source, SourceSpec, open_source
+from pipeline.sources.http import Telemetry
 
 NAMESPACE = "backfill"
 
@@ -42,8 +41,8 @@ class ThreadCounters:
             Metrics.counter(NAMESPACE, name).inc(amount)
 
 
-class CountingEvents(ClientEvents):
-    """The client's events (requests, retries, 429s, unknown fields) as counts."""
+class CountingTelemetry(Telemetry):
+    """The client's requests, retries, refusals and unknown fields, as counts."""
 
     def __init__(self) -> None:
         self.counters = ThreadCounters()
@@ -55,30 +54,30 @@ class CountingEvents(ClientEvents):
     def retry(self, endpoint: str, reason: str) -> None:
         self.counters.add("retries")
 
-    def throttled(self, endpoint: str) -> None:
-        self.counters.add("http_429")
+    def throttled(self, endpoint: str, status: int) -> None:
+        self.counters.add("http_429" if status == 429 else f"http_{status}_retry_after")
+
+    def slowed(self, endpoint: str) -> None:
+        self.counters.add("slowdowns")
 
     def unknown_fields(self, kind: str, counts: Counter[str]) -> None:
         self.counters.add(f"unknown_fields_{kind}", sum(counts.values()))
 
 
 class ProcessApi:
-    """What a process shares: the client (session + limiter) and its event counts."""
+    """What a process shares: the source (session + limiter) and its telemetry."""
 
-    def __init__(self, config: BackfillConfig) -> None:
-        self.events = CountingEvents()
-        limiter = RateLimiter(config.process_rate_limit)
-        self.client = DomeClient(
-            config.client, load_api_key(config.api_key_secret), limiter, self.events
-        )
+    def __init__(self, spec: SourceSpec) -> None:
+        self.telemetry = CountingTelemetry()
+        self.source: Source = open_source(spec, self.telemetry)
 
 
 class ApiHandle:
     """Picklable; `acquire()` in `DoFn.setup` returns the process's one ProcessApi."""
 
-    def __init__(self, config: BackfillConfig) -> None:
-        self._config = config
+    def __init__(self, spec: SourceSpec) -> None:
+        self._spec = spec
         self._shared = Shared()
 
     def acquire(self) -> ProcessApi:
-        return self._shared.acquire(lambda: ProcessApi(self._config), tag=repr(self._config))
+        return self._shared.acquire(lambda: ProcessApi(self._spec), tag=repr(self._spec))

@@ -8,9 +8,10 @@ only an event-time timer: batches are emitted as they fill, the last partial one
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import StrUtf8Coder, VarIntCoder
+from apache_beam.coders import FastPrimitivesCoder, VarIntCoder
 from apache_beam.transforms.combiners import CountCombineFn
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (
@@ -22,7 +23,8 @@ from apache_beam.transforms.userstate import (
 
 
 class _BatchFn(beam.DoFn):
-    BUFFER = BagStateSpec("buffer", StrUtf8Coder())
+    # Values are strings or (string, string|None) pairs: FastPrimitivesCoder holds both.
+    BUFFER = BagStateSpec("buffer", FastPrimitivesCoder())
     COUNT = CombiningValueStateSpec("count", VarIntCoder(), CountCombineFn())
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
@@ -31,12 +33,12 @@ class _BatchFn(beam.DoFn):
 
     def process(
         self,
-        element: tuple[str, str],
+        element: tuple[str, Any],
         window=beam.DoFn.WindowParam,
         buffer=beam.DoFn.StateParam(BUFFER),
         count=beam.DoFn.StateParam(COUNT),
         flush=beam.DoFn.TimerParam(FLUSH),
-    ) -> Iterator[list[str]]:
+    ) -> Iterator[list[Any]]:
         flush.set(window.max_timestamp())
         buffer.add(element[1])
         count.add(1)
@@ -48,7 +50,7 @@ class _BatchFn(beam.DoFn):
     @on_timer(FLUSH)
     def on_flush(
         self, buffer=beam.DoFn.StateParam(BUFFER), count=beam.DoFn.StateParam(COUNT)
-    ) -> Iterator[list[str]]:
+    ) -> Iterator[list[Any]]:
         remainder = list(buffer.read())
         if remainder:
             yield remainder
@@ -57,7 +59,7 @@ class _BatchFn(beam.DoFn):
 
 
 class BatchPerKey(beam.PTransform):
-    """(key, str) pairs -> lists of at most `size` values of one key."""
+    """(key, value) pairs -> lists of at most `size` values of one key."""
 
     def __init__(self, size: int) -> None:
         super().__init__()

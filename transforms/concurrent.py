@@ -106,5 +106,5 @@ class ConcurrentFetchFn(beam.DoFn):
                 raise item.error
             tag, value = item
             yield value if tag is None else TaggedOutput(tag, value)
-        self.api.events.counters.flush()
+        self.api.telemetry.counters.flush()
         self.counters.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import BooleanCoder
@@ -12,22 +13,24 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 class _FirstPerKeyFn(beam.DoFn):
     SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
 
-    def process(self, element: tuple[str, None], seen=beam.DoFn.StateParam(SEEN)) -> Iterator[str]:
-        key, _ = element
+    def process(
+        self, element: tuple[str, Any], seen=beam.DoFn.StateParam(SEEN)
+    ) -> Iterator[tuple[str, Any]]:
         if not seen.read():
             seen.write(True)
-            yield key
+            yield element
 
 
 class DedupFirst(beam.PTransform):
-    """Emits each distinct string key the first time it arrives (state per key, no global set)."""
+    """Emits the first (key, value) pair that arrives for each distinct string key (state per key,
+    no global set)."""
 
-    def expand(self, keys):
+    def expand(self, pairs):
         return (
-            keys
+            pairs
             # Without this break, the runner fuses the stateful step with whatever produced the
             # keys (the fetching), and a stage holding state runs on one worker only.
             | "Redistribute" >> beam.Reshuffle()
-            | "Key" >> beam.Map(lambda key: (key, None)).with_output_types(tuple[str, None])
+            | "Keyed" >> beam.Map(lambda pair: pair).with_output_types(tuple[str, Any])
             | "First" >> beam.ParDo(_FirstPerKeyFn())
         )

@@ -3,100 +3,87 @@
 from __future__ import annotations
 
 import logging
-import time
+from typing import Any
 
 import apache_beam as beam
 
-from pipeline.dome.errors import DomeError
 from pipeline.options import BackfillConfig
-from pipeline.rows import event_row, market_row
-from pipeline.schema import format_timestamp
+from pipeline.sources.errors import SourceError
 from transforms.api import ApiHandle
 from transforms.batch import BatchPerKey
 from transforms.concurrent import ConcurrentFetchFn, Emit
 from transforms.dedup import DedupFirst
+from transforms.select_wallets import RefreshPolicy
 from transforms.skip_known import SkipKnown
 
 log = logging.getLogger(__name__)
 
 EVENT_SLUGS = "event_slugs"
-BATCH_SIZE = 100  # condition_ids per markets request, the documented maximum
 
 
-class _FetchMarketBatchFn(ConcurrentFetchFn):
-    def __init__(self, api: ApiHandle, config: BackfillConfig) -> None:
-        super().__init__(api, config.fetch_threads)
-        self._run_id = config.run_id
+class _LookupFn(ConcurrentFetchFn):
+    """Looks one batch up; a failed batch is counted and logged, and later runs ask again (its
+    keys stay named by production trades and absent from production)."""
 
-    def fetch(self, batch: list[str], emit: Emit) -> None:
-        condition_ids = sorted(batch)
+    def __init__(self, api: ApiHandle, threads: int, kind: str) -> None:
+        super().__init__(api, threads)
+        self._kind = kind
+
+    def fetch(self, batch: list[Any], emit: Emit) -> None:
+        keys = [item[0] if isinstance(item, tuple) else item for item in batch]
         try:
-            markets = self.api.client.markets(condition_ids)
-        except DomeError as exc:
-            # The trades still land; the market is fetched again by a later run's market refresh.
-            self.counters.add("markets_failed", len(condition_ids))
+            if self._kind == "markets":
+                found = self.api.source.markets(batch)
+            else:
+                found = self.api.source.events(batch)
+        except SourceError as exc:
+            self.counters.add(f"{self._kind}_failed", len(keys))
+            log.warning("%s %s.. (%d keys) failed: %s", self._kind, keys[0], len(keys), exc)
+            return
+        if found.missing:
+            self.counters.add(f"{self._kind}_missing", len(found.missing))
             log.warning(
-                "markets %s.. (%d ids) failed: %s", condition_ids[0], len(condition_ids), exc
+                "the source has no %s for %d keys, e.g. %s",
+                self._kind,
+                len(found.missing),
+                found.missing[0],
             )
-            return
-        fetched_at = format_timestamp(time.time())
-        asked = set(condition_ids)
-        found = {market["condition_id"] for market in markets} & asked
-        if len(found) < len(asked):
-            missing = sorted(asked - found)
-            self.counters.add("markets_missing", len(missing))
-            log.warning(
-                "the API has no market for %d condition_ids, e.g. %s", len(missing), missing[0]
-            )
-        for market in markets:
-            if market["condition_id"] not in asked:
-                continue
-            emit(None, market_row(market, self._run_id, fetched_at))
-            self.counters.add("markets")
-            if market.get("event_slug"):
-                emit(EVENT_SLUGS, market["event_slug"])
-
-
-class _FetchEventFn(ConcurrentFetchFn):
-    def __init__(self, api: ApiHandle, config: BackfillConfig) -> None:
-        super().__init__(api, config.fetch_threads)
-        self._run_id = config.run_id
-
-    def fetch(self, event_slug: str, emit: Emit) -> None:
-        try:
-            event = self.api.client.event(event_slug)
-        except DomeError as exc:
-            self.counters.add("events_failed")
-            log.warning("event %s failed: %s", event_slug, exc)
-            return
-        if event is None:
-            self.counters.add("events_missing")
-            log.warning("the API has no event %s", event_slug)
-            return
-        self.counters.add("events")
-        emit(None, event_row(event, self._run_id, format_timestamp(time.time())))
+        self.counters.add(self._kind, len(found.rows))
+        for row in found.rows:
+            emit(None, row)
+        for slug in found.event_slugs:
+            emit(EVENT_SLUGS, slug)
 
 
 class FetchMarkets(beam.PTransform):
-    """condition_ids -> market rows (main) and the event slugs they name (`event_slugs`).
+    """(condition_id, slug) refs -> market rows (main) and the event slugs they name.
 
-    Each id once per run, none that production holds settled or fresh, 100 per request.
+    Each id once per run, none that production holds settled or fresh, a source's batch per
+    request (Dome 100, Polymarket 50).
     """
 
-    def __init__(self, api: ApiHandle, config: BackfillConfig) -> None:
+    def __init__(self, api: ApiHandle, config: BackfillConfig, batch_size: int) -> None:
         super().__init__()
-        self._api, self._config = api, config
+        self._api, self._config, self._batch_size = api, config, batch_size
 
-    def expand(self, condition_ids):
+    def expand(self, refs):
+        config = self._config
         fetched = (
-            condition_ids
+            refs
             | "FirstPerId" >> DedupFirst()
-            | "SkipKnown" >> SkipKnown(self._config, "read_known_markets")
-            # One key: batches stay full (ceil(n/100) requests); markets are few next to trades.
+            | "SkipKnown"
+            >> SkipKnown(
+                config.warehouse,
+                config.tables,
+                RefreshPolicy.of(config),
+                "read_known_markets",
+                "read_unlanded_markets",
+            )
+            # One key: batches stay full; markets are few next to trades.
             | "OneKey" >> beam.WithKeys(lambda _: "markets")
-            | "Batch" >> BatchPerKey(BATCH_SIZE)
+            | "Batch" >> BatchPerKey(self._batch_size)
             | "Fetch"
-            >> beam.ParDo(_FetchMarketBatchFn(self._api, self._config)).with_outputs(
+            >> beam.ParDo(_LookupFn(self._api, config.fetch_threads, "markets")).with_outputs(
                 EVENT_SLUGS, main="markets"
             )
         )
@@ -104,16 +91,28 @@ class FetchMarkets(beam.PTransform):
 
 
 class FetchEvents(beam.PTransform):
-    """event slugs -> event rows, one request per distinct slug (no batch form is documented)."""
+    """Event slugs (from trades and from markets) -> event rows, each slug once per run."""
 
-    def __init__(self, api: ApiHandle, config: BackfillConfig) -> None:
+    def __init__(self, api: ApiHandle, config: BackfillConfig, batch_size: int) -> None:
         super().__init__()
-        self._api, self._config = api, config
+        self._api, self._config, self._batch_size = api, config, batch_size
 
-    def expand(self, event_slugs):
+    def expand(self, slugs):
+        config = self._config
         return (
-            event_slugs
+            slugs
+            | "Keyed" >> beam.Map(lambda slug: (slug, None))
             | "FirstPerSlug" >> DedupFirst()
-            | "SkipKnown" >> SkipKnown(self._config, "read_known_events")
-            | "Fetch" >> beam.ParDo(_FetchEventFn(self._api, self._config))
+            | "SkipKnown"
+            >> SkipKnown(
+                config.warehouse,
+                config.tables,
+                RefreshPolicy.of(config),
+                "read_known_events",
+                "read_unlanded_events",
+            )
+            | "SlugOnly" >> beam.Map(lambda pair: pair[0])
+            | "OneKey" >> beam.WithKeys(lambda _: "events")
+            | "Batch" >> BatchPerKey(self._batch_size)
+            | "Fetch" >> beam.ParDo(_LookupFn(self._api, config.fetch_threads, "events"))
         )

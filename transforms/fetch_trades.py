@@ -7,17 +7,18 @@ import time
 
 import apache_beam as beam
 
-from pipeline.dome.errors import DomeError
 from pipeline.options import BackfillConfig
-from pipeline.rows import outcome_row, trade_row
+from pipeline.rows import outcome_row
 from pipeline.schema import format_timestamp
+from pipeline.sources.errors import SourceError
 from transforms.api import ApiHandle
 from transforms.concurrent import ConcurrentFetchFn, Emit
 
 log = logging.getLogger(__name__)
 
 OUTCOMES = "outcomes"
-CONDITION_IDS = "condition_ids"
+MARKET_REFS = "market_refs"
+EVENT_SLUGS = "event_slugs"
 
 
 class _FetchWalletFn(ConcurrentFetchFn):
@@ -26,24 +27,24 @@ class _FetchWalletFn(ConcurrentFetchFn):
     def __init__(self, api: ApiHandle, config: BackfillConfig) -> None:
         super().__init__(api, config.fetch_threads)
         self._run_id = config.run_id
+        self._source = config.source.name
         self._trades_path = f"{config.run_staging}/trades/"
 
     def fetch(self, request: tuple[str, int | None], emit: Emit) -> None:
         wallet, start_time = request
         count, newest, error = 0, None, None
         try:
-            for page in self.api.client.order_pages(wallet, start_time=start_time):
-                if not page.items:
+            for rows in self.api.source.trade_pages(wallet, start_time):
+                if not rows:
                     continue
-                fetched_at = format_timestamp(time.time())
-                rows = [trade_row(wallet, order, self._run_id, fetched_at) for order in page.items]
                 emit(None, rows)
-                emit(CONDITION_IDS, sorted({row["condition_id"] for row in rows}))
+                emit(MARKET_REFS, sorted({(r["condition_id"], r["market_slug"]) for r in rows}))
+                emit(EVENT_SLUGS, sorted({r["event_slug"] for r in rows if r.get("event_slug")}))
                 count += len(rows)
                 page_newest = max(row["timestamp"] for row in rows)
                 newest = page_newest if newest is None else max(newest, page_newest)
                 self.counters.add("trades", len(rows))
-        except DomeError as exc:
+        except SourceError as exc:
             error = str(exc)
             log.warning("wallet %s failed: %s", wallet, error)
         self.counters.add("wallets_failed" if error else "wallets_fetched")
@@ -58,13 +59,14 @@ class _FetchWalletFn(ConcurrentFetchFn):
                 error=error,
                 gcs_file=self._trades_path,
                 fetched_from=start_time,
+                source=self._source,
             ),
         )
 
 
 class FetchTrades(beam.PTransform):
     """(wallet, start_time) requests -> `trade_pages` (lists of trade rows), `outcomes` (one row per
-    wallet) and `condition_ids` (strings)."""
+    wallet), `market_refs` ((condition_id, slug) pairs) and `event_slugs` (strings)."""
 
     def __init__(self, api: ApiHandle, config: BackfillConfig) -> None:
         super().__init__()
@@ -73,10 +75,10 @@ class FetchTrades(beam.PTransform):
     def expand(self, wallets):
         fetched = wallets | "FetchPages" >> beam.ParDo(
             _FetchWalletFn(self._api, self._config)
-        ).with_outputs(OUTCOMES, CONDITION_IDS, main="trade_pages")
-        condition_ids = fetched[CONDITION_IDS] | "OnePerId" >> beam.FlatMap(lambda ids: ids)
+        ).with_outputs(OUTCOMES, MARKET_REFS, EVENT_SLUGS, main="trade_pages")
         return {
             "trade_pages": fetched.trade_pages,
             OUTCOMES: fetched[OUTCOMES],
-            CONDITION_IDS: condition_ids,
+            MARKET_REFS: fetched[MARKET_REFS] | "OnePerRef" >> beam.FlatMap(lambda refs: refs),
+            EVENT_SLUGS: fetched[EVENT_SLUGS] | "OnePerSlug" >> beam.FlatMap(lambda slugs: slugs),
         }

@@ -2,17 +2,20 @@
 
 A settled market never changes again, so it is never requested twice; an open one is fetched again
 at most once per `--refresh_after` (never, when refresh is off). With refresh on, stale open ones
-are added even if no trade of this run names them, so open markets stay current. The anti-join with
-production happens in the graph (CoGroupByKey), not in a Python set.
+are added even if no trade of this run names them, so open markets stay current. Keys production's
+trades name but production lacks (a fetch that failed, a market the source did not have) are added
+every run, so nothing named stays missing for good. The anti-join with production happens in the
+graph (CoGroupByKey), not in a Python set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 
-from pipeline.options import BackfillConfig
+from pipeline.warehouse import TableNames
 from transforms.read_wallets import ReadFromWarehouse
 from transforms.select_wallets import RefreshPolicy
 
@@ -32,28 +35,44 @@ def needs_fetch(wanted: bool, known: Iterable[tuple], policy: RefreshPolicy) -> 
     return updated_at is None or policy.now - updated_at >= policy.refresh_after_s
 
 
-def _to_fetch(element: tuple[str, dict[str, list]], policy: RefreshPolicy) -> Iterator[str]:
+def _to_fetch(
+    element: tuple[str, dict[str, list]], policy: RefreshPolicy
+) -> Iterator[tuple[str, Any]]:
     key, groups = element
+    values = [value for value in groups["wanted"] if value is not None]
     if needs_fetch(bool(groups["wanted"]), groups["known"], policy):
-        yield key
+        yield key, values[0] if values else None
 
 
 class SkipKnown(beam.PTransform):
-    """Keys this run wants, minus what production holds final or fresh, plus stale open ones."""
+    """(key, value) pairs this run wants, plus what production names but lacks, minus what
+    production holds final or fresh, plus stale open ones; each key once."""
 
-    def __init__(self, config: BackfillConfig, read_method: str) -> None:
+    def __init__(
+        self,
+        warehouse: str,
+        tables: TableNames,
+        policy: RefreshPolicy,
+        known_method: str,
+        unlanded_method: str,
+    ) -> None:
         super().__init__()
-        self._config, self._read_method = config, read_method
-        self._policy = RefreshPolicy.of(config)
+        self._warehouse, self._tables, self._policy = warehouse, tables, policy
+        self._known_method, self._unlanded_method = known_method, unlanded_method
 
-    def expand(self, keys):
-        config = self._config
-        known = (
-            keys.pipeline
-            | "ReadKnown" >> ReadFromWarehouse(config.warehouse, config.tables, self._read_method)
-            | "KeyKnown" >> beam.Map(lambda row: (row[0], (row[1], row[2])))
+    def expand(self, pairs):
+        def read(label: str, method: str):
+            return pairs.pipeline | label >> ReadFromWarehouse(
+                self._warehouse, self._tables, method
+            )
+
+        known = read("ReadKnown", self._known_method) | "KeyKnown" >> beam.Map(
+            lambda row: (row[0], (row[1], row[2]))
         )
-        wanted = keys | "KeyWanted" >> beam.Map(lambda key: (key, True))
+        unlanded = read("ReadUnlanded", self._unlanded_method) | "KeyUnlanded" >> beam.Map(
+            lambda row: (row[0], row[1] if len(row) > 1 else None)
+        )
+        wanted = (pairs, unlanded) | "AllWanted" >> beam.Flatten()
         return (
             {"wanted": wanted, "known": known}
             | "AntiJoin" >> beam.CoGroupByKey()

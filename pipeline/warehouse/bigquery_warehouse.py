@@ -26,16 +26,27 @@ from tenacity import (
 )
 
 from pipeline.schema import STAGED_KINDS, Column
-from pipeline.status_report import FailedWallet, RunSummary, StatusReport
-from pipeline.warehouse import CommitError, CommitReport, TableNames, Warehouse, commit_time
+from pipeline.status_report import StatusReport
+from pipeline.warehouse import (
+    FAILED_WALLETS_LISTED,
+    CommitError,
+    CommitReport,
+    TableNames,
+    Warehouse,
+    check_last_runs,
+    commit_time,
+    status_params,
+    status_plan,
+    status_report,
+)
 from pipeline.warehouse import sql as q
 
 log = logging.getLogger(__name__)
 
 # Where tests (and anyone running bqemulator) point the client; unset in production.
 EMULATOR_HOST_ENV = "BIGQUERY_EMULATOR_HOST"
-# How many failed wallets `status` lists (the total is always reported), as on DuckDB.
-FAILED_WALLETS_LISTED = 50
+__all__ = ["FAILED_WALLETS_LISTED", "BigQueryWarehouse", "emulator_settings", "is_transient"]
+
 COMMIT_ATTEMPTS = 3
 _PAGE_SIZE = 50_000
 
@@ -371,8 +382,16 @@ class BigQueryWarehouse(Warehouse):
         per table (and bqemulator records partitioning and clustering only this way). Each is
         looked up first, so an account that may not create datasets can still use an existing
         one. An existing table whose partitioning or clustering differs is reported, not
-        changed (BigQuery cannot re-partition a table in place).
+        changed (BigQuery cannot re-partition a table in place). Columns once REQUIRED that
+        schema.py makes nullable now (sql.RELAXED_COLUMNS) are relaxed where still REQUIRED.
         """
+        self._ensure_dataset()
+        for statement in q.ENSURE_TABLES:
+            existing = self._ensure_table(statement)
+            self._relax_required_columns(_TABLE_KEYS[statement.name], existing)
+            self._add_missing_columns(_TABLE_KEYS[statement.name], existing)
+
+    def _ensure_dataset(self) -> None:
         client = self.client
         try:
             client.get_dataset(self._dataset)
@@ -381,16 +400,32 @@ class BigQueryWarehouse(Warehouse):
             if self._location:  # unset: BigQuery's default location (and the client's)
                 dataset.location = self._location
             client.create_dataset(dataset, exists_ok=True)
-        for statement in q.ENSURE_TABLES:
-            wanted = table_from_ddl(statement, self._tables, self._dataset)
-            try:
-                existing = client.get_table(wanted.reference)
-            except gexc.NotFound:
-                existing = client.create_table(wanted, exists_ok=True)
-            mismatch = _storage_mismatch(wanted, existing)
-            if mismatch:
-                log.warning("table %s exists but its %s", self._table_id(wanted.table_id), mismatch)
-            self._add_missing_columns(_TABLE_KEYS[statement.name], existing)
+
+    def _ensure_table(self, statement: q.Statement) -> bigquery.Table:
+        """The table a CREATE statement describes: looked up, created only when missing."""
+        wanted = table_from_ddl(statement, self._tables, self._dataset)
+        try:
+            existing = self.client.get_table(wanted.reference)
+        except gexc.NotFound:
+            existing = self.client.create_table(wanted, exists_ok=True)
+        mismatch = _storage_mismatch(wanted, existing)
+        if mismatch:
+            log.warning("table %s exists but its %s", self._table_id(wanted.table_id), mismatch)
+        return existing
+
+    def _ensure_traders_table(self) -> None:
+        self._ensure_dataset()
+        self._ensure_table(q.CREATE_TRADERS)
+
+    def _relax_required_columns(self, table: str, existing: bigquery.Table) -> None:
+        """`ALTER TABLE .. ALTER COLUMN .. DROP NOT NULL` (the DuckDB text too) for each column
+        of sql.RELAXED_COLUMNS whose field mode is still REQUIRED; BigQuery allows relaxing
+        REQUIRED to NULLABLE in place, and only that direction."""
+        modes = {field.name: field.mode for field in existing.schema}
+        for column in q.RELAXED_COLUMNS.get(table, ()):
+            if modes.get(column) == "REQUIRED":
+                log.warning("table %s: making column %s nullable", existing.table_id, column)
+                self._query(q.relax_column(table, column)).result()
 
     def _add_missing_columns(self, table: str, existing: bigquery.Table) -> None:
         """A table made by an older version (or the users' own checkpoint table) gains the
@@ -579,30 +614,24 @@ class BigQueryWarehouse(Warehouse):
     # -- monitoring ------------------------------------------------------------------------------
 
     def status(self, last_runs: int = 5) -> StatusReport:
-        if isinstance(last_runs, bool) or not isinstance(last_runs, int) or last_runs < 0:
-            raise ValueError(f"last_runs must be a non-negative integer, got {last_runs!r}")
-        # Four independent queries: started together, then read.
-        progress_job = self._query(q.STATUS_PROGRESS)
-        failed_job = self._query(q.STATUS_FAILED_WALLETS, {"limit": FAILED_WALLETS_LISTED})
-        totals_job = self._query(q.STATUS_TOTALS)
-        runs_job = self._query(q.STATUS_LAST_RUNS, {"limit": last_runs})
-        (progress,) = list(progress_job.result())
-        failed_rows = list(failed_job.result())
-        (totals,) = list(totals_job.result())
-        run_rows = list(runs_job.result())
-        percent = progress["progress_percent"]
-        return StatusReport(
-            done_wallets=int(progress["done_wallets"]),
-            failed_wallets=int(progress["failed_wallets"]),
-            total_wallets=int(progress["total_wallets"]),
-            progress_percent=None if percent is None else float(percent),
-            remaining_wallets=int(progress["remaining_wallets"]),
-            failed=tuple(FailedWallet(*row.values()) for row in failed_rows),
-            trades_rows=int(totals["trades_rows"]),
-            markets_rows=int(totals["markets_rows"]),
-            events_rows=int(totals["events_rows"]),
-            last_runs=tuple(RunSummary(*row.values()) for row in run_rows),
-        )
+        """Only reads: a missing dataset or table is reported, never created."""
+        check_last_runs(last_runs)
+        columns: dict[str, set[str] | None] = {}
+        for key, name in self._tables.as_dict().items():
+            try:
+                table = self.client.get_table(self._table_id(name))
+            except gexc.NotFound:
+                columns[key] = None
+            else:
+                columns[key] = {field.name for field in table.schema}
+        plan = status_plan(self._tables, columns)
+        # Independent queries: started together, then read.
+        jobs = [
+            (statement.name, self._query(statement, status_params(statement, last_runs)))
+            for statement in plan.statements
+        ]
+        results = {name: [tuple(row.values()) for row in job.result()] for name, job in jobs}
+        return status_report(plan, results)
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,25 @@ from typing import Any
 import duckdb
 
 from pipeline.schema import STAGED_KINDS
-from pipeline.status_report import FailedWallet, RunSummary, StatusReport
-from pipeline.warehouse import CommitError, CommitReport, TableNames, Warehouse, commit_time
+from pipeline.status_report import StatusReport
+from pipeline.warehouse import (
+    FAILED_WALLETS_LISTED,
+    CommitError,
+    CommitReport,
+    TableNames,
+    Warehouse,
+    check_last_runs,
+    commit_time,
+    status_params,
+    status_plan,
+    status_report,
+)
 from pipeline.warehouse import sql as q
 
 log = logging.getLogger(__name__)
 
-# How many failed wallets `status` lists (the total is always reported).
-FAILED_WALLETS_LISTED = 50
+__all__ = ["FAILED_WALLETS_LISTED", "DuckDBWarehouse"]
+
 _LOCK_MESSAGE = "Could not set lock on file"
 
 
@@ -122,15 +133,27 @@ class DuckDBWarehouse(Warehouse):
         with self._connection() as conn:
             for statement in q.ENSURE_TABLES:
                 self._execute(conn, statement)
-            # A table made by an older version (or by hand) gains the columns it lacks.
+            # A table made by an older version (or by hand) gains the columns it lacks, and
+            # the columns once required that are nullable now lose their NOT NULL.
             for table, columns in q.TABLE_COLUMNS.items():
                 name = getattr(self._tables, table)
-                rows = self._execute(conn, q.DUCKDB_TABLE_COLUMNS, {"table": name}).fetchall()
-                have = {row[0] for row in rows}
+                have = self._columns(conn, name) or {}
                 for column in columns:
                     if column.name not in have:
                         log.warning("table %s: adding missing column %s", name, column.name)
                         self._execute(conn, q.add_column(table, column))
+                for column_name in q.RELAXED_COLUMNS.get(table, ()):
+                    if have.get(column_name) is False:
+                        log.warning("table %s: making column %s nullable", name, column_name)
+                        self._execute(conn, q.relax_column(table, column_name))
+
+    def _columns(self, conn: duckdb.DuckDBPyConnection, name: str) -> dict[str, bool] | None:
+        """A table's columns and whether each is nullable; None if there is no such table."""
+        rows = self._execute(conn, q.DUCKDB_TABLE_COLUMNS, {"table": name}).fetchall()
+        return {column: bool(nullable) for column, nullable in rows} or None
+
+    def _ensure_traders_table(self) -> None:
+        self._run(q.CREATE_TRADERS)
 
     def read_traders(self) -> Iterator[str | None]:
         # Fetched whole, then the connection closes: holding the file lock while a slow
@@ -247,29 +270,24 @@ class DuckDBWarehouse(Warehouse):
     # -- monitoring ------------------------------------------------------------------------------
 
     def status(self, last_runs: int = 5) -> StatusReport:
-        if isinstance(last_runs, bool) or not isinstance(last_runs, int) or last_runs < 0:
-            raise ValueError(f"last_runs must be a non-negative integer, got {last_runs!r}")
+        """Only reads: a missing database file or table is reported, never created."""
+        check_last_runs(last_runs)
+        if not Path(self._path).is_file():
+            return status_report(status_plan(self._tables, {}), {})
         with self._connection() as conn:
-            done, failed, total, percent, remaining = self._execute(
-                conn, q.STATUS_PROGRESS
-            ).fetchone()
-            failed_rows = self._execute(
-                conn, q.STATUS_FAILED_WALLETS, {"limit": FAILED_WALLETS_LISTED}
-            ).fetchall()
-            trades, markets, events = self._execute(conn, q.STATUS_TOTALS).fetchone()
-            run_rows = self._execute(conn, q.STATUS_LAST_RUNS, {"limit": last_runs}).fetchall()
-        return StatusReport(
-            done_wallets=done,
-            failed_wallets=failed,
-            total_wallets=total,
-            progress_percent=None if percent is None else float(percent),
-            remaining_wallets=remaining,
-            failed=tuple(FailedWallet(*row) for row in failed_rows),
-            trades_rows=trades,
-            markets_rows=markets,
-            events_rows=events,
-            last_runs=tuple(RunSummary(*row) for row in run_rows),
-        )
+            columns = {
+                key: None if found is None else set(found)
+                for key, name in self._tables.as_dict().items()
+                for found in [self._columns(conn, name)]
+            }
+            plan = status_plan(self._tables, columns)
+            results = {
+                statement.name: self._execute(
+                    conn, statement, status_params(statement, last_runs)
+                ).fetchall()
+                for statement in plan.statements
+            }
+        return status_report(plan, results)
 
 
 def _check_files(run_id: str, files: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:

@@ -209,6 +209,34 @@ TABLE_COLUMNS: dict[str, tuple[Column, ...]] = {
 }
 
 
+# Columns an older schema declared REQUIRED that are nullable now (Polymarket trades have no order
+# hash and no maker): `ensure_tables` relaxes them on an existing table whose column is still NOT
+# NULL. The one place that says which columns were once required.
+RELAXED_COLUMNS: dict[str, tuple[str, ...]] = {"trades": ("order_hash", "user")}
+
+
+def relax_column(table: str, column: str) -> Statement:
+    """ALTER TABLE .. ALTER COLUMN .. DROP NOT NULL for a column of RELAXED_COLUMNS."""
+    if column not in RELAXED_COLUMNS.get(table, ()):
+        raise ValueError(f"{column!r} is not a relaxed column of the {table} table")
+    return Statement(
+        f"relax_column_{table}_{column}",
+        f"ALTER TABLE {{{table}}} ALTER COLUMN {_q(column)} DROP NOT NULL",
+    )
+
+
+for _table, _relaxed in RELAXED_COLUMNS.items():
+    _modes = {c.name: c.mode for c in TABLE_COLUMNS[_table]}
+    if any(_modes.get(name) != "NULLABLE" for name in _relaxed):
+        raise ValueError(
+            f"RELAXED_COLUMNS[{_table!r}] names a column schema.py does not make nullable"
+        )
+
+RELAX_COLUMNS: tuple[Statement, ...] = tuple(
+    relax_column(table, column) for table, columns in RELAXED_COLUMNS.items() for column in columns
+)
+
+
 def add_column(table: str, column: Column) -> Statement:
     """ALTER TABLE .. ADD COLUMN for a column of schema.py (added columns are always nullable)."""
     if table not in TABLE_COLUMNS or column not in TABLE_COLUMNS[table]:
@@ -287,6 +315,43 @@ FROM {events}
 """,
 )
 
+# Markets and events production names but does not hold (never fetched, missing at the API, or a
+# fetch that failed): the graph asks for them again, which is how they are retried. One text each,
+# shared by the reads and by `status`'s pending counts. MAX picks a non-empty slug when one exists.
+_UNLANDED_MARKETS = """
+SELECT
+  t.`condition_id`,
+  MAX(t.`market_slug`) AS `market_slug`
+FROM {trades} AS t
+WHERE NOT EXISTS (
+    SELECT 1
+    FROM {markets} AS m
+    WHERE m.`condition_id` = t.`condition_id`
+  )
+GROUP BY t.`condition_id`
+"""
+
+_UNLANDED_EVENTS = """
+SELECT named.`event_slug`
+FROM (
+  SELECT t.`event_slug`
+  FROM {trades} AS t
+  WHERE CHAR_LENGTH(t.`event_slug`) > 0
+  UNION DISTINCT
+  SELECT m.`event_slug`
+  FROM {markets} AS m
+  WHERE CHAR_LENGTH(m.`event_slug`) > 0
+) AS named
+WHERE NOT EXISTS (
+    SELECT 1
+    FROM {events} AS e
+    WHERE e.`event_slug` = named.`event_slug`
+  )
+"""
+
+SELECT_UNLANDED_MARKETS = Statement("select_unlanded_markets", _UNLANDED_MARKETS)
+SELECT_UNLANDED_EVENTS = Statement("select_unlanded_events", _UNLANDED_EVENTS)
+
 SELECT_COMMITTED_RUN_IDS = Statement(
     "select_committed_run_ids",
     """
@@ -315,8 +380,56 @@ BEGIN_TRANSACTION = Statement("begin_transaction", "BEGIN TRANSACTION")
 COMMIT_TRANSACTION = Statement("commit_transaction", "COMMIT TRANSACTION")
 ROLLBACK_TRANSACTION = Statement("rollback_transaction", "ROLLBACK TRANSACTION")
 
+# The source of rows landed before trades had a `source` column (they all came from the Dome API).
+# A schema constant, not a value: the one string literal the statements may contain.
+LEGACY_SOURCE = "dome"
+SQL_CONSTANTS: frozenset[str] = frozenset({LEGACY_SOURCE})
+_SOURCE = f"IFNULL({{alias}}`source`, '{LEGACY_SOURCE}')"
+
+
+def _source(alias: str = "") -> str:
+    """A row's source, rows landed before sources counting as the legacy one."""
+    return _SOURCE.format(alias=f"{alias}." if alias else "")
+
+
+# How a fill is recognised across sources, which give it different ids: the wallet, the
+# transaction, the token, the side, the size in millionths and the price in millionths.
+_FILL_KEY = (
+    ("wallet_address", "{a}`wallet_address`"),
+    ("tx_hash", "LOWER({a}`tx_hash`)"),
+    ("token_id", "{a}`token_id`"),
+    ("side", "{a}`side`"),
+    ("shares", "{a}`shares`"),
+    ("micro_price", "CAST(ROUND({a}`price` * 1000000) AS INT64)"),
+)
+
+
+def _fill_key(alias: str, named: bool = False, indent: str = "") -> str:
+    a = f"{alias}." if alias else ""
+    parts = [
+        expression.format(a=a) + (f" AS `_fk_{name}`" if named else "")
+        for name, expression in _FILL_KEY
+    ]
+    return f",\n{indent}".join(parts)
+
+
+def _fill_key_equal(left: str, right: str) -> str:
+    return "\n    AND ".join(f"{left}.`_fk_{n}` = {right}.`_fk_{n}`" for n, _ in _FILL_KEY)
+
+
+_SUCCESSFUL_WALLETS = """(
+    SELECT o.`wallet_address`
+    FROM {stg_outcomes} AS o
+    WHERE o.`upload_successful` = TRUE
+  )"""
+
 # Only wallets whose fetch completed land trades: a failed wallet's partial pages land nothing and
-# the wallet is fetched whole again by the next run. Ids production already has are skipped.
+# the wallet is fetched whole again by the next run. A staged row is skipped when production has
+# its id (the same source landed it), or when production holds more than k rows of its fill key
+# from another source, k being its rank among the staged rows of that fill key from its own source
+# (Polymarket's `fill_ordinal`; else by id): identical rows are distinct fills, so two Dome rows
+# of one key stop the first two Polymarket ones and let a third land. Production is read for the
+# staged wallets only, which the clustering on `wallet_address` prunes to.
 INSERT_TRADES = Statement(
     "insert_trades",
     f"""
@@ -324,19 +437,55 @@ INSERT INTO {{trades}} (
 {_names(TRADE_COLUMNS)}
 )
 SELECT
-{_names(TRADE_COLUMNS, "s")}
-FROM {{stg_trades}} AS s
-WHERE s.`wallet_address` IN (
-    SELECT o.`wallet_address`
-    FROM {{stg_outcomes}} AS o
-    WHERE o.`upload_successful` = TRUE
-  )
-  AND NOT EXISTS (
+{_names(TRADE_COLUMNS, "r")}
+FROM (
+  SELECT
+{_names(TRADE_COLUMNS, "d", indent="    ")},
+    {_source("d")} AS `_source`,
+    {_fill_key("d", named=True, indent="    ")},
+    IFNULL(
+      d.`fill_ordinal`,
+      ROW_NUMBER() OVER (
+        PARTITION BY
+          {_fill_key("d", indent="          ")},
+          {_source("d")}
+        ORDER BY d.`id`
+      ) - 1
+    ) AS `_rank`
+  FROM (
+    SELECT
+{_names(TRADE_COLUMNS, "s", indent="      ")}
+    FROM {{stg_trades}} AS s
+    WHERE s.`wallet_address` IN {_SUCCESSFUL_WALLETS}
+    QUALIFY ROW_NUMBER() OVER (PARTITION BY s.`id` ORDER BY s.`fetched_at`) = 1
+  ) AS d
+) AS r
+LEFT JOIN (
+  SELECT
+    {_fill_key("t", named=True, indent="    ")},
+    COUNT(*) AS `_landed`
+  FROM {{trades}} AS t
+  WHERE t.`wallet_address` IN {_SUCCESSFUL_WALLETS}
+  GROUP BY {", ".join(f"`_fk_{n}`" for n, _ in _FILL_KEY)}
+) AS every_source
+  ON {_fill_key_equal("every_source", "r")}
+LEFT JOIN (
+  SELECT
+    {_fill_key("t", named=True, indent="    ")},
+    {_source("t")} AS `_source`,
+    COUNT(*) AS `_landed`
+  FROM {{trades}} AS t
+  WHERE t.`wallet_address` IN {_SUCCESSFUL_WALLETS}
+  GROUP BY {", ".join(f"`_fk_{n}`" for n, _ in _FILL_KEY)}, `_source`
+) AS own_source
+  ON {_fill_key_equal("own_source", "r")}
+    AND own_source.`_source` = r.`_source`
+WHERE NOT EXISTS (
     SELECT 1
     FROM {{trades}} AS t
-    WHERE t.`id` = s.`id`
+    WHERE t.`id` = r.`id`
   )
-QUALIFY ROW_NUMBER() OVER (PARTITION BY s.`id` ORDER BY s.`fetched_at`) = 1
+  AND IFNULL(every_source.`_landed`, 0) - IFNULL(own_source.`_landed`, 0) <= r.`_rank`
 """,
 )
 
@@ -378,6 +527,7 @@ MERGE_EVENTS = _merge_newest("merge_events", "events", "event_slug", EVENT_COLUM
 # Guards: a late commit of an older run must not overwrite newer state; a wallet whose trades are
 # in production is never turned back into a failed one (a failed refresh records only its error,
 # and its unchanged last_refreshed_at makes the next run try again); last_trade_at never moves back.
+# `source` is the source of the last successful fetch: a failure leaves it as it was.
 MERGE_CHECKPOINT = Statement(
     "merge_checkpoint",
     """
@@ -391,7 +541,8 @@ USING (
     o.`processed_at`,
     o.`run_id`,
     o.`error`,
-    o.`last_trade_at`
+    o.`last_trade_at`,
+    o.`source`
   FROM (
     SELECT
       `wallet_address`,
@@ -401,7 +552,8 @@ USING (
       `processed_at`,
       `run_id`,
       `error`,
-      `last_trade_at`
+      `last_trade_at`,
+      `source`
     FROM {stg_outcomes}
     WHERE TRUE
     QUALIFY ROW_NUMBER() OVER (
@@ -437,7 +589,8 @@ WHEN MATCHED
       s.`last_trade_at`,
       t.`last_trade_at`
     ),
-    `last_refreshed_at` = s.`processed_at`
+    `last_refreshed_at` = s.`processed_at`,
+    `source` = s.`source`
 WHEN MATCHED
   AND (t.`processed_at` IS NULL OR s.`processed_at` > t.`processed_at`)
   AND NOT IFNULL(t.`completed` AND t.`upload_successful`, FALSE) THEN
@@ -466,7 +619,8 @@ WHEN NOT MATCHED THEN
     `attempts`,
     `error`,
     `last_trade_at`,
-    `last_refreshed_at`
+    `last_refreshed_at`,
+    `source`
   )
   VALUES (
     s.`wallet_address`,
@@ -479,7 +633,8 @@ WHEN NOT MATCHED THEN
     1,
     s.`error`,
     s.`last_trade_at`,
-    IF(s.`upload_successful`, s.`processed_at`, NULL)
+    IF(s.`upload_successful`, s.`processed_at`, NULL),
+    IF(s.`upload_successful`, s.`source`, NULL)
   )
 """,
 )
@@ -639,6 +794,42 @@ SELECT
 """,
 )
 
+
+def _indented(text: str, indent: str) -> str:
+    return "\n".join(indent + line for line in text.strip().splitlines())
+
+
+STATUS_PENDING = Statement(
+    "status_pending",
+    f"""
+SELECT
+  (
+    SELECT COUNT(*)
+    FROM (
+{_indented(_UNLANDED_MARKETS, "      ")}
+    ) AS unlanded_markets
+  ) AS `markets_pending`,
+  (
+    SELECT COUNT(*)
+    FROM (
+{_indented(_UNLANDED_EVENTS, "      ")}
+    ) AS unlanded_events
+  ) AS `events_pending`
+""",
+)
+
+STATUS_TRADES_BY_SOURCE = Statement(
+    "status_trades_by_source",
+    f"""
+SELECT
+  {_source()} AS `trade_source`,
+  COUNT(*) AS `trades_rows`
+FROM {{trades}}
+GROUP BY `trade_source`
+ORDER BY `trade_source`
+""",
+)
+
 STATUS_LAST_RUNS = Statement(
     "status_last_runs",
     f"""
@@ -652,11 +843,34 @@ LIMIT @limit
 )
 
 # ---------------------------------------------------------------------------------------------
+# `traders add`: appends addresses (already normalised and checked against `traders` by the
+# caller) as one array parameter; the NOT EXISTS keeps a repeated call from adding them twice.
+
+INSERT_TRADERS = Statement(
+    "insert_traders",
+    """
+INSERT INTO {traders} (`wallet_address`)
+SELECT n.`wallet_address`
+FROM (
+  SELECT DISTINCT w AS `wallet_address`
+  FROM UNNEST(@wallets) AS w
+) AS n
+WHERE NOT EXISTS (
+    SELECT 1
+    FROM {traders} AS t
+    WHERE t.`wallet_address` = n.`wallet_address`
+  )
+""",
+    params=(Param("wallets", "ARRAY<STRING>"),),
+)
+
+# ---------------------------------------------------------------------------------------------
 # DuckDB only: session setup and loading a run's NDJSON staging files (BigQuery uses load jobs).
 
 DUCKDB_TABLE_COLUMNS = Statement(
     "duckdb_table_columns",
-    "SELECT column_name FROM information_schema.columns WHERE table_name = $table",
+    "SELECT column_name, is_nullable = 'YES' FROM information_schema.columns "
+    "WHERE table_name = $table",
     params=(Param("table", "STRING"),),
     dialect="duckdb",
 )
@@ -666,8 +880,10 @@ DUCKDB_SET_UTC = Statement("duckdb_set_utc", "SET TimeZone = 'UTC'", dialect="du
 # The commit loads a run's whole staging: without a cap DuckDB sizes its buffers to the machine and
 # the process's peak memory grows with the run. Capped, one thread, insertion order not kept, it
 # spills to `<database>.tmp` instead, and peak memory stays flat however many trades a run stages.
+# 256 MB: the cross-source dedup's window and joins hold blocks that cannot spill, and 64 MB ran
+# out on the demo's 100,000-trade commit.
 DUCKDB_LIMIT_MEMORY: tuple[Statement, ...] = (
-    Statement("duckdb_memory_limit", "SET memory_limit = '64MB'", dialect="duckdb"),
+    Statement("duckdb_memory_limit", "SET memory_limit = '256MB'", dialect="duckdb"),
     Statement("duckdb_threads", "SET threads = 1", dialect="duckdb"),
     Statement("duckdb_insertion_order", "SET preserve_insertion_order = false", dialect="duckdb"),
 )
@@ -682,9 +898,16 @@ def _duckdb_load(kind: str, columns: tuple[Column, ...]) -> Statement:
     """INSERT a run's files of one kind into its staging table, with the schema's types.
 
     The explicit `columns` struct means DuckDB never guesses a type; the staging table's NOT
-    NULL constraints reject rows missing a REQUIRED value, as a BigQuery load job would.
+    NULL constraints reject rows missing a REQUIRED value, as a BigQuery load job would. A
+    REPEATED value that is absent or null becomes an empty array, as BigQuery loads it.
     """
     names = ",\n".join(f'  "{c.name}"' for c in columns)
+    values = ",\n".join(
+        f'  COALESCE("{c.name}", CAST([] AS {_duckdb_type(c)}))'
+        if c.mode == "REPEATED"
+        else f'  "{c.name}"'
+        for c in columns
+    )
     struct = ",\n".join(f"    '{c.name}': '{_duckdb_type(c)}'" for c in columns)
     return Statement(
         f"duckdb_load_staging_{kind}",
@@ -693,7 +916,7 @@ INSERT INTO "{{stg_{kind}}}" (
 {names}
 )
 SELECT
-{names}
+{values}
 FROM read_json(
   $files,
   format = 'newline_delimited',
@@ -720,6 +943,8 @@ ALL_STATEMENTS: tuple[Statement, ...] = (
     SELECT_CHECKPOINT_STATES,
     SELECT_KNOWN_MARKETS,
     SELECT_KNOWN_EVENTS,
+    SELECT_UNLANDED_MARKETS,
+    SELECT_UNLANDED_EVENTS,
     SELECT_COMMITTED_RUN_IDS,
     SELECT_RUN,
     VERIFY_MISMATCHES,
@@ -732,6 +957,10 @@ ALL_STATEMENTS: tuple[Statement, ...] = (
     STATUS_FAILED_WALLETS,
     STATUS_TOTALS,
     STATUS_LAST_RUNS,
+    STATUS_PENDING,
+    STATUS_TRADES_BY_SOURCE,
+    INSERT_TRADERS,
+    *RELAX_COLUMNS,
     DUCKDB_SET_UTC,
     *DUCKDB_LIMIT_MEMORY,
     DUCKDB_TABLE_COLUMNS,

@@ -1,4 +1,4 @@
-"""`python -m pipeline simulate`: serve the Dome API simulator on 127.0.0.1 until SIGINT or SIGTERM."""
+"""`python -m pipeline simulate`: serve the API simulator (Dome and Polymarket) on 127.0.0.1 until a signal."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import threading
 from typing import Any
 
-from pipeline.simulator.config import TIERS, SimConfig, parse_fault_spec
-from pipeline.simulator.server import serve
+from simulator.config import PM_THROTTLES, TIERS, SimConfig, parse_fault_spec
+from simulator.server import serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="share of markets that start open (default: closed once end_time has passed)",
     )
+    parser.add_argument(
+        "--pm_throttle",
+        choices=PM_THROTTLES,
+        default="429",
+        help="how Polymarket shows a bucket excess: 429, 429_date, 503 or delay",
+    )
+    parser.add_argument(
+        "--lag_seconds", type=int, default=30, help="Polymarket /v2/status lag (feed trails by it)"
+    )
 
 
 def parse_trade_counts(text: str) -> dict[int, int]:
@@ -92,6 +101,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         omit_log_index=args.omit_log_index,
         extra_fields=args.extra_fields,
         open_fraction=getattr(args, "open_fraction", None),
+        pm_throttle=getattr(args, "pm_throttle", "429"),
+        lag_seconds=getattr(args, "lag_seconds", 30),
     )
 
 
@@ -122,6 +133,11 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     with server:
         print(
             f"Dome API simulator ready: base_url={server.base_url} api_key={server.api_key}",
+            flush=True,
+        )
+        print(
+            f"Polymarket API simulator ready: data_api_url={server.data_api_url} "
+            f"gamma_api_url={server.gamma_api_url}",
             flush=True,
         )
         while not stop.wait(0.5):

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pipeline.simulator.config import FaultRule, coerce_rules
+from simulator.config import FaultRule, coerce_rules
 
 
 class FaultEngine:

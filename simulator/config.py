@@ -1,4 +1,4 @@
-"""The simulator's settings: SimConfig, the rate-limit tiers, FaultRule and the fault spec parser.
+"""The simulator's settings: SimConfig, the rate-limit tiers and buckets, FaultRule and the fault spec parser.
 
 Fault spec grammar (``--faults`` on the CLI, :func:`parse_fault_spec` in Python)::
 
@@ -10,14 +10,25 @@ Fault spec grammar (``--faults`` on the CLI, :func:`parse_fault_spec` in Python)
     key    := rate      float in [0, 1]: fire with this probability (seeded RNG)
             | times     int >= 0: fire for the first N matching requests only
             | wallets   address ("|" address)*: only requests for these wallets (orders)
-            | endpoint  orders | markets | events (default orders)
-            | page      int >= 0: only that page of a listing (0 = the first, from the offset)
+            | endpoint  orders | markets | events                  Dome (default orders)
+                      | trades | status | resolutions            Polymarket Data API v2
+                      | gamma_markets | gamma_markets_slug       Gamma: /markets/keyset, and
+                      | gamma_events | gamma_events_slug        /markets|events/slug/{s} or /{id}
+            | page      int >= 0: only that page of a listing (0 = the first, from the offset;
+                        Polymarket: the n-th page of a cursor walk)
             | status    int: the HTTP status of http_5xx (500-599, default 503)
                         or http_4xx (400-499, default 403)
             | delay_s   float >= 0: how long `slow` sleeps (default 10)
             | field     name: the field `missing_field` drops / `wrong_type` turns into a string
 
 ``rate`` and ``times`` are exclusive; with neither the rule fires on every matching request.
+``wallets`` matches orders and trades requests (the ``user`` parameter). On the Polymarket
+endpoints errors take that API's shape (Data: ``{error, code, retryable, trace_id}``; Gamma:
+``{type, error}``); ``repeat_key`` repeats ``next_cursor``; ``empty_has_more`` and
+``repeat_key`` only apply to listings (orders, markets, events, trades, gamma_markets,
+gamma_events). Default fields: missing_field drops condition_id (trades, resolutions),
+conditionId (gamma_markets*), slug (gamma_events*), lag_seconds (status); wrong_type turns size,
+volumeNum, id, resolved or lag_seconds into a string.
 Example: ``http_5xx:rate=0.05;reset:times=2,wallets=0xabc...|0xdef...;missing_field:field=price``.
 Anything else raises ``ValueError`` naming the offending rule.
 """
@@ -42,7 +53,38 @@ FAULT_KINDS: tuple[str, ...] = (
     "wrong_type",
     "http_4xx",
 )
-ENDPOINTS: tuple[str, ...] = ("orders", "markets", "events")
+DOME_ENDPOINTS: tuple[str, ...] = ("orders", "markets", "events")
+PM_ENDPOINTS: tuple[str, ...] = (
+    "trades",
+    "status",
+    "resolutions",
+    "gamma_markets",
+    "gamma_markets_slug",
+    "gamma_events",
+    "gamma_events_slug",
+)
+ENDPOINTS: tuple[str, ...] = DOME_ENDPOINTS + PM_ENDPOINTS
+LISTINGS: frozenset[str] = frozenset(
+    ("orders", "markets", "events", "trades", "gamma_markets", "gamma_events")
+)
+LISTING_ONLY_KINDS: frozenset[str] = frozenset(("empty_has_more", "repeat_key"))
+
+# Polymarket's per-IP buckets (polymarket-api.md), requests per window (10 s); None = unlimited.
+# A request counts against every bucket that covers it: `all` every Data and Gamma route, `data`
+# every /v2/ route, `trades` /v2/trades, `gamma` every Gamma route, `markets` /markets/keyset and
+# the market lookups, `events` /events/keyset and the event lookups, `listing` both keysets.
+PM_BUCKETS: dict[str, int | None] = {
+    "all": 15_000,
+    "data": 1_000,
+    "trades": 200,
+    "gamma": 4_000,
+    "markets": 300,
+    "events": 500,
+    "listing": 900,
+}
+# How a Polymarket excess shows: 429 + Retry-After seconds, 429 + Retry-After as an HTTP date,
+# 503 request_timeout + Retry-After seconds, or held until it fits (no error).
+PM_THROTTLES: tuple[str, ...] = ("429", "429_date", "503", "delay")
 
 # Published tiers (dome-api.md): (queries per 1 s, queries per 10 s); None = no limit.
 TIERS: dict[str, tuple[int | None, int | None]] = {
@@ -81,6 +123,8 @@ class FaultRule:
             raise ValueError(f"fault {self.kind}: times must be >= 0, got {self.times}")
         if self.endpoint not in ENDPOINTS:
             raise ValueError(f"fault {self.kind}: endpoint must be one of {', '.join(ENDPOINTS)}")
+        if self.kind in LISTING_ONLY_KINDS and self.endpoint not in LISTINGS:
+            raise ValueError(f"fault {self.kind}: endpoint {self.endpoint} is not a listing")
         if self.page is not None and self.page < 0:
             raise ValueError(f"fault {self.kind}: page must be >= 0, got {self.page}")
         if self.delay_s < 0:
@@ -215,6 +259,12 @@ class SimConfig:
     # Share of markets that start open, each by a seeded coin; None = closed iff end_time < NOW
     # (2-7% open). See data.py's docstring; settle_markets closes them later.
     open_fraction: float | None = None
+    # Polymarket (Data API v2 + Gamma, same port, same world). Bucket limits per pm_window_s
+    # seconds, per client IP: PM_BUCKETS with these overrides (None = unlimited).
+    pm_limits: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    pm_throttle: str = "429"  # one of PM_THROTTLES
+    pm_window_s: float = 10.0  # the buckets' sliding window (tests shrink it)
+    lag_seconds: int = 30  # /v2/status lag: fills newer than now - lag are not served yet
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
@@ -238,6 +288,19 @@ class SimConfig:
         if self.latency_ms < 0 or self.latency_sigma < 0:
             raise ValueError("latency_ms and latency_sigma must be >= 0")
         self.faults = coerce_rules(self.faults)
+        unknown = sorted(set(self.pm_limits) - set(PM_BUCKETS))
+        if unknown:
+            raise ValueError(f"pm_limits: unknown bucket(s) {', '.join(unknown)}")
+        for name, value in self.pm_limits.items():
+            if value is not None and (isinstance(value, bool) or int(value) < 1):
+                raise ValueError(f"pm_limits[{name}] must be >= 1 or None")
+        self.pm_limits = {k: None if v is None else int(v) for k, v in self.pm_limits.items()}
+        if self.pm_throttle not in PM_THROTTLES:
+            raise ValueError(f"pm_throttle must be one of {', '.join(PM_THROTTLES)}")
+        if self.pm_window_s <= 0:
+            raise ValueError("pm_window_s must be > 0")
+        if self.lag_seconds < 0:
+            raise ValueError("lag_seconds must be >= 0")
 
     def rate_limits(self) -> tuple[int | None, int | None]:
         """The (1 s, 10 s) limits in force: the tier's, each replaced by its custom value if set."""
@@ -247,6 +310,10 @@ class SimConfig:
         if self.per_10s is not None:
             per_10s = self.per_10s
         return per_second, per_10s
+
+    def bucket_limits(self) -> dict[str, int | None]:
+        """Polymarket's bucket limits in force: PM_BUCKETS with pm_limits' overrides."""
+        return {**PM_BUCKETS, **self.pm_limits}
 
     def market_pool_size(self) -> int:
         return self.markets if self.markets is not None else max(20, self.wallets // 2)

@@ -32,6 +32,20 @@ The world can move forward while a server runs (``add_trades``, ``settle_markets
   Settling closes a market: winning_side (one of its sides, by digest), completed_time and
   close_time set where missing. Events are "open" while any of their markets is open, "closed"
   once all are.
+
+Traps for a Polymarket client (polymarket_view.py serves the same fills as Data API rows):
+
+* Old history: ~12% of wallets (wallet digest byte) have 3.3-3.9 years of history instead of
+  1 week .. 2 years, so part of it is older than three years before the clock: `/v2/trades`
+  serves it only with ``start=1``.
+* Twins: of the fill pairs that share a transaction (~5% of even k), about half are exact twins:
+  fill 2p+1 copies 2p's amounts, counterparty and roles too (only order_hash and log_index differ),
+  so its Polymarket row is identical to 2p's. Both are real fills.
+* Dust: ~2% of fills (fill digest byte 44) have 1..9,999 raw shares (< 0.01 shares): Dome serves
+  them, Polymarket never does.
+* The showcase wallet, the first (lowest index) with >= SHOWCASE_MIN generated fills, is always
+  old, its fills 0 and 1 are twins and its fill 2 (and fill 3 when it shares fill 2's transaction) is dust, so even a small
+  world (10 wallets) contains every trap whatever the seed.
 """
 
 from __future__ import annotations
@@ -48,12 +62,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.simulator.config import SimConfig
+from simulator.config import SimConfig
 
 NOW = 1_763_856_000  # 2025-11-23T00:00:00Z: the simulated "present"
 BLOCK_AT_NOW = 79_000_000  # Polygon block at NOW; one block every 2 s
 DAY = 86_400
 PAIR_THRESHOLD = 13  # digest byte below this (~5%): fills 2p and 2p+1 share one transaction
+TWIN_THRESHOLD = 7  # of those, below this (~2.7%): 2p+1 is 2p's exact twin (amounts too)
+DUST_THRESHOLD = 5  # digest byte below this (~2%): the fill is dust, under 0.01 shares
+OLD_THRESHOLD = 31  # wallet digest byte below this (~12%): its history starts 3.3-3.9 years back
+SHOWCASE_MIN = 8  # the first wallet with at least this many fills shows every trap (see above)
+YEAR = 365 * DAY
 ZIPF_EXPONENT = 1.1
 NEW_MARKET_BYTE = 64  # digest byte below this (~25%): an added fill goes to an untraded market
 SETTLE_STEP = 60  # seconds the clock moves on each settle_markets call
@@ -115,6 +134,7 @@ class Wallet:
     count: int  # generated ("original") fills; Simulator.trade_count adds the added ones
     base: int  # timestamp of fill 0 before jitter
     gap: int  # seconds between consecutive fills, before jitter (>= 2)
+    old: bool = False  # history reaches further back than three years (a trap, see above)
 
 
 @dataclass(frozen=True)
@@ -134,7 +154,9 @@ class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self._seed = config.seed
-        self._wallets = [self._make_wallet(i) for i in range(config.wallets)]
+        counts = [self._wallet_count(i) for i in range(config.wallets)]
+        self.showcase = next((i for i, c in enumerate(counts) if c >= SHOWCASE_MIN), -1)
+        self._wallets = [self._make_wallet(i, counts[i]) for i in range(config.wallets)]
         self._by_address = {w.address: w for w in self._wallets}
         self._build_markets(config.market_pool_size())
         # One lock for every change (admin calls) and the lazy truth caches. Readers of pages take
@@ -147,15 +169,24 @@ class Simulator:
         self._added: dict[int, tuple[array[int], array[int]]] = {}
 
     # ---- wallets -------------------------------------------------------------------------
-    def _make_wallet(self, index: int) -> Wallet:
-        d = _digest(b"w|%d|%d" % (self._seed, index))
+    def _wallet_count(self, index: int) -> int:
         count = self.config.trade_counts.get(index)
         if count is None:
+            d = _digest(b"w|%d|%d" % (self._seed, index))
             count = _heavy_tail(_u(d[20:28]), _u(d[28:36]), self.config.max_trades)
+        return count
+
+    def _make_wallet(self, index: int, count: int) -> Wallet:
+        d = _digest(b"w|%d|%d" % (self._seed, index))
         base = NOW - int.from_bytes(d[36:40], "big") % (30 * DAY)
-        span = int(7 * DAY * (730 / 7) ** _u(d[40:44]))  # 1 week .. 2 years of history
-        gap = max(2, span // max(count, 1))
-        return Wallet(index, "0x" + d[:20].hex(), count, base, gap)
+        old = d[46] < OLD_THRESHOLD or index == self.showcase
+        if old:  # 3.3 .. 3.9 years, spread so that fill count-2 is already that old
+            span = int(3.3 * YEAR + 0.6 * YEAR * _u(d[40:44]))
+            gap = max(2, span // max(count - 2 if count >= SHOWCASE_MIN else count, 1))
+        else:
+            span = int(7 * DAY * (730 / 7) ** _u(d[40:44]))  # 1 week .. 2 years of history
+            gap = max(2, span // max(count, 1))
+        return Wallet(index, "0x" + d[:20].hex(), count, base, gap, old)
 
     def wallet_addresses(self) -> list[str]:
         """All wallet addresses, in index order."""
@@ -517,10 +548,14 @@ class Simulator:
         return hashlib.blake2b(b"x|%d|%d|%d" % (self._seed, w, k), digest_size=64).digest()
 
     def _leader(self, w: Wallet, k: int) -> tuple[int, bytes, bytes]:
-        """(leader index, leader digest, own digest): k shares k-1's tx when k-1 says so."""
+        """(leader index, leader digest, amounts digest): k shares k-1's tx when k-1 says so;
+        a twin takes its amounts from the leader's digest too (the third item is then ld)."""
         d = self._od(w.index, k)
         if k & 1:
             prev = self._od(w.index, k - 1)
+            forced = k == 1 and w.index == self.showcase
+            if prev[21] < TWIN_THRESHOLD or forced:
+                return k - 1, prev, prev
             if prev[21] < PAIR_THRESHOLD:
                 return k - 1, prev, d
         return k, d, d
@@ -540,12 +575,24 @@ class Simulator:
         return hashlib.blake2b(b"y|%d|%d|%d" % (self._seed, w, a), digest_size=64).digest()
 
     def _fill(
-        self, w: Wallet, j: int, ld: bytes, d: bytes, ts: int, tx: bytes, own: bytes, log: int
+        self,
+        w: Wallet,
+        j: int,
+        ld: bytes,
+        d: bytes,
+        ts: int,
+        tx: bytes,
+        own: bytes,
+        log: int,
+        dust: bool = False,
     ) -> dict[str, Any]:
         """The API dict of a fill on market j: roles and outcome from ld, amounts from d."""
         market = self._market_info[j]
         outcome = (ld[8] >> 1) & 1
-        shares = max(1, round(math.exp(_u(d[13:17]) * math.log(20_000)) * 100)) * 10_000
+        if dust or d[44] < DUST_THRESHOLD:  # under 0.01 shares: Polymarket never serves it
+            shares = 1 + int.from_bytes(d[45:47], "big") % 9_999
+        else:
+            shares = max(1, round(math.exp(_u(d[13:17]) * math.log(20_000)) * 100)) * 10_000
         counterparty = "0x" + d[24:44].hex()
         if ld[9] < 154:  # ~60%: the wallet is the maker
             user, taker = w.address, (None if d[10] < 13 else counterparty)
@@ -582,7 +629,8 @@ class Simulator:
         own = self._oe(w.index, k)
         tx = own if lead == k else self._oe(w.index, lead)
         log = int.from_bytes(ld[22:24], "big") % 400 + (k - lead)
-        return self._fill(w, j, ld, d, ts, tx, own, log)
+        dust = lead == 2 and w.index == self.showcase
+        return self._fill(w, j, ld, d, ts, tx, own, log, dust)
 
     def added_order(self, w: Wallet, a: int) -> dict[str, Any]:
         """Added fill a (0 = the oldest added) of wallet w: its own transaction, never shared."""

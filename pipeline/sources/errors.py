@@ -1,17 +1,17 @@
-"""The Dome client's exceptions: each names the input it failed on and never carries the API key."""
+"""The sources' exceptions: each names the input it failed on and never carries an API key."""
 
 from __future__ import annotations
 
 
-class DomeError(Exception):
-    """Any failure talking to the Dome API; `str()` is safe to log and to store in a table."""
+class SourceError(Exception):
+    """Any failure talking to a source API; `str()` is safe to log and to store in a table."""
 
 
-class ConfigError(DomeError):
+class ConfigError(SourceError):
     """A setting the API rejects (e.g. a page `limit` it does not accept): fix the option, not the data."""
 
 
-class TransientError(DomeError):
+class TransientError(SourceError):
     """Worth another attempt: 429, 5xx, a dropped connection, a timeout, an unreadable body."""
 
     def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False):
@@ -20,7 +20,7 @@ class TransientError(DomeError):
         self.throttled = throttled
 
 
-class HTTPStatusError(DomeError):
+class HTTPStatusError(SourceError):
     """A 4xx other than 429: the request itself is wrong for this input, so retrying cannot help."""
 
     def __init__(self, message: str, status: int):
@@ -28,9 +28,9 @@ class HTTPStatusError(DomeError):
         self.status = status
 
 
-class PageError(DomeError):
+class PageError(SourceError):
     """A page that parsed as JSON but breaks the documented shape (missing field, wrong type)."""
 
 
-class PaginationError(DomeError):
-    """The server's paging would loop or never end: a repeated key, an empty page with has_more."""
+class PaginationError(SourceError):
+    """The server's paging would loop or never end: a repeated cursor, has_more without a cursor."""

@@ -1,0 +1,119 @@
+"""Validates Dome API pages against the fields of dome-api.md: pure functions, no I/O.
+
+Fields the documentation does not list are dropped and counted (see pipeline.sources.fields).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.sources.errors import PageError
+from pipeline.sources.fields import (
+    FieldSpec,
+    big_integer_text,
+    integer,
+    json_object,
+    number,
+    parse_item,
+    side,
+    string,
+    string_list,
+    text_or_json,
+    token_side,
+)
+from pipeline.sources.http import Page
+
+ORDER_FIELDS: dict[str, FieldSpec] = {
+    "token_id": FieldSpec(big_integer_text, True),
+    "token_label": FieldSpec(string),
+    "side": FieldSpec(side, True),
+    "market_slug": FieldSpec(string, True),
+    "condition_id": FieldSpec(string, True),
+    "shares": FieldSpec(integer, True),
+    "shares_normalized": FieldSpec(number, True),
+    "price": FieldSpec(number, True),
+    "tx_hash": FieldSpec(string, True),
+    "title": FieldSpec(string, True),
+    "timestamp": FieldSpec(integer, True),
+    "order_hash": FieldSpec(string, True),
+    "user": FieldSpec(string, True),
+    "taker": FieldSpec(string),
+    "block_number": FieldSpec(integer),
+    "log_index": FieldSpec(integer),
+}
+
+MARKET_FIELDS: dict[str, FieldSpec] = {
+    "condition_id": FieldSpec(string, True),
+    "market_slug": FieldSpec(string, True),
+    "title": FieldSpec(string),
+    "start_time": FieldSpec(integer),
+    "end_time": FieldSpec(integer),
+    "completed_time": FieldSpec(integer),
+    "close_time": FieldSpec(integer),
+    "game_start_time": FieldSpec(string),
+    "tags": FieldSpec(string_list),
+    "volume_1_week": FieldSpec(number),
+    "volume_1_month": FieldSpec(number),
+    "volume_1_year": FieldSpec(number),
+    "volume_total": FieldSpec(number),
+    "resolution_source": FieldSpec(string),
+    "image": FieldSpec(string),
+    "description": FieldSpec(string),
+    "negative_risk_id": FieldSpec(string),
+    "side_a": FieldSpec(token_side),
+    "side_b": FieldSpec(token_side),
+    "winning_side": FieldSpec(token_side),
+    "status": FieldSpec(string, True),
+    "extra_fields": FieldSpec(json_object),
+    "event_slug": FieldSpec(string),
+}
+
+EVENT_FIELDS: dict[str, FieldSpec] = {
+    "event_slug": FieldSpec(string, True),
+    "title": FieldSpec(string),
+    "subtitle": FieldSpec(string),
+    "status": FieldSpec(string),
+    "start_time": FieldSpec(integer),
+    "end_time": FieldSpec(integer),
+    "volume_fiat_amount": FieldSpec(number),
+    "settlement_sources": FieldSpec(text_or_json),
+    "rules_url": FieldSpec(string),
+    "image": FieldSpec(string),
+    "tags": FieldSpec(string_list),
+    "market_count": FieldSpec(integer),
+    # Only sent with include_markets=true, which the client never asks for; markets come on their own.
+    "markets": FieldSpec(lambda value: None),
+}
+
+
+def parse_page(body: Any, items_key: str, fields: Mapping[str, FieldSpec], where: str) -> Page:
+    """A list endpoint's answer: `{items_key: [...], "pagination": {...}}`, validated."""
+    if not isinstance(body, dict):
+        raise PageError(f"{where}: expected a JSON object, got {type(body).__name__}")
+    raw_items = body.get(items_key)
+    if not isinstance(raw_items, list):
+        raise PageError(f"{where}: {items_key!r} is missing or not a list")
+    pagination = body.get("pagination")
+    if not isinstance(pagination, dict):
+        raise PageError(f"{where}: 'pagination' is missing or not an object")
+    has_more = pagination.get("has_more")
+    if not isinstance(has_more, bool):
+        raise PageError(f"{where}: pagination.has_more is missing or not a boolean")
+    next_key = pagination.get("pagination_key")
+    if next_key is not None and not isinstance(next_key, str):
+        raise PageError(f"{where}: pagination.pagination_key is not a string")
+    total = pagination.get("total")
+    unknown: Counter[str] = Counter()
+    items = [
+        parse_item(raw, fields, f"{where}, item {index}", unknown)
+        for index, raw in enumerate(raw_items)
+    ]
+    return Page(
+        items=items,
+        has_more=has_more,
+        next_cursor=next_key or None,
+        total=total if isinstance(total, int) and not isinstance(total, bool) else None,
+        unknown_fields=unknown,
+    )

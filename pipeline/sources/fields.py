@@ -1,0 +1,126 @@
+"""Field checks for API items: pure functions that name the field, the item and the page.
+
+A missing required field or a wrong type raises PageError naming the field, the item and where the
+page came from (`where`, e.g. "wallet 0xab.. trades page 3"), so a bad page ends one wallet with a
+message a person can act on. Fields the documentation does not list are counted, so a new API field
+neither breaks the run nor goes unnoticed; each source decides whether to keep them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.sources.errors import PageError
+
+Check = Callable[[Any], Any]
+
+
+class Bad(Exception):
+    """Raised by a check with what it expected; turned into a PageError with the context."""
+
+
+def string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise Bad("a string")
+
+
+def integer(value: Any) -> int:
+    # JSON writers may send 12.0 for 12; a bool is not a number here even though Python says so.
+    if isinstance(value, bool):
+        raise Bad("an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise Bad("an integer")
+
+
+def number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Bad("a number")
+    if not math.isfinite(value):
+        raise Bad("a finite number")
+    return float(value)
+
+
+def big_integer_text(value: Any) -> str:
+    # token_id is a ~77-digit integer: FLOAT64 and INT64 would both mangle it, so it stays text.
+    if isinstance(value, bool):
+        raise Bad("an integer or a string of digits")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.isdigit():
+        return value
+    raise Bad("an integer or a string of digits")
+
+
+def side(value: Any) -> str:
+    if isinstance(value, str) and value.upper() in ("BUY", "SELL"):
+        return value.upper()
+    raise Bad('"BUY" or "SELL"')
+
+
+def string_list(value: Any) -> list[str]:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    raise Bad("a list of strings")
+
+
+def json_object(value: Any) -> str:
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    raise Bad("an object")
+
+
+def text_or_json(value: Any) -> str:
+    # settlement_sources' type is undocumented: keep a string as is, anything else as JSON text.
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def token_side(value: Any) -> dict[str, str | None]:
+    if not isinstance(value, dict) or "id" not in value:
+        raise Bad('an object with "id" and "label"')
+    label = value.get("label")
+    if label is not None and not isinstance(label, str):
+        raise Bad('an object whose "label" is a string')
+    return {"id": big_integer_text(value["id"]), "label": label}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    check: Check
+    required: bool = False  # present and not null; optional fields may be missing or null
+
+
+def parse_item(
+    raw: Any, fields: Mapping[str, FieldSpec], where: str, unknown: Counter[str]
+) -> dict[str, Any]:
+    """One order/market/event: every documented field checked, absent optional ones set to None."""
+    if not isinstance(raw, dict):
+        raise PageError(f"{where}: expected an object, got {type(raw).__name__}")
+    item: dict[str, Any] = {}
+    for name, spec in fields.items():
+        value = raw.get(name)
+        if value is None:
+            if spec.required:
+                state = "missing" if name not in raw else "null"
+                raise PageError(f"{where}: required field {name!r} is {state}")
+            item[name] = None
+            continue
+        try:
+            item[name] = spec.check(value)
+        except Bad as bad:
+            shown = repr(value)[:60]
+            raise PageError(
+                f"{where}: field {name!r} should be {bad}, got {type(value).__name__} {shown}"
+            ) from None
+    for name in raw:
+        if name not in fields:
+            unknown[name] += 1
+    return item

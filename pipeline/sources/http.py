@@ -1,0 +1,313 @@
+"""What every source shares on the wire: a pooled session, the limiter, retries, paging guards.
+
+Roles are kept apart so that each can be tested and changed alone: the limiter (limiter.py) decides
+when a request may go, `HttpClient._attempt` makes one request and classifies its failure, tenacity
+repeats what is transient, `follow_cursor` walks a cursor refusing any loop the server could cause,
+and each source's parser validates what comes back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from pipeline.sources.errors import (
+    ConfigError,
+    HTTPStatusError,
+    PaginationError,
+    SourceError,
+    TransientError,
+)
+from pipeline.sources.limiter import RateLimiter
+
+log = logging.getLogger(__name__)
+
+Params = list[tuple[str, Any]]
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """How to talk to an API, whichever it is; travels in pipeline options (no secrets here)."""
+
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_attempts: int = 5
+    pool_size: int = 16
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    retry_after_max_s: float = 120.0
+    # An answer slower than this many times the endpoint's usual latency (and over `slow_min_s`)
+    # is read as the server queueing us: the limiter eases off a little.
+    slow_ratio: float = 4.0
+    slow_min_s: float = 2.0
+
+
+class Telemetry:
+    """Hooks the caller implements to count what happens (Beam Metrics in the pipeline); no-ops here."""
+
+    def request(self, endpoint: str) -> None:
+        pass
+
+    def retry(self, endpoint: str, reason: str) -> None:
+        pass
+
+    def throttled(self, endpoint: str, status: int) -> None:
+        pass
+
+    def slowed(self, endpoint: str) -> None:
+        pass
+
+    def unknown_fields(self, kind: str, counts: Counter[str]) -> None:
+        pass
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if seconds == seconds else None  # NaN: as if absent
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110 dates are GMT
+        moment = moment.replace(tzinfo=dt.UTC)
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass
+class _Latency:
+    """A running typical latency per endpoint (exponentially weighted), to spot a slow-down."""
+
+    typical: dict[str, float] = field(default_factory=dict)
+    seen: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def is_slow(self, endpoint: str, seconds: float, settings: HttpSettings) -> bool:
+        with self.lock:
+            typical = self.typical.get(endpoint)
+            self.seen[endpoint] += 1
+            slow = (
+                typical is not None
+                and self.seen[endpoint] > 10
+                and seconds > max(settings.slow_min_s, settings.slow_ratio * typical)
+            )
+            self.typical[endpoint] = seconds if typical is None else 0.9 * typical + 0.1 * seconds
+            return slow
+
+
+class HttpClient:
+    """One per worker process, shared by its threads (the session and the limiter are thread-safe).
+
+    `secret` is the API key when the source has one: it is scrubbed from every message, and the
+    client refuses to be pickled so that it can never travel inside a pipeline's graph.
+    """
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        limiter: RateLimiter,
+        telemetry: Telemetry | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        secret: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limiter = limiter
+        self.telemetry = telemetry or Telemetry()
+        self._secret = secret
+        self._latency = _Latency()
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers["Accept"] = "application/json"
+        self._session.headers.update(headers or {})
+
+    def __repr__(self) -> str:
+        return "HttpClient()"
+
+    def __getstate__(self) -> None:
+        raise TypeError("an API client is never pickled: build it in DoFn.setup()")
+
+    def close(self) -> None:
+        self._session.close()
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _brief(self, response: requests.Response) -> str:
+        text = " ".join(response.text[:200].split())
+        trace = response.headers.get("x-trace-id")
+        return self.scrub(f"{text} (trace {trace})" if trace else text)
+
+    def _attempt(
+        self,
+        url: str,
+        params: Params,
+        endpoint: str,
+        buckets: Sequence[str],
+        where: str,
+        parse_float: Callable[[str], Any] | None,
+    ) -> Any:
+        self.limiter.acquire(buckets)
+        self.telemetry.request(endpoint)
+        timeout = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
+        started = time.monotonic()
+        try:
+            response = self._session.get(url, params=params, timeout=timeout)
+        except requests.Timeout:
+            raise TransientError(f"{where}: no answer within {timeout[1]:g} s") from None
+        except requests.RequestException as exc:
+            # Covers resets, refused connections and bodies cut short; the text has no headers.
+            raise TransientError(f"{where}: {type(exc).__name__}") from None
+        if self._latency.is_slow(endpoint, time.monotonic() - started, self.settings):
+            self.limiter.slowed(buckets)
+            self.telemetry.slowed(endpoint)
+        status = response.status_code
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if retry_after is not None:
+            retry_after = min(retry_after, self.settings.retry_after_max_s)
+        if status == 429 or (status == 503 and retry_after is not None):
+            # Every thread drawing on these buckets holds off now, not only the refused one.
+            self.limiter.throttled(buckets, retry_after if retry_after is not None else 1.0)
+            self.telemetry.throttled(endpoint, status)
+            raise TransientError(f"{where}: HTTP {status}", retry_after=retry_after, throttled=True)
+        if status >= 500:
+            raise TransientError(f"{where}: HTTP {status} {self._brief(response)}")
+        if status == 400 and "limit" in response.text.lower():
+            raise ConfigError(
+                f"{where}: the API refused the page size (HTTP 400 {self._brief(response)}); "
+                "lower --page_limit"
+            )
+        if status >= 400:
+            raise HTTPStatusError(f"{where}: HTTP {status} {self._brief(response)}", status)
+        try:
+            body = response.json(parse_float=parse_float) if parse_float else response.json()
+        except ValueError:
+            raise TransientError(
+                f"{where}: the body is not valid JSON ({len(response.content)} bytes)"
+            ) from None
+        self.limiter.succeeded(buckets)
+        return body
+
+    def _backoff(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TransientError) and error.retry_after is not None:
+            return error.retry_after + random.uniform(0, 0.25)
+        ceiling = self.settings.backoff_initial_s * 2 ** (state.attempt_number - 1)
+        return random.uniform(0, min(self.settings.backoff_max_s, ceiling))  # full jitter
+
+    def get_json(
+        self,
+        url: str,
+        params: Params,
+        *,
+        endpoint: str,
+        buckets: Sequence[str],
+        where: str,
+        parse_float: Callable[[str], Any] | None = None,
+    ) -> Any:
+        """One GET, retried while transient; raises SourceError naming `where` when it gives up."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            self.telemetry.retry(endpoint, type(error).__name__)
+            log.info("retrying in %.2f s (attempt %d): %s", wait, state.attempt_number, error)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=self._backoff,
+            retry=retry_if_exception_type(TransientError),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, url, params, endpoint, buckets, where, parse_float)
+        except TransientError as exc:
+            attempts = self.settings.max_attempts
+            raise SourceError(f"gave up after {attempts} attempts: {exc}") from None
+
+
+@dataclass
+class Page:
+    """One validated page: its items, whether and where the next one starts, fields we did not know.
+
+    `has_more` is None for APIs that say it only through the cursor (Gamma's keyset pages).
+    """
+
+    items: list[dict[str, Any]]
+    has_more: bool | None
+    next_cursor: str | None
+    total: int | None = None
+    unknown_fields: Counter[str] = field(default_factory=Counter)
+
+
+def follow_cursor(
+    get_page: Callable[[str | None, str], Page],
+    *,
+    max_pages: int,
+    where: str,
+    empty_pages_end: bool,
+    strict: bool,
+) -> Iterator[Page]:
+    """Walks a cursor until the server says the end, refusing any loop it could cause.
+
+    `get_page(cursor, page_where)` fetches one page. `empty_pages_end`: an empty page that says
+    has_more is an error (Dome) rather than a page to step over (Polymarket, whose docs say never
+    to stop on a short or empty page). `strict`: has_more and the cursor must agree.
+    """
+    seen: set[str] = set()
+    cursor: str | None = None
+    for page_no in range(max_pages):
+        page_where = f"{where} page {page_no}"
+        page = get_page(cursor, page_where)
+        yield page
+        more = page.has_more if page.has_more is not None else page.next_cursor is not None
+        if strict and page.has_more is not None and page.has_more != (page.next_cursor is not None):
+            raise PaginationError(
+                f"{page_where}: has_more={page.has_more} but next_cursor is "
+                f"{'set' if page.next_cursor else 'null'}: the API disagrees with itself"
+            )
+        if not more:
+            return
+        if not page.items and empty_pages_end:
+            raise PaginationError(f"{page_where}: empty page that says has_more")
+        if page.next_cursor is None:
+            raise PaginationError(f"{page_where}: has_more without a cursor")
+        if page.next_cursor in seen or page.next_cursor == cursor:
+            raise PaginationError(f"{page_where}: cursor repeated, the server would loop")
+        seen.add(page.next_cursor)
+        cursor = page.next_cursor
+    raise PaginationError(f"{where}: more than {max_pages} pages (--max_pages)")
+
+
+__all__ = [
+    "HttpClient",
+    "HttpSettings",
+    "Page",
+    "Params",
+    "SourceError",
+    "Telemetry",
+    "follow_cursor",
+    "parse_retry_after",
+]

@@ -1,0 +1,1 @@
+"""Polymarket's public Data API v2 and Gamma: the default source (no key)."""

@@ -1,0 +1,329 @@
+"""Polymarket's public APIs as a Source: Data API v2 trades and resolutions, Gamma markets and events.
+
+What a complete backfill must send, each a trap when forgotten (polymarket-api.md, tests for each):
+`start=1` (else three years only), `taker_only=false` (else no maker fills), a fixed `end` set once
+per run behind `/v2/status`'s lag, the same filters on every page, `next_cursor` until null, never
+stopping on a short or empty page; Gamma's `closed=true` and `closed=false` (its default drops
+resolved markets), `after_cursor` (a parameter named `cursor` is ignored: page 1 forever).
+
+Rate limits are per IP and per endpoint, in 10 s windows; a request draws from every bucket that
+covers it (`ROUTES`). No key: none is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote
+
+from pipeline.schema import format_timestamp
+from pipeline.sources import Lookup, MarketRef, Source, SourceSpec
+from pipeline.sources.errors import HTTPStatusError, PageError
+from pipeline.sources.fields import Bad
+from pipeline.sources.http import HttpClient, Page, Params, Telemetry, follow_cursor
+from pipeline.sources.limiter import RateLimiter, Window
+from pipeline.sources.polymarket import ids, parse, rows
+
+log = logging.getLogger(__name__)
+
+DATA_API_URL = "https://data-api.polymarket.com"
+GAMMA_API_URL = "https://gamma-api.polymarket.com"
+
+# Requests per 10 s per IP (api-reference/rate-limits). /v2 and keyset routes are not listed:
+# /v2/trades is budgeted as /trades, keyset and slug lookups as /markets and /events.
+LIMITS_PER_10S: dict[str, int] = {
+    "all": 15_000,
+    "data": 1_000,
+    "trades": 200,
+    "gamma": 4_000,
+    "markets": 300,
+    "events": 500,
+    "listing": 900,
+}
+# Endpoint -> the buckets it draws from, narrowest first.
+ROUTES: dict[str, tuple[str, ...]] = {
+    "trades": ("trades", "data", "all"),
+    "status": ("data", "all"),
+    "resolutions": ("data", "all"),
+    "markets_keyset": ("markets", "listing", "gamma", "all"),
+    "markets_slug": ("markets", "gamma", "all"),
+    "events_keyset": ("events", "listing", "gamma", "all"),
+    "events_slug": ("events", "gamma", "all"),
+}
+MARKETS_PER_REQUEST = 50  # condition_ids per keyset call: the cap is undocumented, URLs stay short
+EVENTS_PER_REQUEST = 50
+KEYSET_LIMIT = 100  # Gamma's documented maximum page size for markets (two clients quote it)
+RESOLUTIONS_PER_REQUEST = 20
+END_MARGIN_S = 120  # the run's `end` trails the feed's own lag by this much more
+
+
+def windows(overrides: dict[str, float] | None = None) -> tuple[Window, ...]:
+    """The job's windows: the published limits, or lower ones from --bucket_limits."""
+    limits = {**LIMITS_PER_10S, **(overrides or {})}
+    return tuple(Window(bucket, limit, 10.0, margin_s=0.25) for bucket, limit in limits.items())
+
+
+def run_end(lag_seconds: int, now: float | None = None) -> int:
+    """The fixed `end` of every walk of a run: behind the feed's lag, with a margin."""
+    return int(now if now is not None else time.time()) - max(0, lag_seconds) - END_MARGIN_S
+
+
+class PolymarketClient:
+    """The endpoints, each validated; no row mapping here."""
+
+    def __init__(self, spec: SourceSpec, http: HttpClient) -> None:
+        self._data = spec.data_api_url.rstrip("/")
+        self._gamma = spec.gamma_api_url.rstrip("/")
+        self._http = http
+        self.page_limit = spec.page_limit
+        self.max_pages = spec.max_pages
+
+    def _get(self, url: str, params: Params, endpoint: str, where: str) -> Any:
+        return self._http.get_json(
+            url,
+            params,
+            endpoint=endpoint,
+            buckets=ROUTES[endpoint],
+            where=where,
+            parse_float=Decimal,
+        )
+
+    def _unknown(self, kind: str, unknown: Any) -> None:
+        if unknown:
+            self._http.telemetry.unknown_fields(kind, unknown)
+
+    def lag_seconds(self) -> int:
+        body = self._get(f"{self._data}/v2/status", [], "status", "/v2/status")
+        try:
+            lag = body["data"]["serving"]["lag_seconds"]
+            return max(0, int(lag))
+        except (KeyError, TypeError, ValueError, ArithmeticError):
+            raise PageError(
+                "/v2/status: data.serving.lag_seconds is missing or not a number"
+            ) from None
+
+    def trade_pages(
+        self, wallet: str, start: int, end: int
+    ) -> Iterator[tuple[Page, list[dict[str, Any]]]]:
+        """The wallet's rows in [start, end], page by page, with the raw rows (for `extra`)."""
+        params: Params = [
+            ("user", wallet),
+            ("start", start),
+            ("end", end),
+            ("taker_only", "false"),
+            ("filter_type", "TOKENS"),
+            ("filter_amount", "0.01"),
+            ("limit", self.page_limit),
+        ]
+        raws: dict[int, list[dict[str, Any]]] = {}
+
+        def get_page(cursor: str | None, where: str) -> Page:
+            page_params = [*params, ("cursor", cursor)] if cursor else params
+            body = self._get(f"{self._data}/v2/trades", page_params, "trades", where)
+            page, raw = parse.trades_page(body, where)
+            self._unknown("trades", page.unknown_fields)
+            raws[id(page)] = raw
+            return page
+
+        for page in follow_cursor(
+            get_page,
+            max_pages=self.max_pages,
+            where=f"wallet {wallet} trades",
+            empty_pages_end=False,
+            strict=True,
+        ):
+            yield page, raws.pop(id(page))
+
+    def _keyset(
+        self, path: str, endpoint: str, params: Params, items_key: str, fields: Any, where: str
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        found: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        known_extra = parse.MARKET_EXTRA_FIELDS if items_key == "markets" else frozenset({"active"})
+
+        def get_page(cursor: str | None, page_where: str) -> Page:
+            page_params = [*params, ("after_cursor", cursor)] if cursor else params
+            body = self._get(f"{self._gamma}{path}", page_params, endpoint, page_where)
+            raw_items, next_cursor = parse.keyset_page(body, items_key, page_where)
+            pairs, unknown = parse.parse_items(raw_items, fields, page_where, known_extra)
+            self._unknown(items_key, unknown)
+            found.extend(pairs)
+            # Gamma sends next_cursor only on a full page, so a full last page is followed by
+            # an empty one: an empty page ends the walk here.
+            return Page([item for item, _ in pairs], None, next_cursor if pairs else None)
+
+        for _ in follow_cursor(
+            get_page, max_pages=self.max_pages, where=where, empty_pages_end=False, strict=False
+        ):
+            pass
+        return found
+
+    def markets(
+        self, condition_ids: Sequence[str], closed: bool
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        params: Params = [("condition_ids", cid) for cid in condition_ids]
+        params += [("closed", "true" if closed else "false"), ("limit", KEYSET_LIMIT)]
+        where = f"markets of {len(condition_ids)} condition_ids from {condition_ids[0]}"
+        return self._keyset(
+            "/markets/keyset", "markets_keyset", params, "markets", parse.MARKET_FIELDS, where
+        )
+
+    def events(
+        self, slugs: Sequence[str], closed: bool
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        params: Params = [("slug", slug) for slug in slugs]
+        params += [("closed", "true" if closed else "false"), ("limit", KEYSET_LIMIT)]
+        where = f"events of {len(slugs)} slugs from {slugs[0]}"
+        return self._keyset(
+            "/events/keyset", "events_keyset", params, "events", parse.EVENT_FIELDS, where
+        )
+
+    def _one(
+        self, path: str, endpoint: str, fields: Any, where: str
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        try:
+            body = self._get(f"{self._gamma}{path}", [], endpoint, where)
+        except HTTPStatusError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        pairs, unknown = parse.parse_items([body], fields, where, parse.MARKET_EXTRA_FIELDS)
+        self._unknown(endpoint, unknown)
+        return pairs[0]
+
+    def market_by_slug(self, slug: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        where = f"market {slug}"
+        return self._one(
+            f"/markets/slug/{quote(slug, safe='')}", "markets_slug", parse.MARKET_FIELDS, where
+        )
+
+    def event_by_slug(self, slug: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        return self._one(
+            f"/events/slug/{quote(slug, safe='')}",
+            "events_slug",
+            parse.EVENT_FIELDS,
+            f"event {slug}",
+        )
+
+    def resolutions(self, condition_ids: Sequence[str]) -> dict[str, list[int] | None]:
+        """condition_id -> payouts (None: not resolved), for up to 20 ids."""
+        where = f"resolutions of {len(condition_ids)} condition_ids from {condition_ids[0]}"
+        params: Params = [("condition", ",".join(condition_ids))]
+        body = self._get(f"{self._data}/v2/resolutions", params, "resolutions", where)
+        if not isinstance(body, dict):
+            raise PageError(f"{where}: expected a JSON object")
+        pairs, _ = parse.parse_items(
+            body.get("data"), parse.RESOLUTION_FIELDS, where, frozenset({"payouts"})
+        )
+        out: dict[str, list[int] | None] = {}
+        for index, (item, raw) in enumerate(pairs):
+            try:
+                paid = parse.payouts(raw.get("payouts"))
+            except Bad as bad:
+                raise PageError(f"{where}, item {index}: field 'payouts' should be {bad}") from None
+            out[item["condition_id"].lower()] = paid if item["resolved"] is not False else None
+        return out
+
+
+def _has_slug(slug: str | None) -> bool:
+    return bool(slug and slug.strip())
+
+
+class PolymarketSource(Source):
+    name = "polymarket"
+    markets_per_batch = MARKETS_PER_REQUEST
+    events_per_batch = EVENTS_PER_REQUEST
+
+    def __init__(
+        self, spec: SourceSpec, limiter: RateLimiter, telemetry: Telemetry | None = None
+    ) -> None:
+        self._http = HttpClient(spec.http, limiter, telemetry)
+        self.client = PolymarketClient(spec, self._http)
+        self._run_id = spec.run_id
+        self._end = spec.trades_end
+        self._end_lock = threading.Lock()
+
+    def trades_end(self) -> int:
+        """The run's fixed `end` (set at launch; asked of /v2/status once if not)."""
+        with self._end_lock:
+            if self._end is None:
+                self._end = run_end(self.client.lag_seconds())
+            return self._end
+
+    def trade_pages(self, wallet: str, start_time: int | None) -> Iterator[list[dict[str, Any]]]:
+        ordinals = ids.Ordinals()
+        start = 1 if start_time is None else max(1, int(start_time))
+        for page, raws in self.client.trade_pages(wallet, start, self.trades_end()):
+            fetched_at = format_timestamp(time.time())
+            out = []
+            for index, (item, raw) in enumerate(zip(page.items, raws, strict=True)):
+                if item["proxy_wallet"].lower() != wallet:
+                    raise PageError(
+                        f"wallet {wallet} trades: item {index} belongs to {item['proxy_wallet']}"
+                    )
+                key = ids.fill_key(wallet, item)
+                ordinal = ordinals.next(key)
+                trade_id = ids.trade_id(key, ordinal)
+                out.append(
+                    rows.trade_row(wallet, item, raw, trade_id, ordinal, self._run_id, fetched_at)
+                )
+            yield out
+
+    def markets(self, refs: Sequence[MarketRef]) -> Lookup:
+        slugs = {cid.lower(): slug for cid, slug in refs}
+        wanted = sorted(slugs)
+        found: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        for closed in (True, False):  # Gamma's default (closed=false) drops resolved markets
+            missing = [cid for cid in wanted if cid not in found]
+            if not missing:
+                break
+            for item, raw in self.client.markets(missing, closed):
+                cid = item["conditionId"].lower()
+                if cid in slugs:
+                    found[cid] = (item, raw)
+        for cid in wanted:
+            if cid not in found and _has_slug(slugs[cid]):
+                pair = self.client.market_by_slug(slugs[cid])
+                if pair is not None and pair[0]["conditionId"].lower() == cid:
+                    found[cid] = pair
+        closed_ids = sorted(cid for cid, (item, _) in found.items() if item["closed"])
+        payouts: dict[str, list[int] | None] = {}
+        for start in range(0, len(closed_ids), RESOLUTIONS_PER_REQUEST):
+            payouts.update(self.client.resolutions(closed_ids[start : start + 20]))
+        fetched_at = format_timestamp(time.time())
+        lookup = Lookup(missing=[cid for cid in wanted if cid not in found])
+        for cid in sorted(found):
+            item, raw = found[cid]
+            row = rows.market_row(item, raw, payouts.get(cid), self._run_id, fetched_at)
+            lookup.rows.append(row)
+            if row["event_slug"]:
+                lookup.event_slugs.append(row["event_slug"])
+        return lookup
+
+    def events(self, slugs: Sequence[str]) -> Lookup:
+        wanted = sorted(set(slugs))
+        found: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        for closed in (True, False):  # the default of `closed` here is undocumented: ask both
+            missing = [slug for slug in wanted if slug not in found]
+            if not missing:
+                break
+            for item, raw in self.client.events(missing, closed):
+                if item["slug"] in wanted:
+                    found[item["slug"]] = (item, raw)
+        for slug in wanted:
+            if slug not in found and _has_slug(slug):
+                pair = self.client.event_by_slug(slug)
+                if pair is not None and pair[0]["slug"] == slug:
+                    found[slug] = pair
+        fetched_at = format_timestamp(time.time())
+        lookup = Lookup(missing=[slug for slug in wanted if slug not in found])
+        for slug in sorted(found):
+            item, raw = found[slug]
+            lookup.rows.append(rows.event_row(item, raw, self._run_id, fetched_at))
+        return lookup
+
+    def close(self) -> None:
+        self._http.close()

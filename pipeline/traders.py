@@ -1,0 +1,136 @@
+"""`traders add FILE`: append wallet addresses to the `traders` table (one per line, or a CSV column).
+
+FILE holds one address per line, or is a CSV with a header row (`--column`, default
+`wallet_address`): CSV when its name ends in `.csv`, its first line has a comma, or its first line
+is the column's name. `-` reads standard input. Addresses are normalised by the pipeline's own
+rule (lowercase `0x` + 40 hex); the valid ones `traders` does not hold yet are appended (the table
+is created if missing), and one line says how many were new, duplicate and invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from pipeline.warehouse import TableNames, open_warehouse, parse_warehouse_spec
+
+DEFAULT_WAREHOUSE = "duckdb:backfill.duckdb"  # as `run`'s --warehouse
+DEFAULT_COLUMN = "wallet_address"
+INVALID_SHOWN = 5
+
+
+class InputError(ValueError):
+    """The file cannot be read as asked (missing, no such column): exit 2, one line."""
+
+
+@dataclass
+class ParsedAddresses:
+    """The valid, normalised addresses of a file in order (repeats kept) and its invalid values."""
+
+    valid: list[str] = dataclasses.field(default_factory=list)
+    invalid: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (line, raw value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="traders_command", required=True, metavar="ACTION")
+    add = sub.add_parser("add", help="append the addresses of FILE that traders does not hold")
+    add.add_argument("file", metavar="FILE", help="one address per line, a CSV, or - for stdin")
+    add.add_argument(
+        "--column",
+        default=None,
+        help=f"the CSV column holding the addresses (default {DEFAULT_COLUMN})",
+    )
+    add.add_argument(
+        "--warehouse",
+        default=DEFAULT_WAREHOUSE,
+        help="duckdb:PATH (local, the default) or bigquery:PROJECT.DATASET",
+    )
+    add.add_argument("--traders_table", default=TableNames().traders, help="the traders table")
+
+
+def _rows(handle: TextIO, name: str, column: str | None) -> Iterator[tuple[int, str]]:
+    """(line number, raw value) of each non-blank entry."""
+    first = handle.readline()
+    wanted = column or DEFAULT_COLUMN
+    header = first.strip().lstrip("\ufeff")
+    is_csv = name.lower().endswith(".csv") or "," in first or header == wanted
+    if not is_csv:
+        if column is not None:
+            raise InputError(
+                f"--column {column}: {name} is not a CSV (no header with a comma, no .csv name)"
+            )
+        for number, line in enumerate([first, *handle], start=1):
+            if line.strip():
+                yield number, line.strip()
+        return
+    reader = csv.reader(io.StringIO(first.lstrip("\ufeff")))
+    fields = [field.strip() for field in next(reader, [])]
+    if wanted not in fields:
+        shown = ", ".join(fields) or "none"
+        raise InputError(f"--column {wanted}: {name} has no such column (columns: {shown})")
+    index = fields.index(wanted)
+    rows = csv.reader(handle)
+    for row in rows:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        value = row[index] if index < len(row) else ""
+        yield rows.line_num + 1, value  # + 1: the header line was read before this reader
+
+
+def read_addresses(handle: TextIO, name: str, column: str | None = None) -> ParsedAddresses:
+    """Split a file's entries into normalised addresses and invalid values (with line numbers)."""
+    from transforms.read_wallets import normalize_wallet  # the pipeline's one address rule
+
+    parsed = ParsedAddresses()
+    for number, raw in _rows(handle, name, column):
+        wallet, _ = normalize_wallet(raw)
+        if wallet is None:
+            parsed.invalid.append((number, raw))
+        else:
+            parsed.valid.append(wallet)
+    return parsed
+
+
+def summary(parsed: ParsedAddresses, added: int) -> str:
+    duplicate = len(parsed.valid) - added
+    line = (
+        f"traders add: {added} new, {duplicate} duplicate (already in traders or repeated "
+        f"in the file), {len(parsed.invalid)} invalid"
+    )
+    if parsed.invalid:
+        shown = "; ".join(f"line {n}: {raw!r}" for n, raw in parsed.invalid[:INVALID_SHOWN])
+        more = ", ..." if len(parsed.invalid) > INVALID_SHOWN else ""
+        line += f" ({shown}{more})"
+    return line
+
+
+def main(args: argparse.Namespace, argv: list[str]) -> int:
+    try:
+        parse_warehouse_spec(args.warehouse)
+        tables = TableNames(traders=args.traders_table)
+    except ValueError as exc:
+        print(f"traders add: {exc}")
+        return 2
+    try:
+        if args.file == "-":
+            parsed = read_addresses(sys.stdin, "stdin", args.column)
+        else:
+            path = Path(args.file)
+            if not path.is_file():
+                raise InputError(f"no such file: {args.file}")
+            with path.open(encoding="utf-8", newline="") as handle:
+                parsed = read_addresses(handle, path.name, args.column)
+    except (InputError, UnicodeDecodeError, OSError) as exc:
+        print(f"traders add: {exc}")
+        return 2
+    with open_warehouse(args.warehouse, tables) as warehouse:
+        added = warehouse.add_traders(parsed.valid)
+    print(summary(parsed, added))
+    return 0
