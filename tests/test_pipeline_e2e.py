@@ -90,6 +90,10 @@ def test_backfill_lands_truth_once_and_a_second_run_fetches_nothing(world):
         db, "SELECT DISTINCT source FROM trades UNION SELECT DISTINCT source FROM markets"
     )
     assert sources == [(world.source,)]
+    if world.source == "polymarket":  # at the published limits, no bucket went over its own
+        for name, bucket in server.stats()["polymarket"]["buckets"].items():
+            assert bucket["http_429"] == bucket["http_503"] == 0, name
+            assert bucket["limit"] is None or bucket["peak_accepted"] <= bucket["limit"], name
     rejects = list((staging / summary.run_id / "rejects").glob("*.json"))
     assert sum(len(p.read_text().splitlines()) for p in rejects) == len(INVALID_TRADERS)
 

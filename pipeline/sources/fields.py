@@ -124,3 +124,19 @@ def parse_item(
         if name not in fields:
             unknown[name] += 1
     return item
+
+
+def pagination(body: Any, where: str, cursor_key: str) -> tuple[dict[str, Any], bool, str | None]:
+    """A listing's `{..., "pagination": {"has_more", cursor_key}}`: (body, has_more, cursor)."""
+    if not isinstance(body, dict):
+        raise PageError(f"{where}: expected a JSON object, got {type(body).__name__}")
+    block = body.get("pagination")
+    if not isinstance(block, dict):
+        raise PageError(f"{where}: 'pagination' is missing or not an object")
+    has_more = block.get("has_more")
+    if not isinstance(has_more, bool):
+        raise PageError(f"{where}: pagination.has_more is missing or not a boolean")
+    cursor = block.get(cursor_key)  # absent is null (not in Polymarket's required list)
+    if cursor is not None and not isinstance(cursor, str):
+        raise PageError(f"{where}: pagination.{cursor_key} is not a string")
+    return block, has_more, cursor or None

@@ -16,6 +16,7 @@ from pipeline.sources.fields import (
     integer,
     json_object,
     number,
+    pagination,
     parse_item,
     side,
     string,
@@ -90,21 +91,11 @@ EVENT_FIELDS: dict[str, FieldSpec] = {
 
 def parse_page(body: Any, items_key: str, fields: Mapping[str, FieldSpec], where: str) -> Page:
     """A list endpoint's answer: `{items_key: [...], "pagination": {...}}`, validated."""
-    if not isinstance(body, dict):
-        raise PageError(f"{where}: expected a JSON object, got {type(body).__name__}")
+    block, has_more, next_key = pagination(body, where, "pagination_key")
     raw_items = body.get(items_key)
     if not isinstance(raw_items, list):
         raise PageError(f"{where}: {items_key!r} is missing or not a list")
-    pagination = body.get("pagination")
-    if not isinstance(pagination, dict):
-        raise PageError(f"{where}: 'pagination' is missing or not an object")
-    has_more = pagination.get("has_more")
-    if not isinstance(has_more, bool):
-        raise PageError(f"{where}: pagination.has_more is missing or not a boolean")
-    next_key = pagination.get("pagination_key")
-    if next_key is not None and not isinstance(next_key, str):
-        raise PageError(f"{where}: pagination.pagination_key is not a string")
-    total = pagination.get("total")
+    total = block.get("total")
     unknown: Counter[str] = Counter()
     items = [
         parse_item(raw, fields, f"{where}, item {index}", unknown)
@@ -113,7 +104,7 @@ def parse_page(body: Any, items_key: str, fields: Mapping[str, FieldSpec], where
     return Page(
         items=items,
         has_more=has_more,
-        next_cursor=next_key or None,
+        next_cursor=next_key,
         total=total if isinstance(total, int) and not isinstance(total, bool) else None,
         unknown_fields=unknown,
     )

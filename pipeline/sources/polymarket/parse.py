@@ -16,7 +16,15 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pipeline.sources.errors import PageError
-from pipeline.sources.fields import Bad, FieldSpec, integer, parse_item, side, string
+from pipeline.sources.fields import (
+    Bad,
+    FieldSpec,
+    integer,
+    pagination,
+    parse_item,
+    side,
+    string,
+)
 from pipeline.sources.http import Page
 
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the largest TIMESTAMP both warehouses hold
@@ -233,20 +241,10 @@ MARKET_EXTRA_FIELDS = frozenset(
 
 def trades_page(body: Any, where: str) -> tuple[Page, list[dict[str, Any]]]:
     """`{data: [...], pagination: {has_more, next_cursor}}`: the page and the raw rows (for extra)."""
-    if not isinstance(body, dict):
-        raise PageError(f"{where}: expected a JSON object, got {type(body).__name__}")
-    pagination = body.get("pagination")
-    if not isinstance(pagination, dict):
-        raise PageError(f"{where}: 'pagination' is missing or not an object")
-    has_more = pagination.get("has_more")
-    if not isinstance(has_more, bool):
-        raise PageError(f"{where}: pagination.has_more is missing or not a boolean")
-    cursor = pagination.get("next_cursor")  # not in the schema's required list: absent = null
-    if cursor is not None and not isinstance(cursor, str):
-        raise PageError(f"{where}: pagination.next_cursor is not a string")
+    _, has_more, cursor = pagination(body, where, "next_cursor")
     pairs, unknown = parse_items(body.get("data"), TRADE_FIELDS, where, TRADE_EXTRA_FIELDS)
     items = [item for item, _ in pairs]
-    page = Page(items, has_more, cursor or None, unknown_fields=unknown)
+    page = Page(items, has_more, cursor, unknown_fields=unknown)
     return page, [raw for _, raw in pairs]
 
 

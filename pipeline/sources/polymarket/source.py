@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -232,6 +232,34 @@ def _has_slug(slug: str | None) -> bool:
     return bool(slug and slug.strip())
 
 
+Pair = tuple[dict[str, Any], dict[str, Any]]  # (checked item, raw item)
+
+
+def _look_up(
+    wanted: list[str],
+    keyset: Callable[[list[str], bool], list[Pair]],
+    key_of: Callable[[dict[str, Any]], str],
+    one: Callable[[str], Pair | None],
+) -> dict[str, Pair]:
+    """Keys found by Gamma's keyset, closed ones first then open ones (its `closed` default
+    drops resolved ones; for events it is undocumented), then one by one; the rest is missing."""
+    found: dict[str, Pair] = {}
+    asked = set(wanted)
+    for closed in (True, False):
+        missing = [key for key in wanted if key not in found]
+        if not missing:
+            break
+        for item, raw in keyset(missing, closed):
+            if key_of(item) in asked:
+                found[key_of(item)] = (item, raw)
+    for key in wanted:
+        if key not in found:
+            pair = one(key)
+            if pair is not None and key_of(pair[0]) == key:
+                found[key] = pair
+    return found
+
+
 class PolymarketSource(Source):
     name = "polymarket"
     markets_per_batch = MARKETS_PER_REQUEST
@@ -274,21 +302,13 @@ class PolymarketSource(Source):
 
     def markets(self, refs: Sequence[MarketRef]) -> Lookup:
         slugs = {cid.lower(): slug for cid, slug in refs}
+        found = _look_up(
+            sorted(slugs),
+            self.client.markets,
+            lambda item: item["conditionId"].lower(),
+            lambda cid: self.client.market_by_slug(slugs[cid]) if _has_slug(slugs[cid]) else None,
+        )
         wanted = sorted(slugs)
-        found: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        for closed in (True, False):  # Gamma's default (closed=false) drops resolved markets
-            missing = [cid for cid in wanted if cid not in found]
-            if not missing:
-                break
-            for item, raw in self.client.markets(missing, closed):
-                cid = item["conditionId"].lower()
-                if cid in slugs:
-                    found[cid] = (item, raw)
-        for cid in wanted:
-            if cid not in found and _has_slug(slugs[cid]):
-                pair = self.client.market_by_slug(slugs[cid])
-                if pair is not None and pair[0]["conditionId"].lower() == cid:
-                    found[cid] = pair
         closed_ids = sorted(cid for cid, (item, _) in found.items() if item["closed"])
         payouts: dict[str, list[int] | None] = {}
         for start in range(0, len(closed_ids), RESOLUTIONS_PER_REQUEST):
@@ -305,19 +325,12 @@ class PolymarketSource(Source):
 
     def events(self, slugs: Sequence[str]) -> Lookup:
         wanted = sorted(set(slugs))
-        found: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        for closed in (True, False):  # the default of `closed` here is undocumented: ask both
-            missing = [slug for slug in wanted if slug not in found]
-            if not missing:
-                break
-            for item, raw in self.client.events(missing, closed):
-                if item["slug"] in wanted:
-                    found[item["slug"]] = (item, raw)
-        for slug in wanted:
-            if slug not in found and _has_slug(slug):
-                pair = self.client.event_by_slug(slug)
-                if pair is not None and pair[0]["slug"] == slug:
-                    found[slug] = pair
+        found = _look_up(
+            wanted,
+            self.client.events,
+            lambda item: item["slug"],
+            lambda slug: self.client.event_by_slug(slug) if _has_slug(slug) else None,
+        )
         fetched_at = format_timestamp(time.time())
         lookup = Lookup(missing=[slug for slug in wanted if slug not in found])
         for slug in sorted(found):
