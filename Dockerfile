@@ -31,7 +31,7 @@ RUN pip install --no-cache-dir -r requirements.txt \
     && pip check
 
 # The file the launcher runs with the launch parameters: it submits one run and returns.
-ENV FLEX_TEMPLATE_PYTHON_PY_FILE=${WORKDIR}/pipeline/flex_main.py
+ENV FLEX_TEMPLATE_PYTHON_PY_FILE=${WORKDIR}/main.py
 # The package's setup.py: the launcher passes it as --setup_file, so the code is also staged with
 # the job. The requirements are not set (FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE): this image, the
 # workers' container, has them installed already, and staging them would only slow every launch.

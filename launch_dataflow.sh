@@ -215,7 +215,7 @@ configure() {
   if ((${#problems[@]} == 0)); then
     local narrowest of
     if [[ "$SOURCE" == "dome" ]]; then
-      local limits="10 100"
+      local limits="10 100"  # DOME_TIERS below, tested against pipeline/sources/dome/client.py
       case "$TIER" in dev) limits="100 500" ;; pro) limits="300 3000" ;; esac
       narrowest="$(awk -v l="$limits" -v s="${RATE_PER_SECOND}" -v t="${RATE_PER_10S}" \
         'BEGIN { split(l, d, " "); ps = (s == "" ? d[1] : s); pt = (t == "" ? d[2] : t);

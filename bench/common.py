@@ -1,10 +1,12 @@
 """What every benchmark shares: the simulator as a separate process, a fresh warehouse, the pipeline
-run as its own process, and the simulator's stats and truth.
+run as its own process, and the simulator's stats and truth. Every helper takes the source it
+measures: `source="dome"` (the default, every Dome benchmark) or `source="polymarket"`.
 
 The simulator runs in its own process (its CPU and GIL never compete inside the pipeline's process)
 and answers with a seeded lognormal latency (median `LATENCY_MS`), so the figures measure how the
 pipeline overlaps requests, not how fast a loopback socket is. The pipeline runs as
-`python -m pipeline run ...` in a child process with `DOME_API_KEY` set, exactly as a user runs it;
+`python -m pipeline run ...` in a child process (Dome: with `DOME_API_KEY` set; Polymarket: no
+key, `--data_api_url`/`--gamma_api_url`), exactly as a user runs it;
 `os.wait4` gives that child's own peak RSS and CPU time.
 """
 
@@ -36,7 +38,9 @@ SEED = 7
 WALLETS = 300
 # Sustained rates of the pipeline's tiers (dome-api.md): min(per second, per 10 s / 10).
 TIER_LIMITS = {"free": (10, 100), "dev": (100, 500), "pro": (300, 3000)}
+SOURCES = ("dome", "polymarket")
 READY = re.compile(r"base_url=(\S+) api_key=(\S+)")
+PM_READY = re.compile(r"data_api_url=(\S+) gamma_api_url=(\S+)")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -52,9 +56,13 @@ def rerun(script: str, *args: str) -> str:
 
 # ---- the simulator process -------------------------------------------------------------------
 class SimProcess:
-    """`python -m pipeline simulate ...`, a separate process."""
+    """`python -m pipeline simulate ...`, a separate process. It prints a Dome ready line, then a
+    Polymarket one; `source` says which one to wait for."""
 
-    def __init__(self, command: list[str], workdir: Path) -> None:
+    def __init__(self, command: list[str], workdir: Path, source: str = "dome") -> None:
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+        self.source = source
         self.log_path = workdir / f"simulator-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
@@ -66,6 +74,12 @@ class SimProcess:
             if match:
                 self.base_url, self.api_key = match.group(1), match.group(2)
                 self.root_url = self.base_url.rsplit("/v1", 1)[0]
+                if source == "dome":
+                    return
+            match = PM_READY.search(line)
+            if match:
+                self.data_api_url, self.gamma_api_url = match.group(1), match.group(2)
+                self.root_url = self.data_api_url.rstrip("/")
                 return
         self.close()
         raise RuntimeError(f"the simulator exited before it was ready: {self.log_tail()}")
@@ -77,7 +91,11 @@ class SimProcess:
     def stats(self) -> dict[str, Any]:
         return self.get("/_sim/stats")
 
-    def truth(self) -> dict[str, Any]:
+    def truth(self, rows: bool = True) -> dict[str, Any]:
+        """The data a complete backfill lands, in this simulator's source's shape (Polymarket:
+        `rows=False` leaves each wallet's rows out)."""
+        if self.source == "polymarket":
+            return self.get(f"/_sim/truth?source=polymarket&rows={'true' if rows else 'false'}")
         return self.get("/_sim/truth")
 
     def reset_stats(self) -> None:
@@ -118,8 +136,11 @@ def simulator(
     latency_ms: float = LATENCY_MS,
     seed: int = SEED,
     trade_counts: dict[int, int] | None = None,
+    source: str = "dome",
+    pm_limits: dict[str, int] | None = None,
 ) -> Iterator[SimProcess]:
-    """The bundled simulator's own CLI, as a separate process."""
+    """The bundled simulator's own CLI, as a separate process. `tier` sets Dome's limits;
+    Polymarket's buckets are the published ones unless `pm_limits` lowers some (per 10 s)."""
     command = [
         PYTHON, "-m", "pipeline", "simulate", "--port", "0", "--seed", str(seed),
         "--wallets", str(wallets), "--max_trades", str(max_trades), "--tier", tier,
@@ -127,7 +148,9 @@ def simulator(
     ]  # fmt: skip
     if trade_counts:
         command += ["--trade_counts", ",".join(f"{i}={n}" for i, n in trade_counts.items())]
-    sim = SimProcess(command, workdir)
+    if pm_limits:
+        command += ["--pm_limits", ",".join(f"{k}={v}" for k, v in pm_limits.items())]
+    sim = SimProcess(command, workdir, source)
     try:
         yield sim
     finally:
@@ -142,6 +165,21 @@ class Sample(NamedTuple):
     orders: int
     markets: int
     events: int
+
+
+class PmSample(NamedTuple):
+    """One poll of /_sim/stats' `polymarket` part: when, all requests so far, and per endpoint
+    (the simulator's names: gamma_markets is /markets/keyset, gamma_markets_slug the slug route)."""
+
+    at: float  # unix time
+    total: int
+    trades: int
+    status: int
+    resolutions: int
+    gamma_markets: int
+    gamma_markets_slug: int
+    gamma_events: int
+    gamma_events_slug: int
 
 
 # ---- the warehouse and the pipeline process --------------------------------------------------
@@ -174,7 +212,7 @@ class ProcessRun:
     maxrss_mb: float  # the child's own peak resident set (ru_maxrss of wait4)
     output: str
     started_at: float  # unix time the child was started
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[Any] = field(default_factory=list)  # Sample (Dome) or PmSample
     rss: list[tuple[float, float]] = field(default_factory=list)  # (unix time, child's RSS in MB)
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -260,16 +298,22 @@ def run_child(
     )
 
 
-def _poll(sim: SimProcess, samples: list[Sample], stop: threading.Event) -> None:
+def _poll(sim: SimProcess, samples: list[Any], stop: threading.Event) -> None:
     while not stop.wait(0.1):
         with contextlib.suppress(OSError, ValueError, KeyError):
             before = time.time()
             stats = sim.stats()
-            by = stats["requests"]
             at = (before + time.time()) / 2
-            samples.append(
-                Sample(at, stats["requests_total"], by["orders"], by["markets"], by["events"])
-            )
+            if sim.source == "polymarket":
+                pm = stats["polymarket"]
+                by = pm["requests"]
+                fields = PmSample._fields[2:]
+                samples.append(PmSample(at, pm["requests_total"], *(by[f] for f in fields)))
+            else:
+                by = stats["requests"]
+                samples.append(
+                    Sample(at, stats["requests_total"], by["orders"], by["markets"], by["events"])
+                )
 
 
 def _poll_rss(pid: int, rss: list[tuple[float, float]], stop: threading.Event) -> None:
@@ -290,15 +334,20 @@ def run_pipeline(
     track_rss: bool = False,
     timeout_s: float = 900,
 ) -> ProcessRun:
-    """`python -m pipeline run` against the simulator, in its own process."""
-    argv = [
-        f"--warehouse=duckdb:{db_path}",
-        f"--staging_root={staging}",
-        "--source=dome",
-        f"--api_base_url={sim.base_url}",
-        *extra,
-    ]
-    env = {**os.environ, "DOME_API_KEY": sim.api_key}
+    """`python -m pipeline run` against the simulator, in its own process, with the simulator's
+    source: Dome (`--api_base_url`, `DOME_API_KEY`) or Polymarket (the two URLs, no key)."""
+    argv = [f"--warehouse=duckdb:{db_path}", f"--staging_root={staging}"]
+    if sim.source == "polymarket":
+        argv += [
+            "--source=polymarket",
+            f"--data_api_url={sim.data_api_url}",
+            f"--gamma_api_url={sim.gamma_api_url}",
+        ]
+        env = {k: v for k, v in os.environ.items() if k != "DOME_API_KEY"}
+    else:
+        argv += ["--source=dome", f"--api_base_url={sim.base_url}"]
+        env = {**os.environ, "DOME_API_KEY": sim.api_key}
+    argv += extra
     command = [PYTHON, "-m", "pipeline", "run", *argv]
     return run_child(command, env, sim if sample else None, timeout_s, track_rss).check()
 

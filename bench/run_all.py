@@ -6,9 +6,12 @@ them to bench/results/latest.json (committed, so that runs can be compared).
   3. wall time and 429s against the old job (bench/vs_baseline.py, bench/old_job.py)
   4. peak RSS, one wallet of 10,000 vs 200,000 trades (bench/memory.py)
   5. trades/s per core with the API unlimited, in-process vs multi_processing (bench/overhead.py)
+  6. the Polymarket source at its published limits: rate use per bucket, requests ÷ ideal, wall ÷
+     the physical limit (bench/polymarket.py); its keys start with `pm_`
 
 Every run is a separate `python -m pipeline run` process against a simulator process. About 4-5
-minutes on 2 cores.
+minutes on 2 cores
+(Dome; the Polymarket run adds about one).
 
     .venv/bin/python bench/run_all.py [--out bench/results/latest.json] [--keep]
 """
@@ -34,6 +37,7 @@ from typing import Any
 import common
 import memory
 import overhead
+import polymarket
 import rate_use
 import request_efficiency
 import vs_baseline
@@ -67,6 +71,7 @@ def _step(name: str, errors: dict[str, str], fn: Callable[[], Any]) -> Any:
 def measure(workdir: Path) -> dict[str, Any]:
     errors: dict[str, str] = {}
     started = time.monotonic()
+    load = [round(x, 2) for x in os.getloadavg()]
     rate = {}
     for tier in ("free", "dev"):
         rate[tier] = _step(
@@ -93,6 +98,9 @@ def measure(workdir: Path) -> dict[str, Any]:
         )
         if speed[mode]:
             print(overhead.report(speed[mode]), flush=True)
+    pm = _step("6 polymarket", errors, lambda: polymarket.run(workdir))
+    if pm:
+        print(polymarket.report(pm), flush=True)
 
     def get(source: dict | None, *path: str) -> Any:
         for key in path:
@@ -118,12 +126,23 @@ def measure(workdir: Path) -> dict[str, Any]:
         "rss_growth_fetching": get(mem, "rss_growth_fetching"),
         "trades_per_s_per_core_inprocess": get(speed, "inprocess", "trades_per_s_per_core"),
         "trades_per_s_per_core_multiprocess": get(speed, "multiprocess", "trades_per_s_per_core"),
+        "pm_rate_use_trades": get(pm, "rate_use_trades"),
+        "pm_rate_use_trades_to_last": get(pm, "rate_use_trades_to_last"),
+        "pm_http_429": get(pm, "http_429"),
+        "pm_peaks_ok": None if pm is None else all(b["peak_ok"] for b in pm["buckets"].values()),
+        "pm_request_ratio": get(pm, "request_ratio"),
+        "pm_wall_vs_limit": get(pm, "wall_vs_limit"),
+        "pm_physical_limit_s": get(pm, "physical_limit_s"),
+        "pm_wall_s": get(pm, "wall_s"),
+        "pm_start_to_first_request_s": get(pm, "start_to_first_request_s"),
+        "pm_last_request_to_exit_s": get(pm, "last_request_to_exit_s"),
         "cores": os.cpu_count(),
         "beam_version": importlib.metadata.version("apache-beam"),
         "python": platform.python_version(),
         "measured_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "duration_s": round(time.monotonic() - started, 1),
         "latency_ms": common.LATENCY_MS,
+        "loadavg_at_start": load,
         "git": _git(),
         "errors": errors,
         "details": {
@@ -132,6 +151,7 @@ def measure(workdir: Path) -> dict[str, Any]:
             "vs_baseline": baseline,
             "memory": mem,
             "overhead": speed,
+            "polymarket": pm,
         },
     }
 
@@ -139,6 +159,7 @@ def measure(workdir: Path) -> dict[str, Any]:
 def table(r: dict[str, Any]) -> str:
     d = r["details"]
     rate, base, mem, speed = d["rate_use"], d["vs_baseline"], d["memory"], d["overhead"]
+    pm = d.get("polymarket")
     fmt = common.fmt
 
     def verdict(ok: bool | None) -> str:
@@ -188,6 +209,15 @@ def table(r: dict[str, Any]) -> str:
         ("5 trades/s/core, in-process", fmt(r["trades_per_s_per_core_inprocess"], 0), "report", ""),
         (f"5 trades/s/core, multi_processing x{overhead.WORKERS}",
          fmt(r["trades_per_s_per_core_multiprocess"], 0), "report", ""),
+        ("6 PM rate use, trades bucket (20/s)", fmt(r.get("pm_rate_use_trades")), ">= 0.95",
+         at_least(r.get("pm_rate_use_trades"), 0.95)),
+        ("6 PM 429s (all buckets)", str(r.get("pm_http_429")), "0",
+         verdict(None if r.get("pm_http_429") is None else r["pm_http_429"] == 0)),
+        ("6 PM peak accepted <= limit, every bucket", str(r.get("pm_peaks_ok")), "True",
+         verdict(r.get("pm_peaks_ok"))),
+        ("6 PM requests ÷ ideal", fmt(r.get("pm_request_ratio")), "<= 1.0",
+         at_most(r.get("pm_request_ratio"), 1.0)),
+        ("6 PM wall ÷ physical limit", fmt(r.get("pm_wall_vs_limit")), "lower is better", ""),
     ]  # fmt: skip
     width = max(len(row[0]) for row in rows)
     lines = [f"{'figure':{width}}  {'measured':>10}  {'target':16}", "-" * (width + 38)]
@@ -209,6 +239,14 @@ def table(r: dict[str, Any]) -> str:
                 speed["inprocess"]["trades_per_s"], speed["multiprocess"]["trades_per_s"]
             )
         )
+    if pm:
+        lines.append(
+            f"  PM: process wall {pm['wall_s']:.1f} s, limit {pm['physical_limit_s']:.2f} s "
+            f"({pm['physical_limit_bucket']}); start -> first request "
+            f"{pm['start_to_first_request_s']:.1f} s, last request -> exit "
+            f"{pm['last_request_to_exit_s']:.1f} s"
+        )
+    lines.append(f"load average at start: {r.get('loadavg_at_start')}")
     for name, error in r["errors"].items():
         lines.append(f"FAILED {name}: {error}")
     return "\n".join(lines)

@@ -23,6 +23,13 @@ def load_api_key(secret_version: str | None) -> str:
         raise ConfigError(
             f"no API key: set {API_KEY_ENV}, or --api_key_secret=projects/P/secrets/S/versions/V"
         )
+    return checked_key(key, API_KEY_ENV)
+
+
+def checked_key(key: str, where: str) -> str:
+    """An HTTP header carries only visible ASCII: say so now, not as a deep encoding error."""
+    if not (key.isascii() and key.isprintable() and " " not in key):
+        raise ConfigError(f"the API key in {where} has characters a header cannot carry")
     return key
 
 
@@ -34,7 +41,7 @@ def _from_secret_manager(secret_version: str) -> str:
         response = client.access_secret_version(name=secret_version)
     except Exception as exc:  # the message names the secret, never its value
         raise ConfigError(f"cannot read {secret_version}: {type(exc).__name__}") from None
-    key = response.payload.data.decode("utf-8").strip()
+    key = response.payload.data.decode("utf-8", errors="replace").strip()
     if not key:
         raise ConfigError(f"{secret_version} is empty")
-    return key
+    return checked_key(key, secret_version)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
-from pipeline.lifecycle import commit_staged_run
 from pipeline.options import BackfillOptions, OptionsError, resolve_command_argv
+from pipeline.staging import commit_staged_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,9 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     except OptionsError as exc:
         print(exc)
         return 2
-    report = commit_staged_run(config.warehouse, config.tables, config.staging_root, args.run_id)
-    print(json.dumps(report, indent=1, default=str))
+    outcome = commit_staged_run(config.staging, config.warehouse_ref)  # --run_id's staging
+    if outcome.report is None:
+        print(f"run {args.run_id} was not committed (production is untouched): {outcome.error}")
+        return 1
+    print(json.dumps(dataclasses.asdict(outcome.report), indent=1, default=str))
     return 0

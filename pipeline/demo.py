@@ -21,6 +21,7 @@ import duckdb
 
 from pipeline.options import new_run_id
 from pipeline.run import run_backfill
+from pipeline.staging import RunStaging
 from pipeline.status import show_status
 from pipeline.warehouse import TableNames, open_warehouse
 
@@ -145,10 +146,11 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
             run_argv += [f"--data_api_url={pm_url}", f"--gamma_api_url={pm_url}"]
         print(f"source: {args.source} (the bundled simulator)")
         run_id = new_run_id()
+        trades_folder = RunStaging(str(staging), run_id).kind_folder("trades")
         stop, start = threading.Event(), time.monotonic()
         watcher = threading.Thread(
             target=_progress,
-            args=(base_url, args.source, staging / run_id / "trades", stop, start),
+            args=(base_url, args.source, Path(trades_folder), stop, start),
             daemon=True,
         )
         watcher.start()

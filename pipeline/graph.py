@@ -11,7 +11,7 @@ from transforms.api import ApiHandle
 from transforms.fetch_markets import FetchEvents, FetchMarkets
 from transforms.fetch_trades import FetchTrades
 from transforms.read_wallets import ReadWallets
-from transforms.select_wallets import SelectWallets
+from transforms.select_wallets import RefreshPolicy, SelectWallets
 from transforms.stage import CommitRun, WriteStaging
 
 
@@ -20,25 +20,34 @@ def build_pipeline(options: PipelineOptions, config: BackfillConfig) -> beam.Pip
     pipeline = beam.Pipeline(options=options)
     api = ApiHandle(config.source)  # one source and rate limiter per worker process
     source = source_class(config.source.name)
+    warehouse, staging, run_id = config.warehouse_ref, config.staging, config.run_id
+    policy = RefreshPolicy(config.started_at, config.refresh_after_s, config.refresh_overlap_s)
+    threads = config.fetch_threads
 
-    read = pipeline | "ReadWallets" >> ReadWallets(config.warehouse, config.tables, config.run_id)
-    requests = read["wallets"] | "SelectWallets" >> SelectWallets(config)
-    fetched = requests | "FetchTrades" >> FetchTrades(api, config)
+    read = pipeline | "ReadWallets" >> ReadWallets(warehouse, run_id)
+    requests = read["wallets"] | "SelectWallets" >> SelectWallets(
+        warehouse, policy, config.max_wallets
+    )
+    fetched = requests | "FetchTrades" >> FetchTrades(
+        api, run_id, config.source.name, staging.kind_folder("trades"), threads
+    )
     markets = fetched["market_refs"] | "FetchMarkets" >> FetchMarkets(
-        api, config, source.markets_per_batch
+        api, warehouse, policy, source.markets_per_batch, threads
     )
     # Polymarket's trades name their events: those need not wait for the markets.
     event_slugs = (fetched["event_slugs"], markets["event_slugs"]) | "EventSlugs" >> beam.Flatten()
-    events = event_slugs | "FetchEvents" >> FetchEvents(api, config, source.events_per_batch)
+    events = event_slugs | "FetchEvents" >> FetchEvents(
+        api, warehouse, policy, source.events_per_batch, threads
+    )
 
     staged = {
-        "trades": fetched["trade_pages"] | "StageTrades" >> WriteStaging(config, "trades", True),
-        "markets": markets["markets"] | "StageMarkets" >> WriteStaging(config, "markets"),
-        "events": events | "StageEvents" >> WriteStaging(config, "events"),
-        "rejects": read["rejects"] | "StageRejects" >> WriteStaging(config, "rejects"),
+        "trades": fetched["trade_pages"] | "StageTrades" >> WriteStaging(staging, "trades", True),
+        "markets": markets["markets"] | "StageMarkets" >> WriteStaging(staging, "markets"),
+        "events": events | "StageEvents" >> WriteStaging(staging, "events"),
+        "rejects": read["rejects"] | "StageRejects" >> WriteStaging(staging, "rejects"),
     }
     staged["outcomes"] = fetched["outcomes"] | "StageOutcomes" >> WriteStaging(
-        config, "outcomes", after=staged["trades"]
+        staging, "outcomes", after=staged["trades"]
     )
-    _ = staged | "Commit" >> CommitRun(config)
+    _ = staged | "Commit" >> CommitRun(staging, warehouse)
     return pipeline

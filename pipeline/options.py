@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import os
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from apache_beam.options.pipeline_options import (
     DirectOptions,
@@ -22,16 +24,16 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from pipeline.api_key import SECRET_VERSION
+from pipeline.api_key import SECRET_VERSION, load_api_key
 from pipeline.sources import SOURCE_NAMES, SourceSpec
 from pipeline.sources.dome.client import DEFAULT_BASE_URL, TIERS, RateLimit
+from pipeline.sources.errors import ConfigError
 from pipeline.sources.http import HttpSettings
 from pipeline.sources.limiter import Window, share
 from pipeline.sources.polymarket.source import DATA_API_URL, GAMMA_API_URL, LIMITS_PER_10S
 from pipeline.sources.polymarket.source import windows as polymarket_windows
-from pipeline.warehouse import TableNames, parse_warehouse_spec
-
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+from pipeline.staging import RunStaging
+from pipeline.warehouse import TableNames, WarehouseRef, parse_warehouse_spec, validate_run_id
 
 
 def _flag(text: str) -> bool:
@@ -193,8 +195,17 @@ class BackfillConfig:
     started_at: float = 0.0  # unix seconds, fixed at launch: every worker judges staleness alike
 
     @property
+    def staging(self) -> RunStaging:
+        """This run's staging: every path under <staging_root>/<run_id>/."""
+        return RunStaging(self.staging_root, self.run_id)
+
+    @property
     def run_staging(self) -> str:
-        return f"{self.staging_root.rstrip('/')}/{self.run_id}"
+        return self.staging.folder
+
+    @property
+    def warehouse_ref(self) -> WarehouseRef:
+        return WarehouseRef(self.warehouse, self.tables)
 
 
 class OptionsError(ValueError):
@@ -255,6 +266,46 @@ def parse_bucket_limits(text: str | None) -> dict[str, float]:
     return limits
 
 
+def duckdb_path_problems(path: str) -> list[str]:
+    """What is wrong with a DuckDB file path before anything opens it (a missing file is fine:
+    it is created; a missing folder is not, since a typo would silently start a new warehouse)."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        return [f"{path} is a folder: name a DuckDB file, e.g. {target / 'backfill.duckdb'}"]
+    if not target.parent.is_dir():
+        return [f"the folder {target.parent} does not exist: create it, or fix the path"]
+    if target.exists():
+        try:
+            with target.open("rb") as handle:
+                header = handle.read(16)
+        except OSError as exc:
+            return [f"{path} cannot be read ({exc.strerror})"]
+        if header and header[8:12] != b"DUCK":
+            return [f"{path} is not a DuckDB database file"]
+    elif not os.access(target.parent, os.W_OK):
+        return [f"the folder {target.parent} is not writable"]
+    return []
+
+
+def folder_problems(path: str) -> list[str]:
+    """A local staging root: it may not exist yet, but the nearest existing folder must be one
+    this process can write to."""
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        return [f"{path} is a file, not a folder"]
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{existing} is not writable"]
+    return []
+
+
+def is_dataflow(options: PipelineOptions) -> bool:
+    """The one test of where the job runs: Dataflow (a launcher that must not wait) or locally."""
+    return "dataflow" in (options.view_as(StandardOptions).runner or "").lower()
+
+
 def derive_rate_shares(options: PipelineOptions, per_worker_egress: bool = False) -> int:
     """How many processes draw on one limit, from the runner's own options.
 
@@ -263,8 +314,7 @@ def derive_rate_shares(options: PipelineOptions, per_worker_egress: bool = False
     `--experiments=no_use_multiple_sdk_containers`), which the autoscaler never exceeds; with
     `per_worker_egress` (a per-IP limit, each worker its own IP) one worker's processes only.
     """
-    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
-    if "dataflow" in runner:
+    if is_dataflow(options):
         workers = options.view_as(WorkerOptions)
         max_workers = workers.max_num_workers or workers.num_workers or 1
         vcpus = _machine_vcpus(workers.machine_type)
@@ -291,9 +341,14 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
     problems: list[str] = []
 
     try:
-        parse_warehouse_spec(opts.warehouse)
+        kind, target = parse_warehouse_spec(opts.warehouse)
     except ValueError as exc:
         problems.append(f"--warehouse: {exc}")
+    else:
+        if kind == "duckdb":
+            problems.extend(f"--warehouse: {p}" for p in duckdb_path_problems(target))
+    if opts.staging_root and "://" not in opts.staging_root:
+        problems.extend(f"--staging_root: {p}" for p in folder_problems(opts.staging_root))
     try:
         names = [field.name for field in dataclasses.fields(TableNames)]
         tables = TableNames(**{name: getattr(opts, f"{name}_table") for name in names})
@@ -302,7 +357,9 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         tables = TableNames()
 
     run_id = opts.run_id or new_run_id()
-    if not RUN_ID_PATTERN.match(run_id):
+    try:
+        validate_run_id(run_id)
+    except ValueError:
         problems.append(f"--run_id {run_id!r}: use 1-64 letters, digits, '_' or '-'")
     if not opts.staging_root:
         problems.append("--staging_root: give a folder or a gs:// prefix")
@@ -316,9 +373,13 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         problems.append(
             f"--api_key_secret {opts.api_key_secret!r}: use projects/P/secrets/S/versions/V"
         )
-    runner = (options.view_as(StandardOptions).runner or "").lower()
-    if "dataflow" in runner and opts.source == "dome" and not opts.api_key_secret:
+    if is_dataflow(options) and opts.source == "dome" and not opts.api_key_secret:
         problems.append("--api_key_secret is required on Dataflow (workers do not see your env)")
+    elif opts.source == "dome" and not opts.api_key_secret:
+        try:
+            load_api_key(None)  # checked now, not in every worker's setup
+        except ConfigError as exc:
+            problems.append(f"--source=dome: {exc}")
 
     job_windows: tuple[Window, ...] = ()
     if opts.source == "dome":
@@ -327,8 +388,8 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
             opts.rate_per_second if opts.rate_per_second is not None else rate_limit.per_second
         )
         per_10s = opts.rate_per_10s if opts.rate_per_10s is not None else rate_limit.per_10s
-        if not (per_second > 0 and per_10s > 0):
-            problems.append("--rate_per_second and --rate_per_10s must be positive")
+        if not all(math.isfinite(r) and r > 0 for r in (per_second, per_10s)):
+            problems.append("--rate_per_second and --rate_per_10s must be finite and positive")
         else:
             job_windows = RateLimit(per_second, per_10s).windows()
     else:

@@ -19,17 +19,20 @@ from pipeline.graph import build_pipeline
 from pipeline.options import BackfillConfig, BackfillOptions, OptionsError, resolve
 from pipeline.sources import prepare_run
 from pipeline.sources.errors import SourceError
-from transforms.api import NAMESPACE
+from pipeline.staging import CommitOutcome
+from transforms.metrics import NAMESPACE
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class RunSummary:
+class RunReport:
+    """What one `run` did: its state, the job's counters, and the earlier runs it recovered."""
+
     run_id: str
     state: str
     counters: dict[str, int] = field(default_factory=dict)
-    recovered: list[dict] = field(default_factory=list)
+    recovered: list[CommitOutcome] = field(default_factory=list)
 
     def render(self) -> str:
         c = self.counters
@@ -42,8 +45,8 @@ class RunSummary:
             f"  requests: {c.get('requests', 0)} ({_by_endpoint(c)}); retries: "
             f"{c.get('retries', 0)}; HTTP 429: {c.get('http_429', 0)}",
         ]
-        done = [r["run_id"] for r in self.recovered if "error" not in r]
-        failed = [r["run_id"] for r in self.recovered if "error" in r]
+        done = [r.run_id for r in self.recovered if not r.failed]
+        failed = [r.run_id for r in self.recovered if r.failed]
         if done:
             lines.append(f"  recovered earlier runs: {done}")
         if failed:
@@ -70,7 +73,7 @@ def counters_of(result: PipelineResult) -> dict[str, int]:
     return totals
 
 
-def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunSummary:
+def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunReport:
     options = PipelineOptions(argv)
     config: BackfillConfig = resolve(options)
     recovered = lifecycle.prepare(config)
@@ -79,9 +82,9 @@ def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunSummary:
     result = pipeline.run()
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
     if wait is False or (wait is None and "dataflow" in runner):
-        return RunSummary(config.run_id, "submitted", recovered=recovered)
+        return RunReport(config.run_id, "submitted", recovered=recovered)
     state = result.wait_until_finish()
-    return RunSummary(config.run_id, str(state), counters_of(result), recovered)
+    return RunReport(config.run_id, str(state), counters_of(result), recovered)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

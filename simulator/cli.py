@@ -70,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lag_seconds", type=int, default=30, help="Polymarket /v2/status lag (feed trails by it)"
     )
+    parser.add_argument(
+        "--pm_limits",
+        default="",
+        help="Polymarket bucket limits per 10 s, e.g. trades=100,markets=150 (0 = unlimited)",
+    )
 
 
 def parse_trade_counts(text: str) -> dict[int, int]:
@@ -81,6 +86,17 @@ def parse_trade_counts(text: str) -> dict[int, int]:
             raise ValueError(f"--trade_counts: {part!r} is not INDEX=COUNT")
         counts[int(index)] = int(count)
     return counts
+
+
+def parse_pm_limits(text: str) -> dict[str, int | None]:
+    """'trades=100,all=0' -> {"trades": 100, "all": None} (unknown buckets: SimConfig refuses)."""
+    limits: dict[str, int | None] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"--pm_limits: {part!r} is not BUCKET=N")
+        limits[name.strip()] = int(value) or None
+    return limits
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -103,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         open_fraction=getattr(args, "open_fraction", None),
         pm_throttle=getattr(args, "pm_throttle", "429"),
         lag_seconds=getattr(args, "lag_seconds", 30),
+        pm_limits=parse_pm_limits(getattr(args, "pm_limits", "")),
     )
 
 

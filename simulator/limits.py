@@ -11,7 +11,7 @@ from typing import Any
 from simulator.config import FAULT_KINDS, PM_ENDPOINTS
 
 
-class RateLimiter:
+class DomeLimiter:
     """Two sliding windows over the arrival times of accepted requests; rejections cost nothing."""
 
     def __init__(self, per_second: int | None, per_10s: int | None) -> None:

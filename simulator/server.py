@@ -50,7 +50,7 @@ from simulator.data import Simulator
 from simulator.dome_api import _scope, decode_key, encode_key
 from simulator.faults import FaultEngine
 from simulator.http import SimHTTPServer
-from simulator.limits import BucketLimiter, PmStats, RateLimiter, Stats
+from simulator.limits import BucketLimiter, DomeLimiter, PmStats, Stats
 from simulator.polymarket_api import Signer
 from simulator.polymarket_view import PolymarketView
 
@@ -65,7 +65,7 @@ class SimServer:
         self.api_key = config.api_key or secrets.token_urlsafe(24)
         self.simulator = Simulator(config)
         self._stats = Stats()
-        self._limiter = RateLimiter(*config.rate_limits())
+        self._limiter = DomeLimiter(*config.rate_limits())
         self._faults = FaultEngine(config.faults, config.seed)
         self.pm = PolymarketView(self.simulator, config.lag_seconds)
         self._pm_limiter = BucketLimiter(config.bucket_limits(), config.pm_window_s)

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 # Runs in the child: the two patches, then bqemulator's own CLI (`start` and its flags).
 _BOOT = """
@@ -106,6 +107,18 @@ class BigQueryEmulator:
         if self.port is None:
             raise RuntimeError("the emulator is not started")
         return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> Any:
+        """A `bigquery.Client` of the caller's own on this emulator (anonymous); close it after."""
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import bigquery
+
+        return bigquery.Client(
+            project=self.project,
+            credentials=AnonymousCredentials(),
+            client_options=ClientOptions(api_endpoint=self.endpoint),
+        )
 
     def gcs_path(self, uri: str) -> Path:
         """The local file a `gs://bucket/path` URI names inside this emulator."""

@@ -2,31 +2,40 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
+from google.api_core.client_options import ClientOptions
+from google.api_core.exceptions import NotFound
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
 
+from pipeline.schema import (
+    CHECKPOINT_COLUMNS,
+    MARKET_COLUMNS,
+    TRADE_COLUMNS,
+    Column,
+    format_timestamp,
+)
 from pipeline.sources.dome.ids import trade_id
-from pipeline.warehouse import TableNames, open_warehouse
+from pipeline.warehouse import TableNames, Warehouse
+from pipeline.warehouse import sql as q
+from pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse
+from pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
+from pipeline.warehouse.seed import seed_traders as seed_traders  # for the e2e tests
+from tests.bq_emulator import BigQueryEmulator
 
 REPO = Path(__file__).resolve().parent.parent
 INVALID_TRADERS = [None, "", "0x123", "not-a-wallet", "0x" + "g" * 40]
-
-
-def seed_traders(db_path: Path, values: list[str | None]) -> None:
-    """`traders` is the job's input, written by people, never by the pipeline: tests write it here."""
-    with open_warehouse(f"duckdb:{db_path}", TableNames()) as warehouse:
-        warehouse.ensure_tables()
-    with duckdb.connect(str(db_path)) as con:
-        if values:
-            con.executemany(
-                "INSERT INTO traders (wallet_address) VALUES (?)", [[v] for v in values]
-            )
 
 
 def query(db_path: Path, sql: str) -> list[tuple]:
@@ -165,3 +174,357 @@ def run_subprocess(argv: list[str], api_key: str, timeout: float = 300) -> subpr
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+# -- staging rows for the warehouse tests, written by hand as the graph would ---------------------
+
+T0 = 1_790_000_000.0  # 2026-09-21, a fixed clock: results must not depend on "now"
+COMMITTED_AT = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+# The tables a commit writes (TableNames fields), as `snapshot` reads them back.
+COMMITTED_TABLES = ("trades", "markets", "events", "checkpoint", "runs")
+
+
+def ts(offset: float) -> str:
+    return format_timestamp(T0 + offset)
+
+
+def trade(wallet: str, trade_id: str, run_id: str, fetched: float = 0.0, **extra: Any) -> dict:
+    row = {
+        "id": trade_id,
+        "wallet_address": wallet,
+        "token_id": "1" * 77,
+        "token_label": "Yes",
+        "side": "BUY",
+        "market_slug": "will-it-rain",
+        "condition_id": "0xc1",
+        "shares": 5_000_000,
+        "shares_normalized": 5.0,
+        "price": 0.42,
+        "tx_hash": f"0xtx{trade_id}",
+        "title": "Will it rain?",
+        "timestamp": int(T0),
+        "traded_at": ts(0),
+        "order_hash": f"0xoh{trade_id}",
+        "user": wallet,
+        "taker": None,
+        "block_number": 1,
+        "log_index": 0,
+        "run_id": run_id,
+        "fetched_at": ts(fetched),
+    }
+    row.update(extra)
+    return row
+
+
+def outcome(
+    wallet: str,
+    run_id: str,
+    ok: bool,
+    processed: float,
+    trade_count: int = 0,
+    error: str | None = None,
+    source: str | None = None,
+) -> dict:
+    row = {
+        "wallet_address": wallet,
+        "upload_successful": ok,
+        "trade_count": trade_count,
+        "error": error,
+        "last_trade_at": ts(0) if ok else None,
+        "gcs_file": f"staging/{run_id}/trades/part-0.json",
+        "processed_at": ts(processed),
+        "run_id": run_id,
+    }
+    if source is not None:
+        row["source"] = source
+    return row
+
+
+def pm_trade(wallet: str, trade_id: str, run_id: str, ordinal: int = 0, **extra: Any) -> dict:
+    """A Polymarket row: no order hash, no maker, no log index; `fill_ordinal` among identical rows."""
+    row = trade(
+        wallet,
+        trade_id,
+        run_id,
+        source="polymarket",
+        order_hash=None,
+        user=None,
+        block_number=None,
+        log_index=None,
+        event_slug="weather",
+        outcome_index=0,
+        fill_ordinal=ordinal,
+        extra=json.dumps({"pseudonym": "Rain-Man"}),
+    )
+    row.update(extra)
+    return row
+
+
+def market(condition_id: str, run_id: str, updated: float, title: str = "m") -> dict:
+    return {
+        "condition_id": condition_id,
+        "market_slug": "will-it-rain",
+        "title": title,
+        "tags": ["weather", "rain"],
+        "volume_total": 12.5,
+        "event_slug": "weather",
+        "run_id": run_id,
+        "updated_at": ts(updated),
+    }
+
+
+def pm_market(condition_id: str, run_id: str, updated: float) -> dict:
+    row = market(condition_id, run_id, updated)
+    row.update(
+        source="polymarket",
+        market_id="12345",
+        outcomes=["Yes", "No"],
+        outcome_prices=["0.37", "0.63"],
+        token_ids=["1" * 77, "2" * 77],
+        payouts=[1_000_000, 0],
+        neg_risk=True,
+        extra=json.dumps({"active": True}),
+    )
+    return row
+
+
+def event(slug: str, run_id: str, updated: float, title: str = "e", **extra: Any) -> dict:
+    row = {
+        "event_slug": slug,
+        "title": title,
+        "subtitle": "sub",
+        "tags": [],
+        "market_count": 1,
+        "run_id": run_id,
+        "updated_at": ts(updated),
+    }
+    row.update(extra)
+    return row
+
+
+def write_ndjson(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def stage(root: Path, run_id: str, **kinds: list[dict]) -> dict[str, list[str]]:
+    """Write a run's staging: each kind split over two files (the second may be empty)."""
+    files: dict[str, list[str]] = {}
+    for kind, rows in kinds.items():
+        half = (len(rows) + 1) // 2
+        files[kind] = [
+            write_ndjson(root / run_id / kind / "part-0.json", rows[:half]),
+            write_ndjson(root / run_id / kind / "part-1.json", rows[half:]),
+        ]
+    return files
+
+
+def busy_run(tmp_path: Path, run_id: str = "r1") -> dict[str, list[str]]:
+    """A run's staging: a done wallet (two trades), a failed one, a market twice, an event."""
+    return stage(
+        tmp_path,
+        run_id,
+        trades=[trade("0xa", "a1", run_id), trade("0xa", "a2", run_id), trade("0xb", "b1", run_id)],
+        outcomes=[outcome("0xa", run_id, True, 10), outcome("0xb", run_id, False, 10, error="x")],
+        markets=[market("0xc1", run_id, 10), market("0xc1", run_id, 5, title="older")],
+        events=[event("weather", run_id, 10)],
+    )
+
+
+def rich_run(run_id: str) -> dict[str, list[dict]]:
+    """Rows of a run after `r0` landed t2 for wallet A (see `assert_rich_run_landed`)."""
+    return {
+        "trades": [
+            trade("0xa", "t1", run_id, fetched=20),
+            trade("0xa", "t2", run_id, fetched=20),  # already in production
+            trade("0xa", "t3", run_id, fetched=20),
+            trade("0xa", "t1", run_id, fetched=10),  # a duplicate inside staging, fetched earlier
+            trade("0xb", "b1", run_id),  # wallet B failed: its partial pages must not land
+        ],
+        "outcomes": [
+            outcome("0xa", run_id, True, 100, trade_count=99),
+            outcome("0xb", run_id, False, 100, trade_count=1, error="HTTP 500 after 5 attempts"),
+        ],
+        "markets": [market("0xc1", run_id, 10)],
+        "events": [event("weather", run_id, 10)],
+    }
+
+
+# The columns trades and markets gained with the second source; what the tables had before.
+NEW_COLUMNS = {
+    "trades": {"source", "event_slug", "outcome_index", "fill_ordinal", "extra"},
+    "markets": {
+        "source", "market_id", "outcomes", "outcome_prices", "token_ids", "payouts", "neg_risk",
+        "extra",
+    },
+}  # fmt: skip
+_CURRENT = {"trades": TRADE_COLUMNS, "markets": MARKET_COLUMNS}
+# The users' own checkpoint table, from before run_id, attempts, error, last_trade_at, ...
+OLD_CHECKPOINT = ("wallet_address", "completed", "upload_successful", "trade_count", "gcs_file",
+                  "processed_at")  # fmt: skip
+
+
+def old_columns(table: str) -> tuple[Column, ...]:
+    """A table's columns before sources: no new columns, order_hash and user REQUIRED."""
+    if table == "checkpoint":
+        return tuple(
+            Column(c.name, c.type, "NULLABLE")
+            for c in CHECKPOINT_COLUMNS
+            if c.name in OLD_CHECKPOINT
+        )
+    relaxed = q.RELAXED_COLUMNS.get(table, ())
+    return tuple(
+        Column(c.name, c.type, "REQUIRED" if c.name in relaxed else c.mode)
+        for c in _CURRENT[table]
+        if c.name not in NEW_COLUMNS[table]
+    )
+
+
+def old_ddl(table: str) -> q.Statement:
+    return q._create(f"old_{table}", table, old_columns(table))
+
+
+# -- a warehouse of each engine, and reading it back as the tests' own client ----------------------
+
+
+class DuckDBEngine:
+    """DuckDB warehouses on files of their own, read back with a plain DuckDB connection."""
+
+    kind = "duckdb"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def new(self, tables: TableNames | None = None, **kwargs: Any) -> DuckDBWarehouse:
+        """A warehouse on a new file in a folder that does not exist yet (nothing created)."""
+        path = self.root / uuid.uuid4().hex[:12] / "wh.duckdb"
+        return DuckDBWarehouse(path, tables or TableNames(), **kwargs)
+
+    def _sql(self, wh: Warehouse, sql: str) -> str:
+        return sql.format(**wh.tables.as_dict())
+
+    def rows(self, wh: DuckDBWarehouse, sql: str) -> list[tuple]:
+        """Rows of `sql`, whose `{trades}`-style holes are the warehouse's table names."""
+        with duckdb.connect(wh.path) as conn:
+            conn.execute("SET TimeZone = 'UTC'")
+            return conn.execute(self._sql(wh, sql)).fetchall()
+
+    def dicts(self, wh: DuckDBWarehouse, sql: str) -> list[dict[str, Any]]:
+        with duckdb.connect(wh.path) as conn:
+            conn.execute("SET TimeZone = 'UTC'")
+            cursor = conn.execute(self._sql(wh, sql))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def run_ddl(self, wh: DuckDBWarehouse, statement: q.Statement) -> None:
+        Path(wh.path).parent.mkdir(parents=True, exist_ok=True)
+        with duckdb.connect(wh.path) as conn:
+            conn.execute(q.render_duckdb(statement, wh.tables))
+
+    def exists(self, wh: DuckDBWarehouse) -> bool:
+        return Path(wh.path).parent.exists()
+
+    def table_names(self, wh: DuckDBWarehouse) -> set[str]:
+        return {row[0] for row in self.rows(wh, "SELECT table_name FROM duckdb_tables()")}
+
+    def require(self, wh: DuckDBWarehouse, table: str, column: str) -> None:
+        """Make a nullable column of production NOT NULL (what staging allows, it refuses)."""
+        self.rows(wh, f"ALTER TABLE {{{table}}} ALTER COLUMN {column} SET NOT NULL")
+
+
+class BigQueryEngine:
+    """BigQuery warehouses on bqemulator, each on a dataset of its own, read back with a client."""
+
+    kind = "bigquery"
+
+    def __init__(self, emulator: BigQueryEmulator, client: bigquery.Client) -> None:
+        self.emulator, self.client = emulator, client
+
+    def new(
+        self, tables: TableNames | None = None, endpoint: str | None = None, **kwargs: Any
+    ) -> BigQueryWarehouse:
+        """A warehouse on a dataset of its own (created by `ensure_tables`)."""
+        return BigQueryWarehouse(
+            self.emulator.project,
+            f"wh_{uuid.uuid4().hex[:12]}",
+            tables or TableNames(),
+            client_options=ClientOptions(api_endpoint=endpoint or self.emulator.endpoint),
+            credentials=AnonymousCredentials(),
+            **kwargs,
+        )
+
+    def _sql(self, wh: BigQueryWarehouse, sql: str) -> str:
+        return sql.format(**{k: f"`{wh.dataset}.{v}`" for k, v in wh.tables.as_dict().items()})
+
+    def rows(self, wh: BigQueryWarehouse, sql: str) -> list[tuple]:
+        return [tuple(row.values()) for row in self.client.query(self._sql(wh, sql)).result()]
+
+    def dicts(self, wh: BigQueryWarehouse, sql: str) -> list[dict[str, Any]]:
+        return [dict(row.items()) for row in self.client.query(self._sql(wh, sql)).result()]
+
+    def run_ddl(self, wh: BigQueryWarehouse, statement: q.Statement) -> None:
+        self.client.create_dataset(wh.dataset, exists_ok=True)
+        self.client.query(q.render(statement, wh.tables, dataset=wh.dataset)).result()
+
+    def exists(self, wh: BigQueryWarehouse) -> bool:
+        try:
+            self.client.get_dataset(wh.dataset)
+        except NotFound:
+            return False
+        return True
+
+    def table_names(self, wh: BigQueryWarehouse) -> set[str]:
+        return {t.table_id for t in self.client.list_tables(wh.dataset)}
+
+    def require(self, wh: BigQueryWarehouse, table: str, column: str) -> None:
+        """BigQuery can only relax a mode: the (empty) table is made again with the column REQUIRED."""
+        ddl = q.render(getattr(q, f"CREATE_{table.upper()}"), wh.tables, dataset=wh.dataset)
+        nullable = f"`{column}` STRING,\n"
+        assert nullable in ddl
+        self.rows(wh, f"DROP TABLE {{{table}}}")
+        self.client.query(ddl.replace(nullable, f"`{column}` STRING NOT NULL,\n")).result()
+
+
+Engine = DuckDBEngine | BigQueryEngine
+
+
+def load_tables_left(db: Engine, wh: Warehouse) -> list[str]:
+    return sorted(name for name in db.table_names(wh) if name.startswith(q.LOAD_TABLE_PREFIX))
+
+
+def snapshot(db: Engine, wh: Warehouse) -> dict[str, list[tuple]]:
+    return {t: sorted(db.rows(wh, f"SELECT * FROM {{{t}}}"), key=repr) for t in COMMITTED_TABLES}
+
+
+def checkpoint_rows(db: Engine, wh: Warehouse) -> dict[str, dict[str, Any]]:
+    return {row["wallet_address"]: row for row in db.dicts(wh, "SELECT * FROM {checkpoint}")}
+
+
+def trade_ids(db: Engine, wh: Warehouse) -> list[str]:
+    return sorted(row[0] for row in db.rows(wh, "SELECT id FROM {trades}"))
+
+
+def assert_rich_run_landed(db: Engine, wh: Warehouse, report: Any) -> None:
+    """What `rich_run("r1")` must leave after r0 landed t2 for wallet A: exactly the successful
+    wallet's trades, once each, the earliest fetch of a duplicate, the checkpoint and runs row."""
+    assert trade_ids(db, wh) == ["t1", "t2", "t3"]
+    fetched = db.rows(wh, "SELECT fetched_at FROM {trades} WHERE id = 't1'")
+    assert fetched == [(dt.datetime.fromtimestamp(T0 + 10, dt.UTC),)]
+    assert db.rows(wh, "SELECT run_id FROM {trades} WHERE id = 't2'") == [("r0",)]
+    assert (report.already_committed, report.trades_inserted) == (False, 2)
+    assert (report.markets_merged, report.events_merged) == (1, 1)
+    assert (report.wallets_done, report.wallets_failed) == (1, 1)
+
+    ckpt = checkpoint_rows(db, wh)
+    a, b = ckpt["0xa"], ckpt["0xb"]
+    assert (a["completed"], a["upload_successful"], a["error"]) == (True, True, None)
+    assert a["trade_count"] == 3  # distinct staged ids, not the outcome's 99
+    assert (a["attempts"], a["run_id"]) == (2, "r1")
+    assert (b["completed"], b["upload_successful"]) == (True, False)
+    assert (b["error"], b["trade_count"], b["attempts"]) == ("HTTP 500 after 5 attempts", 1, 1)
+    assert b["processed_at"] == dt.datetime.fromtimestamp(T0 + 100, dt.UTC)
+    assert list(wh.read_done_wallets()) == ["0xa"]
+    runs = db.rows(wh, "SELECT * FROM {runs} WHERE run_id = 'r1'")
+    assert runs == [("r1", COMMITTED_AT, 1, 1, 5, 1, 1)]
+    assert load_tables_left(db, wh) == []

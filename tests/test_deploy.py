@@ -255,6 +255,16 @@ def test_bucket_limits_regex_agrees_with_the_pipeline() -> None:
         assert matches(name, "https://example.com/v") and not matches(name, "https://")
 
 
+def test_script_knows_the_dome_tiers() -> None:
+    """launch_dataflow.sh's split check has its own copy of the tiers: it must match TIERS."""
+    text = SCRIPT.read_text()
+    (default,) = re.findall(r'local limits="(\d+) (\d+)"  # DOME_TIERS', text)
+    cases = dict(
+        (tier, (int(a), int(b))) for tier, a, b in re.findall(r'(\w+)\) limits="(\d+) (\d+)"', text)
+    )
+    assert {"free": tuple(map(int, default)), **cases} == {t: tuple(v) for t, v in TIERS.items()}
+
+
 def test_script_knows_the_published_polymarket_limits() -> None:
     """launch_dataflow.sh checks the split against its own copy of the published limits."""
     (line,) = re.findall(r'^readonly POLYMARKET_LIMITS="([^"]*)"$', SCRIPT.read_text(), re.M)
@@ -563,7 +573,7 @@ def test_image_is_the_launcher_base_plus_the_beam_worker_boot() -> None:
 def test_image_sets_the_flex_template_files_to_real_files() -> None:
     variables = docker_vars()
     for name, expected in [
-        ("FLEX_TEMPLATE_PYTHON_PY_FILE", "pipeline/flex_main.py"),
+        ("FLEX_TEMPLATE_PYTHON_PY_FILE", "main.py"),
         ("FLEX_TEMPLATE_PYTHON_SETUP_FILE", "setup.py"),
     ]:
         path = variables[name]
@@ -572,7 +582,8 @@ def test_image_sets_the_flex_template_files_to_real_files() -> None:
         assert (REPO / expected).is_file(), f"{name} names a file the repo lacks"
     # The image already holds the requirements; staging them again would slow every launch.
     assert "FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE" not in variables
-    source = (REPO / "pipeline" / "flex_main.py").read_text()
+    source = (REPO / "main.py").read_text()
+    assert "sys.path" not in source  # the entry file edits no import path
     assert "run_backfill(sys.argv[1:])" in source and "wait_until_finish" not in source
 
 
@@ -699,9 +710,10 @@ def test_the_wheel_installs_and_runs_from_site_packages(tmp_path: Path) -> None:
     help_text = run("-m", "pipeline", "run", "--help").stdout
     assert "--warehouse" in help_text and "--api_key_secret" in help_text
     # The Flex Template's file, run as the launcher runs it: it gets as far as checking the options,
-    # with the installed package (not the repo's folder next to the file: `-v` names every module
-    # file imported), and says what to fix without a traceback.
-    flex_main = str(REPO / "pipeline" / "flex_main.py")
+    # with the installed package (a copy of the file away from the repo, so `-v`, which names every
+    # module file imported, shows site-packages), and says what to fix without a traceback.
+    flex_main = str(tmp_path / "main.py")
+    shutil.copy(REPO / "main.py", flex_main)
     launched = run("-v", flex_main, "--runner=DataflowRunner", "--source=dome", ok=False)
     assert launched.returncode == 2
     assert "--api_key_secret is required on Dataflow" in launched.stdout
@@ -719,6 +731,7 @@ def test_the_wheel_installs_and_runs_from_site_packages(tmp_path: Path) -> None:
         ok=False,
     )
     assert unreachable.returncode == 1, unreachable.stdout + unreachable.stderr
+    assert unreachable.stdout.strip(), unreachable.stderr[-2000:]
     (line,) = unreachable.stdout.splitlines()
     assert line.startswith("the run could not start:") and "/v2/status" in line, line
     assert "Traceback" not in unreachable.stderr, unreachable.stderr

@@ -21,7 +21,7 @@ def test_defaults_resolve_to_polymarket_at_its_published_limits():
     assert config.run_id and config.run_staging.endswith(config.run_id)
 
 
-def test_dome_resolves_its_tier():
+def test_dome_resolves_its_tier(dome_key):
     config = resolve(PipelineOptions(["--source=dome"]))
     assert limits(config.job_windows) == {("key", 1.0): 10, ("key", 10.0): 100}
 
@@ -115,7 +115,7 @@ def test_multi_processing_splits_by_worker_count():
     assert resolve(PipelineOptions(["--rate_shares=7"])).rate_shares == 7
 
 
-def test_explicit_rates_override_the_tier():
+def test_explicit_rates_override_the_tier(dome_key):
     argv = ["--source=dome", "--tier=pro", "--rate_per_second=42", "--rate_per_10s=200"]
     config = resolve(PipelineOptions(argv))
     assert limits(config.job_windows) == {("key", 1.0): 42, ("key", 10.0): 200}
@@ -129,7 +129,7 @@ def test_api_key_from_environment_only(monkeypatch):
     assert load_api_key(None) == "k-123"
 
 
-def test_command_options_are_left_out_before_beam_sees_them():
+def test_command_options_are_left_out_before_beam_sees_them(dome_key):
     from pipeline.options import resolve_command_argv
 
     config = resolve_command_argv(
@@ -139,6 +139,57 @@ def test_command_options_are_left_out_before_beam_sees_them():
     assert config.warehouse == "duckdb:x.duckdb" and config.source.name == "dome"
 
 
-def test_per_worker_egress_is_refused_for_dome():
+def test_per_worker_egress_is_refused_for_dome(dome_key):
     with pytest.raises(OptionsError, match="--egress=per_worker applies to --source=polymarket"):
         resolve(PipelineOptions(["--source=dome", "--egress=per_worker"]))
+
+
+@pytest.fixture
+def dome_key(monkeypatch):
+    monkeypatch.setenv("DOME_API_KEY", "k-123")
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--rate_per_second=inf"], "finite and positive"),
+        (["--rate_per_second=nan"], "finite and positive"),
+        (["--rate_per_10s=-3"], "finite and positive"),
+    ],
+)
+def test_dome_rates_must_be_finite(dome_key, argv, says):
+    with pytest.raises(OptionsError, match=says):
+        resolve(PipelineOptions(["--source=dome", *argv]))
+
+
+def test_dome_without_a_key_is_an_options_error_not_a_worker_crash(monkeypatch):
+    monkeypatch.delenv("DOME_API_KEY", raising=False)
+    with pytest.raises(OptionsError, match="set DOME_API_KEY"):
+        resolve(PipelineOptions(["--source=dome"]))
+    monkeypatch.setenv("DOME_API_KEY", "clé-non-ascii")
+    with pytest.raises(OptionsError, match="characters a header cannot carry") as error:
+        resolve(PipelineOptions(["--source=dome"]))
+    assert "clé" not in str(error.value)
+
+
+def test_a_warehouse_path_that_names_nothing_usable_is_refused(tmp_path):
+    not_duckdb = tmp_path / "notes.txt"
+    not_duckdb.write_text("hello, this is not a database\n")
+    cases = {
+        f"duckdb:{tmp_path / 'missing' / 'wh.duckdb'}": "does not exist",
+        f"duckdb:{tmp_path}": "is a folder",
+        f"duckdb:{not_duckdb}": "not a DuckDB database file",
+    }
+    for spec, says in cases.items():
+        with pytest.raises(OptionsError, match=says):
+            resolve(PipelineOptions([f"--warehouse={spec}"]))
+    assert resolve(PipelineOptions([f"--warehouse=duckdb:{tmp_path / 'new.duckdb'}"]))
+
+
+def test_a_staging_root_that_is_a_file_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OptionsError, match="is a file, not a folder"):
+        resolve(PipelineOptions([f"--staging_root={blocker}"]))
+    with pytest.raises(OptionsError, match="is not writable"):
+        resolve(PipelineOptions([f"--staging_root={blocker}/below"]))

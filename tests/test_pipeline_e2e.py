@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from pipeline.lifecycle import commit_staged_run
 from pipeline.run import run_backfill
-from pipeline.warehouse import TableNames
+from pipeline.staging import RunStaging, commit_staged_run
+from pipeline.warehouse import TableNames, WarehouseRef
 from tests.support import (
     INVALID_TRADERS,
     TRADES_ENDPOINT,
@@ -112,8 +112,9 @@ def test_commit_twice_changes_nothing(world):
     _server, _, db, staging = world
     summary = run_backfill(world.argv())
     before = query(db, "SELECT * FROM trades ORDER BY id"), checkpoint(db)
-    report = commit_staged_run(f"duckdb:{db}", TableNames(), str(staging), summary.run_id)
-    assert report["already_committed"] is True
+    warehouse = WarehouseRef(f"duckdb:{db}", TableNames())
+    outcome = commit_staged_run(RunStaging(str(staging), summary.run_id), warehouse)
+    assert outcome.already_committed is True
     assert (query(db, "SELECT * FROM trades ORDER BY id"), checkpoint(db)) == before
 
 
@@ -187,7 +188,7 @@ def test_start_up_commits_a_run_that_was_staged_but_not_committed(world, tmp_pat
     seed_traders(fresh, wallets)
     server.reset_stats()
     recovered = run_backfill(world.argv(fresh))
-    assert [r["run_id"] for r in recovered.recovered] == [summary.run_id]
+    assert [r.run_id for r in recovered.recovered] == [summary.run_id]
     # The recovered staging already completed every wallet: the new run fetched none of them.
     assert trade_requests(server, world.source) == 0
     assert_production_is_truth(world, fresh)
@@ -203,7 +204,7 @@ def test_a_staged_run_that_cannot_commit_does_not_block_later_runs(world, tmp_pa
     seed_traders(fresh, wallets)
     summary = run_backfill(world.argv(fresh))
     assert summary.state == "DONE"
-    assert [(r["run_id"], "error" in r) for r in summary.recovered] == [(broken.run_id, True)]
+    assert [(r.run_id, r.failed) for r in summary.recovered] == [(broken.run_id, True)]
     assert "still fail to commit" in summary.render()
     assert summary.counters["wallets_fetched"] == WALLETS  # fetched again, so nothing is lost
     assert_production_is_truth(world, fresh)

@@ -16,10 +16,10 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, storage
 
-from pipeline.lifecycle import commit_staged_run
 from pipeline.run import run_backfill
 from pipeline.sources.dome.ids import trade_id
-from pipeline.warehouse import TableNames, open_warehouse
+from pipeline.staging import RunStaging, commit_staged_run
+from pipeline.warehouse import TableNames, WarehouseRef, open_warehouse
 from pipeline.warehouse import sql as q
 from tests.bq_emulator import BigQueryEmulator
 from tests.gcs_emulator import StorageEmulator
@@ -114,8 +114,9 @@ def test_whole_graph_on_gcs_and_bigquery_then_nothing_fetched_twice(world):
     # Commit run twice on the same staging: production unchanged.
     before = rows(bq, f"SELECT * FROM `{dataset}.trades` ORDER BY id")
     staging_root = argv[1].split("=", 1)[1]
-    report = commit_staged_run(f"bigquery:{dataset}", TableNames(), staging_root, summary.run_id)
-    assert report["already_committed"] is True
+    warehouse = WarehouseRef(f"bigquery:{dataset}", TableNames())
+    outcome = commit_staged_run(RunStaging(staging_root, summary.run_id), warehouse)
+    assert outcome.already_committed is True
     assert rows(bq, f"SELECT * FROM `{dataset}.trades` ORDER BY id") == before
 
 

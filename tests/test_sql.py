@@ -68,7 +68,7 @@ def test_declared_params_are_exactly_the_placeholders(statement: q.Statement) ->
 @pytest.mark.parametrize("statement", BIGQUERY_STATEMENTS, ids=_ids(BIGQUERY_STATEMENTS))
 def test_no_value_is_formatted_into_sql(statement: q.Statement) -> None:
     sql = q.render(statement, TableNames(), RUN_ID)
-    # The run id only ever reaches SQL through a parameter (staging names map '-' to '_').
+    # The run id only ever reaches SQL through a parameter (load table names map '-' to '_').
     assert RUN_ID not in sql
     strings = [lit for lit in sqlglot.parse_one(sql, read="bigquery").find_all(exp.Literal)]
     # The only string literals allowed are schema constants (the legacy source's name).
@@ -131,18 +131,19 @@ def test_run_ids_are_validated(bad: str) -> None:
         q.validate_run_id(bad)
 
 
-def test_staging_names_are_identifiers_and_do_not_collide() -> None:
-    names = {q.staging_table(run_id, "trades") for run_id in ("a-b", "a_b", "A-b")}
+def test_load_table_names_are_identifiers_and_do_not_collide() -> None:
+    names = {q.load_table(run_id, "trades") for run_id in ("a-b", "a_b", "A-b")}
     assert len(names) == 3
     for name in names:
         q.validate_identifier(name)
-    assert q.staging_table("a-b", "outcomes").endswith("_outcomes")
+    assert q.load_table("a-b", "outcomes").endswith("_outcomes")
     with pytest.raises(ValueError, match="staging kind"):
-        q.staging_table("a", "nope")
-    assert set(q.CREATE_STAGING) == set(STAGED_KINDS)
+        q.load_table("a", "nope")
+    assert set(q.CREATE_LOAD_TABLE) == set(STAGED_KINDS)
+    assert all(name.startswith(q.LOAD_TABLE_PREFIX) for name in names)
 
 
-def test_staging_statements_need_a_run_id() -> None:
+def test_load_table_statements_need_a_run_id() -> None:
     with pytest.raises(ValueError, match="run_id"):
         q.render(q.INSERT_TRADES, TableNames())
 

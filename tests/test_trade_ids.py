@@ -1,6 +1,8 @@
 """The derived trade id: stable for one fill, distinct for different fills."""
 
+import hashlib
 import json
+import re
 
 from pipeline.sources.dome.ids import trade_id
 
@@ -51,5 +53,13 @@ def test_without_log_index_every_describing_field_counts():
 
 
 def test_id_is_sha256_hex():
+    """The id is the lowercase hex SHA-256 of the fill's key: its scheme, the wallet and the
+    fields that name the fill, joined by a unit separator (see pipeline.sources.dome.ids)."""
+    key = ("v1", "log", WALLET, ORDER["tx_hash"], "7", ORDER["token_id"], "BUY")
     value = trade_id(WALLET, ORDER)
-    assert len(value) == 64 and int(value, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{64}", value)
+    assert value == hashlib.sha256("\x1f".join(key).encode()).hexdigest()
+    no_log = {k: v for k, v in ORDER.items() if k != "log_index"}
+    key = ("v1", "fill", WALLET, ORDER["tx_hash"], ORDER["order_hash"], ORDER["token_id"], "BUY",
+           "5000000", "0.5", "1700000000")  # fmt: skip
+    assert trade_id(WALLET, no_log) == hashlib.sha256("\x1f".join(key).encode()).hexdigest()

@@ -15,6 +15,7 @@ from transforms.api import ApiHandle
 from transforms.batch import BatchPerKey
 from transforms.fetch_markets import FetchEvents, FetchMarkets
 from transforms.fetch_trades import FetchTrades
+from transforms.select_wallets import RefreshPolicy
 
 
 @pytest.fixture
@@ -50,7 +51,10 @@ def test_fetch_trades_pages_outcomes_and_condition_ids(setup):
     # The broken wallet's first page was fetched before its failure: it is staged but never landed.
     first_page = [trade_id(broken, o) for o in simulator.orders(broken)[:100]]
     with TestPipeline() as p:
-        out = p | beam.Create([(w, None) for w in wallets]) | FetchTrades(api, config)
+        fetch = FetchTrades(
+            api, config.run_id, "dome", config.staging.kind_folder("trades"), config.fetch_threads
+        )
+        out = p | beam.Create([(w, None) for w in wallets]) | fetch
         ids = out["trade_pages"] | "Ids" >> beam.FlatMap(lambda page: [row["id"] for row in page])
         assert_that(ids, equal_to(expected_ids + first_page), label="ids")
         outcomes = out["outcomes"] | beam.Map(
@@ -70,15 +74,17 @@ def test_fetch_markets_once_per_id_in_batches_then_events(setup):
     markets = simulator.markets()
     ids = [m["condition_id"] for m in markets]
     slugs = sorted({m["event_slug"] for m in markets if m.get("event_slug")})
+    warehouse, threads = config.warehouse_ref, config.fetch_threads
+    policy = RefreshPolicy(now=config.started_at, refresh_after_s=None, overlap_s=3600.0)
     with TestPipeline() as p:
         refs = [(cid, None) for cid in ids + ids[:5] + ["0xnot-a-market"]]
-        fetched = p | beam.Create(refs) | FetchMarkets(api, config, 100)
+        fetched = p | beam.Create(refs) | FetchMarkets(api, warehouse, policy, 100, threads)
         assert_that(
             fetched["markets"] | "MarketIds" >> beam.Map(lambda m: m["condition_id"]),
             equal_to(ids),
             label="markets",
         )
-        events = fetched["event_slugs"] | FetchEvents(api, config, 1)
+        events = fetched["event_slugs"] | FetchEvents(api, warehouse, policy, 1, threads)
         assert_that(
             events | "Slugs" >> beam.Map(lambda e: e["event_slug"]), equal_to(slugs), label="events"
         )

@@ -5,12 +5,11 @@ import time
 
 import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.options import BackfillConfig, resolve
-from pipeline.warehouse import TableNames
+from pipeline.staging import RunStaging
+from pipeline.warehouse import TableNames, WarehouseRef
 from tests.support import query, seed_traders
 from transforms.dedup import DedupFirst
 from transforms.read_wallets import ReadWallets, normalize_wallet
@@ -43,7 +42,7 @@ def test_read_wallets_normalizes_dedups_and_rejects(tmp_path):
     db = tmp_path / "w.duckdb"
     seed_traders(db, [A, A.upper().replace("0X", "0x"), f" {B}", None, "junk"])
     with TestPipeline() as p:
-        read = p | ReadWallets(f"duckdb:{db}", TableNames(), "run1")
+        read = p | ReadWallets(WarehouseRef(f"duckdb:{db}", TableNames()), "run1")
         assert_that(read["wallets"], equal_to([A, B]), label="wallets")
         reasons = read["rejects"] | beam.Map(
             lambda r: (r["wallet_address"], r["reason"], r["run_id"])
@@ -71,8 +70,9 @@ def _checkpoint_done(db, wallet, successful, last_trade_at=None, refreshed=None)
     )
 
 
-def _config(db, *extra):
-    return resolve(PipelineOptions([f"--warehouse=duckdb:{db}", *extra]))
+def _select(db, refresh_after_s=None, overlap_s=3600.0, max_wallets=None):
+    policy = RefreshPolicy(now=time.time(), refresh_after_s=refresh_after_s, overlap_s=overlap_s)
+    return SelectWallets(WarehouseRef(f"duckdb:{db}", TableNames()), policy, max_wallets)
 
 
 def test_select_wallets_skips_done_and_keeps_failed(tmp_path):
@@ -81,7 +81,7 @@ def test_select_wallets_skips_done_and_keeps_failed(tmp_path):
     _checkpoint_done(db, A, True)
     _checkpoint_done(db, B, False)
     with TestPipeline() as p:
-        requests = p | beam.Create([A, B, C]) | SelectWallets(_config(db))
+        requests = p | beam.Create([A, B, C]) | _select(db)
         assert_that(requests, equal_to([(B, None), (C, None)]))
 
 
@@ -91,9 +91,9 @@ def test_refresh_picks_stale_done_wallets_from_last_trade_minus_overlap(tmp_path
     now = time.time()
     _checkpoint_done(db, A, True, last_trade_at=1_700_000_000, refreshed=now - 7200)
     _checkpoint_done(db, B, True, last_trade_at=1_700_000_000, refreshed=now - 60)
-    config = _config(db, "--refresh_after=1h", "--refresh_overlap=10m")
+    select = _select(db, refresh_after_s=3600.0, overlap_s=600.0)
     with TestPipeline() as p:
-        requests = p | beam.Create([A, B, C]) | SelectWallets(config)
+        requests = p | beam.Create([A, B, C]) | select
         assert_that(requests, equal_to([(A, 1_700_000_000 - 600), (C, None)]))
 
 
@@ -101,9 +101,9 @@ def test_new_wallets_come_before_refreshes_within_max_wallets(tmp_path):
     db = tmp_path / "w.duckdb"
     seed_traders(db, [])
     _checkpoint_done(db, A, True, last_trade_at=1_700_000_000, refreshed=1)
-    config = _config(db, "--refresh_after=1h", "--max_wallets=2")
+    select = _select(db, refresh_after_s=3600.0, max_wallets=2)
     with TestPipeline() as p:
-        requests = p | beam.Create([A, B, C]) | SelectWallets(config)
+        requests = p | beam.Create([A, B, C]) | select
         assert_that(requests, equal_to([(B, None), (C, None)]))
 
 
@@ -147,7 +147,7 @@ def test_max_wallets_picks_the_same_wallets_every_time(tmp_path):
     wallets = ["0x" + f"{i:040x}" for i in range(50)]
     for order in (wallets, list(reversed(wallets))):
         with TestPipeline() as p:
-            chosen = p | beam.Create(order) | SelectWallets(_config(db, "--max_wallets=5"))
+            chosen = p | beam.Create(order) | _select(db, max_wallets=5)
             assert_that(chosen, equal_to([(w, None) for w in sorted(wallets)[:5]]))
 
 
@@ -164,16 +164,16 @@ def _one_file(files):
 
 
 def test_write_staging_writes_ndjson_and_returns_final_files(tmp_path):
-    config: BackfillConfig = resolve(PipelineOptions([f"--staging_root={tmp_path}", "--run_id=r1"]))
+    staging = RunStaging(str(tmp_path), "r1")
     pages = [[{"id": "1"}, {"id": "2"}], [{"id": "3"}]]
     with TestPipeline() as p:
         trade_files = (
-            p | "Pages" >> beam.Create(pages) | "T" >> WriteStaging(config, "trades", True)
+            p | "Pages" >> beam.Create(pages) | "T" >> WriteStaging(staging, "trades", True)
         )
         outcome_files = (
             p
             | "Outcomes" >> beam.Create([{"wallet_address": A}])
-            | "O" >> WriteStaging(config, "outcomes", after=trade_files)
+            | "O" >> WriteStaging(staging, "outcomes", after=trade_files)
         )
         assert_that(outcome_files, _one_file)
     lines = [

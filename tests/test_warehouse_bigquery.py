@@ -1,7 +1,8 @@
-"""The BigQuery warehouse against bqemulator, through the official client: the DuckDB tests' guarantees.
-
-One emulator serves the module (it takes seconds to start); every test gets its own dataset. The
-staging rows and helpers are the DuckDB tests' own, so both warehouses are held to the same data.
+"""The BigQuery warehouse where it differs from DuckDB, against bqemulator through the official
+client: tables made through the API with partitioning and clustering, load jobs from gs://, the
+transaction retried on transient errors, load table expirations, the emulator's address from the
+environment, pickling; and that both engines run the same statements to the same result. The
+guarantees both engines share: test_warehouse.py.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from sqlglot.errors import ErrorLevel
 
-from pipeline.schema import CHECKPOINT_COLUMNS, STAGED_KINDS, TRADE_COLUMNS
-from pipeline.status_report import render_status
+from pipeline.schema import STAGED_KINDS, TRADE_COLUMNS
 from pipeline.warehouse import CommitError, TableNames, open_warehouse
 from pipeline.warehouse import bigquery_warehouse as bqw
 from pipeline.warehouse import duckdb_warehouse as ddw
@@ -38,24 +38,25 @@ from pipeline.warehouse import sql as q
 from pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse
 from pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
 from tests.bq_emulator import BigQueryEmulator
-from tests.test_warehouse_duckdb import (
+from tests.support import (
     COMMITTED_AT,
-    CROSS_SOURCE_CASES,
     NEW_COLUMNS,
-    T0,
-    UNLANDED_EVENTS,
-    UNLANDED_MARKETS,
-    cross_source_runs,
+    BigQueryEngine,
+    assert_rich_run_landed,
+    busy_run,
+    checkpoint_rows,
     event,
+    load_tables_left,
     market,
     old_columns,
     old_ddl,
     outcome,
     pm_market,
     pm_trade,
+    rich_run,
     stage,
     trade,
-    unlanded_history,
+    trade_ids,
     write_ndjson,
 )
 
@@ -73,25 +74,22 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmula
 @pytest.fixture(scope="module")
 def bq(emulator: BigQueryEmulator) -> Iterator[bigquery.Client]:
     """A client of the tests' own, to look at what the warehouse did."""
-    client = bigquery.Client(
-        project=PROJECT,
-        credentials=AnonymousCredentials(),
-        client_options=ClientOptions(api_endpoint=emulator.endpoint),
-    )
+    client = emulator.client()
     yield client
     client.close()
 
 
-def new_warehouse(
-    endpoint: str,
-    tables: TableNames | None = None,
-    **kwargs: Any,
-) -> BigQueryWarehouse:
-    """A warehouse on a dataset of its own (created by `ensure_tables`)."""
+@pytest.fixture(scope="module")
+def db(emulator: BigQueryEmulator, bq: bigquery.Client) -> BigQueryEngine:
+    return BigQueryEngine(emulator, bq)
+
+
+def new_warehouse(endpoint: str, **kwargs: Any) -> BigQueryWarehouse:
+    """A warehouse on a dataset of its own (created by `ensure_tables`), through `endpoint`."""
     return BigQueryWarehouse(
         PROJECT,
         f"wh_{uuid.uuid4().hex[:12]}",
-        tables or TableNames(),
+        TableNames(),
         client_options=ClientOptions(api_endpoint=endpoint),
         credentials=AnonymousCredentials(),
         **kwargs,
@@ -106,30 +104,8 @@ def wh(emulator: BigQueryEmulator) -> Iterator[BigQueryWarehouse]:
     warehouse.close()
 
 
-# -- reading the dataset back ---------------------------------------------------------------------
-
-
 def query(bq: bigquery.Client, sql: str) -> list[tuple]:
     return [tuple(row.values()) for row in bq.query(sql).result()]
-
-
-def snapshot(
-    bq: bigquery.Client, wh: BigQueryWarehouse, tables: tuple[str, ...] = TABLES
-) -> dict[str, list[tuple]]:
-    return {t: sorted(query(bq, f"SELECT * FROM `{wh.dataset}.{t}`"), key=repr) for t in tables}
-
-
-def checkpoint(bq: bigquery.Client, wh: BigQueryWarehouse) -> dict[str, dict]:
-    rows = bq.query(f"SELECT * FROM `{wh.dataset}.backfill_checkpoint`").result()
-    return {row["wallet_address"]: dict(row.items()) for row in rows}
-
-
-def trade_ids(bq: bigquery.Client, wh: BigQueryWarehouse) -> list[str]:
-    return sorted(row[0] for row in query(bq, f"SELECT id FROM `{wh.dataset}.trades`"))
-
-
-def staging_tables_left(bq: bigquery.Client, wh: BigQueryWarehouse) -> list[str]:
-    return [t.table_id for t in bq.list_tables(wh.dataset) if t.table_id.startswith("_stg")]
 
 
 def stage_gcs(
@@ -154,55 +130,14 @@ def gcs_root(wh: BigQueryWarehouse) -> str:
     return wh.dataset.split(".")[1]
 
 
-def _busy_run(tmp_path: Path, run_id: str = "r1") -> dict[str, list[str]]:
-    return stage(
-        tmp_path,
-        run_id,
-        trades=[trade("0xa", "a1", run_id), trade("0xa", "a2", run_id), trade("0xb", "b1", run_id)],
-        outcomes=[outcome("0xa", run_id, True, 10), outcome("0xb", run_id, False, 10, error="x")],
-        markets=[market("0xc1", run_id, 10), market("0xc1", run_id, 5, title="older")],
-        events=[event("weather", run_id, 10)],
-    )
-
-
-def _rich_run(run_id: str) -> dict[str, list[dict]]:
-    return {
-        "trades": [
-            trade("0xa", "t1", run_id, fetched=20),
-            trade("0xa", "t2", run_id, fetched=20),  # already in production
-            trade("0xa", "t3", run_id, fetched=20),
-            trade("0xa", "t1", run_id, fetched=10),  # a duplicate inside staging, fetched earlier
-            trade("0xb", "b1", run_id),  # wallet B failed: its partial pages must not land
-        ],
-        "outcomes": [
-            outcome("0xa", run_id, True, 100, trade_count=99),
-            outcome("0xb", run_id, False, 100, trade_count=1, error="HTTP 500 after 5 attempts"),
-        ],
-        "markets": [market("0xc1", run_id, 10)],
-        "events": [event("weather", run_id, 10)],
-    }
-
-
 # -- tables ---------------------------------------------------------------------------------------
 
 
-def test_ensure_tables_is_idempotent_and_partitions_trades(
+def test_tables_are_made_through_the_api_partitioned_and_clustered(
     emulator: BigQueryEmulator, bq: bigquery.Client
 ) -> None:
     wh = new_warehouse(emulator.endpoint)
     wh.ensure_tables()  # creates the dataset too
-    bq.query(f"INSERT INTO `{wh.dataset}.traders` VALUES ('0xaaa'), (NULL)").result()
-    wh.ensure_tables()
-    assert sorted(wh.read_traders(), key=repr) == ["0xaaa", None]
-    assert {t.table_id for t in bq.list_tables(wh.dataset)} == {
-        "traders",
-        "backfill_checkpoint",
-        "trades",
-        "markets",
-        "events",
-        "backfill_runs",
-    }
-
     trades = bq.get_table(f"{wh.dataset}.trades")
     assert trades.time_partitioning is not None
     assert (trades.time_partitioning.type_, trades.time_partitioning.field) == ("DAY", "traded_at")
@@ -229,10 +164,10 @@ def test_an_existing_table_with_other_partitioning_is_reported_not_changed(
 
 
 def test_the_api_table_specs_are_the_ddl_and_the_schema() -> None:
-    # Staging tables are created by CREATE_STAGING and loaded with schema_fields: the same table.
+    # Load tables are created by CREATE_LOAD_TABLE and loaded with schema_fields: the same table.
     for kind, columns in STAGED_KINDS.items():
-        table = bqw.table_from_ddl(q.CREATE_STAGING[kind], TableNames(), "p-roject.ds", "r-1")
-        assert table.table_id == q.staging_table("r-1", kind)
+        table = bqw.table_from_ddl(q.CREATE_LOAD_TABLE[kind], TableNames(), "p-roject.ds", "r-1")
+        assert table.table_id == q.load_table("r-1", kind)
         assert [(f.name, f.field_type, f.mode) for f in table.schema] == [
             (f.name, f.field_type, f.mode) for f in bqw.schema_fields(columns)
         ]
@@ -244,60 +179,15 @@ def test_the_api_table_specs_are_the_ddl_and_the_schema() -> None:
         bqw.table_from_ddl(q.SELECT_TRADERS, TableNames(), "p-roject.ds")
 
 
-def test_custom_table_names(
-    emulator: BigQueryEmulator, bq: bigquery.Client, tmp_path: Path
-) -> None:
-    wh = new_warehouse(emulator.endpoint, TableNames(trades="fills", runs="commits"))
-    wh.ensure_tables()
-    files = stage(
-        tmp_path, "r1", trades=[trade("0xa", "t1", "r1")], outcomes=[outcome("0xa", "r1", True, 10)]
-    )
-    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
-    assert query(bq, f"SELECT id FROM `{wh.dataset}.fills`") == [("t1",)]
-    assert wh.committed_run_ids() == {"r1"}
-
-
-# -- the commit -----------------------------------------------------------------------------------
-
-
-def _assert_rich_run_landed(bq: bigquery.Client, wh: BigQueryWarehouse, report: Any) -> None:
-    assert trade_ids(bq, wh) == ["t1", "t2", "t3"]
-    fetched = query(bq, f"SELECT fetched_at FROM `{wh.dataset}.trades` WHERE id = 't1'")
-    assert fetched == [(dt.datetime.fromtimestamp(T0 + 10, dt.UTC),)]
-    assert query(bq, f"SELECT run_id FROM `{wh.dataset}.trades` WHERE id = 't2'") == [("r0",)]
-    assert (report.already_committed, report.trades_inserted) == (False, 2)
-    assert (report.markets_merged, report.events_merged) == (1, 1)
-    assert (report.wallets_done, report.wallets_failed) == (1, 1)
-
-    ckpt = checkpoint(bq, wh)
-    a, b = ckpt["0xa"], ckpt["0xb"]
-    assert (a["completed"], a["upload_successful"], a["error"]) == (True, True, None)
-    assert a["trade_count"] == 3  # distinct staged ids, not the outcome's 99
-    assert (a["attempts"], a["run_id"]) == (2, "r1")
-    assert (b["completed"], b["upload_successful"]) == (True, False)
-    assert (b["error"], b["trade_count"], b["attempts"]) == ("HTTP 500 after 5 attempts", 1, 1)
-    assert b["processed_at"] == dt.datetime.fromtimestamp(T0 + 100, dt.UTC)
-    assert list(wh.read_done_wallets()) == ["0xa"]
-    runs = query(bq, f"SELECT * FROM `{wh.dataset}.backfill_runs` WHERE run_id = 'r1'")
-    assert runs == [("r1", COMMITTED_AT, 1, 1, 5, 1, 1)]
-    assert staging_tables_left(bq, wh) == []
-
-
-def test_commit_from_local_files_lands_exactly_the_successful_wallets_trades_once(
-    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
-) -> None:
-    first = stage(
-        tmp_path, "r0", trades=[trade("0xa", "t2", "r0")], outcomes=[outcome("0xa", "r0", True, 5)]
-    )
-    wh.commit_run("r0", first, committed_at=COMMITTED_AT)
-    report = wh.commit_run(
-        "r1", stage(tmp_path, "r1", **_rich_run("r1")), committed_at=COMMITTED_AT
-    )
-    _assert_rich_run_landed(bq, wh, report)
+# -- load jobs from Cloud Storage --------------------------------------------------------------
 
 
 def test_commit_from_gcs_uris(
-    wh: BigQueryWarehouse, bq: bigquery.Client, emulator: BigQueryEmulator, tmp_path: Path
+    wh: BigQueryWarehouse,
+    db: BigQueryEngine,
+    bq: bigquery.Client,
+    emulator: BigQueryEmulator,
+    tmp_path: Path,
 ) -> None:
     first = stage_gcs(
         emulator,
@@ -309,173 +199,36 @@ def test_commit_from_gcs_uris(
     assert all(uri.startswith("gs://backfill-bucket/") for uri in first["trades"])
     wh.commit_run("r0", first, committed_at=COMMITTED_AT)
     # Mixed sources in one run: each file is loaded the way its name says.
-    files = stage_gcs(emulator, wh, "r1", **_rich_run("r1"))
-    local = stage(tmp_path, "r1", events=_rich_run("r1")["events"])
+    files = stage_gcs(emulator, wh, "r1", **rich_run("r1"))
+    local = stage(tmp_path, "r1", events=rich_run("r1")["events"])
     files["events"] = local["events"]
     report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
-    _assert_rich_run_landed(bq, wh, report)
+    assert_rich_run_landed(db, wh, report)
 
 
 def test_a_missing_gcs_file_fails_the_load_and_commits_nothing(
-    wh: BigQueryWarehouse, bq: bigquery.Client, emulator: BigQueryEmulator
+    wh: BigQueryWarehouse, db: BigQueryEngine, bq: bigquery.Client, emulator: BigQueryEmulator
 ) -> None:
     files = stage_gcs(emulator, wh, "r1", outcomes=[outcome("0xa", "r1", True, 5)])
     files["trades"] = [f"gs://backfill-bucket/{gcs_root(wh)}/r1/trades/part-9.json"]  # not there
     with pytest.raises(CommitError, match="run r1: loading its trades staging files failed"):
         wh.commit_run("r1", files, committed_at=COMMITTED_AT)
     assert wh.committed_run_ids() == set()
-    assert checkpoint(bq, wh) == {}
-    assert staging_tables_left(bq, wh) == []
-
-
-def test_failed_wallet_is_flipped_by_a_later_success(
-    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
-) -> None:
-    files = stage(
-        tmp_path,
-        "r1",
-        trades=[trade("0xb", "b1", "r1")],
-        outcomes=[outcome("0xb", "r1", False, 10, trade_count=1, error="timeout")],
-    )
-    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
-    assert trade_ids(bq, wh) == []
-    files = stage(
-        tmp_path,
-        "r2",
-        trades=[trade("0xb", "b1", "r2"), trade("0xb", "b2", "r2")],
-        outcomes=[outcome("0xb", "r2", True, 20, trade_count=2)],
-    )
-    wh.commit_run("r2", files, committed_at=COMMITTED_AT)
-    assert trade_ids(bq, wh) == ["b1", "b2"]
-    b = checkpoint(bq, wh)["0xb"]
-    assert (b["upload_successful"], b["error"], b["attempts"], b["trade_count"]) == (
-        True,
-        None,
-        2,
-        2,
-    )
-
-
-def test_committing_twice_changes_nothing(
-    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
-) -> None:
-    files = _busy_run(tmp_path)
-    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
-    before = snapshot(bq, wh)
-    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT + dt.timedelta(hours=1))
-    assert report.already_committed
-    assert (report.trades_inserted, report.markets_merged, report.events_merged) == (0, 0, 0)
-    assert snapshot(bq, wh) == before
-    assert query(bq, f"SELECT title FROM `{wh.dataset}.markets`") == [("m",)]
-
-
-def test_the_sql_guards_alone_make_a_recommit_a_no_op(
-    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
-) -> None:
-    files = _busy_run(tmp_path)
-    first = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
-    assert (first.trades_inserted, first.markets_merged, first.events_merged) == (2, 1, 1)
-    before = snapshot(bq, wh)
-    bq.query(f"DELETE FROM `{wh.dataset}.backfill_runs` WHERE run_id = 'r1'").result()
-    assert wh.committed_run_ids() == set()
-
-    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
-    assert not report.already_committed
-    assert (report.trades_inserted, report.markets_merged, report.events_merged) == (0, 0, 0)
-    assert snapshot(bq, wh) == before  # attempts not bumped, nothing duplicated, same runs row
-    assert wh.committed_run_ids() == {"r1"}
-
-
-def test_a_failing_transaction_rolls_everything_back(
-    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
-) -> None:
-    # Production refuses what staging allows: `events.subtitle` is REQUIRED here (BigQuery can
-    # only relax a mode, so the table is made that way), and the events MERGE fails after the
-    # trades INSERT and the markets MERGE have run inside the transaction.
-    ddl = q.render(q.CREATE_EVENTS, wh.tables, dataset=wh.dataset)
-    assert "`subtitle` STRING,\n" in ddl
-    bq.query(f"DROP TABLE `{wh.dataset}.events`").result()
-    bq.query(ddl.replace("`subtitle` STRING,\n", "`subtitle` STRING NOT NULL,\n")).result()
-    wh.commit_run("r0", _busy_run(tmp_path, "r0"), committed_at=COMMITTED_AT)
-    before = snapshot(bq, wh)
-    assert before["trades"] and before["markets"] and before["backfill_checkpoint"]
-    rows = {
-        "trades": [trade("0xg", "g1", "r1")],
-        "outcomes": [outcome("0xg", "r1", True, 50), outcome("0xb", "r1", True, 50)],
-        "markets": [market("0xc9", "r1", 50)],
-    }
-    bad = stage(tmp_path, "r1", events=[event("storm", "r1", 50, subtitle=None)], **rows)
-    with pytest.raises(CommitError, match=r"run r1.*rolled back"):
-        wh.commit_run("r1", bad, committed_at=COMMITTED_AT)
-    assert snapshot(bq, wh) == before
-    assert wh.committed_run_ids() == {"r0"}
-    assert staging_tables_left(bq, wh) == []
-
-    fixed = stage(tmp_path, "r1", events=[event("storm", "r1", 50)], **rows)
-    report = wh.commit_run("r1", fixed, committed_at=COMMITTED_AT)
-    assert (report.trades_inserted, report.markets_merged, report.events_merged) == (1, 1, 1)
-    assert trade_ids(bq, wh) == ["a1", "a2", "g1"]
-    assert set(wh.read_done_wallets()) == {"0xa", "0xb", "0xg"}
-    assert wh.committed_run_ids() == {"r0", "r1"}
-
-
-def test_a_staged_row_missing_a_required_column_fails_the_load(
-    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
-) -> None:
-    wh.commit_run("r0", _busy_run(tmp_path, "r0"), committed_at=COMMITTED_AT)
-    before = snapshot(bq, wh)
-    bad = stage(
-        tmp_path,
-        "r1",
-        trades=[trade("0xg", "g1", "r1"), trade("0xg", "g2", "r1", tx_hash=None)],
-        outcomes=[outcome("0xg", "r1", True, 50)],
-    )
-    with pytest.raises(CommitError, match="run r1: loading its trades staging"):
-        wh.commit_run("r1", bad, committed_at=COMMITTED_AT)
-    assert snapshot(bq, wh) == before
-    assert wh.committed_run_ids() == {"r0"}
-    assert staging_tables_left(bq, wh) == []
-
-
-def test_empty_staging_kinds(wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path) -> None:
-    report = wh.commit_run("r0", {}, committed_at=COMMITTED_AT)
-    assert (report.trades_inserted, report.wallets_done, report.wallets_failed) == (0, 0, 0)
-    runs = query(bq, f"SELECT * FROM `{wh.dataset}.backfill_runs`")
-    assert runs == [("r0", COMMITTED_AT, 0, 0, 0, 0, 0)]
-
-    files = stage(tmp_path, "r1", trades=[], outcomes=[outcome("0xz", "r1", True, 5)], events=[])
-    files["markets"] = []
-    files["rejects"] = [write_ndjson(tmp_path / "r1" / "rejects" / "part-0.json", [])]
-    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
-    assert report.wallets_done == 1
-    z = checkpoint(bq, wh)["0xz"]
-    assert (z["upload_successful"], z["trade_count"]) == (True, 0)
-    assert trade_ids(bq, wh) == []
-
-
-def test_commit_validates_its_arguments(wh: BigQueryWarehouse, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="run_id"):
-        wh.commit_run("bad id!", {})
-    with pytest.raises(ValueError, match="unknown staging kinds"):
-        wh.commit_run("r1", {"trade": []})
-    with pytest.raises(CommitError, match="missing"):
-        wh.commit_run("r1", {"trades": [str(tmp_path / "nope.json")]})
-    with pytest.raises(ValueError, match="timezone-aware"):
-        wh.commit_run("r1", {}, committed_at=dt.datetime(2026, 1, 1))
-    assert wh.committed_run_ids() == set()
+    assert checkpoint_rows(db, wh) == {}
+    assert load_tables_left(db, wh) == []
 
 
 # -- one set of statements, two warehouses --------------------------------------------------------
 
 
 def test_both_warehouses_run_the_same_statements_to_the_same_result(
-    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
+    wh: BigQueryWarehouse, db: BigQueryEngine, bq: bigquery.Client, tmp_path: Path
 ) -> None:
     duck = DuckDBWarehouse(tmp_path / "wh.duckdb")
     duck.ensure_tables()
     history = (
         ("r0", {"trades": [trade("0xa", "t2", "r0")], "outcomes": [outcome("0xa", "r0", True, 5)]}),
-        ("r1", _rich_run("r1")),
+        ("r1", rich_run("r1")),
         (  # newer than r2, committed first
             "r3",
             {
@@ -518,7 +271,7 @@ def test_both_warehouses_run_the_same_statements_to_the_same_result(
         remote = wh.commit_run(run_id, files, committed_at=COMMITTED_AT)
         assert remote == duck.commit_run(run_id, files, committed_at=COMMITTED_AT)
         assert not remote.already_committed
-    ckpt = checkpoint(bq, wh)
+    ckpt = checkpoint_rows(db, wh)
     assert (ckpt["0xf"]["error"], ckpt["0xd"]["run_id"], ckpt["0xa"]["run_id"]) == (
         "new failure",
         "r3",
@@ -665,7 +418,7 @@ def proxy(emulator: BigQueryEmulator) -> Iterator[FaultyProxy]:
 
 
 def test_transient_transaction_failures_are_retried(
-    proxy: FaultyProxy, bq: bigquery.Client, tmp_path: Path
+    proxy: FaultyProxy, db: BigQueryEngine, bq: bigquery.Client, tmp_path: Path
 ) -> None:
     wh = new_warehouse(proxy.endpoint, retry_wait=0.01)
     wh.ensure_tables()
@@ -677,26 +430,26 @@ def test_transient_transaction_failures_are_retried(
         "Transaction is aborted due to concurrent update against table p:d.trades.",
         times=1,
     )
-    report = wh.commit_run("r1", _busy_run(tmp_path), committed_at=COMMITTED_AT)
+    report = wh.commit_run("r1", busy_run(tmp_path), committed_at=COMMITTED_AT)
     assert len(proxy.failed) == 2
     assert all(job_id.startswith("backfill_commit_r1_") for job_id in proxy.failed)
     assert (report.trades_inserted, report.wallets_done, report.wallets_failed) == (2, 1, 1)
-    assert trade_ids(bq, wh) == ["a1", "a2"]
+    assert trade_ids(db, wh) == ["a1", "a2"]
     assert wh.committed_run_ids() == {"r1"}
 
 
 def test_a_transaction_failing_every_attempt_commits_nothing_and_can_be_redone(
-    proxy: FaultyProxy, bq: bigquery.Client, tmp_path: Path
+    proxy: FaultyProxy, db: BigQueryEngine, bq: bigquery.Client, tmp_path: Path
 ) -> None:
     wh = new_warehouse(proxy.endpoint, retry_wait=0.01)
     wh.ensure_tables()
     proxy.fail("BEGIN TRANSACTION", "rateLimitExceeded", "Exceeded rate limits", times=3)
-    files = _busy_run(tmp_path)
+    files = busy_run(tmp_path)
     with pytest.raises(CommitError, match=r"run r1: the commit transaction failed 3 times"):
         wh.commit_run("r1", files, committed_at=COMMITTED_AT)
     assert len(proxy.failed) == 3
-    assert (wh.committed_run_ids(), trade_ids(bq, wh), checkpoint(bq, wh)) == (set(), [], {})
-    assert staging_tables_left(bq, wh) == []
+    assert (wh.committed_run_ids(), trade_ids(db, wh), checkpoint_rows(db, wh)) == (set(), [], {})
+    assert load_tables_left(db, wh) == []
     assert wh.commit_run("r1", files, committed_at=COMMITTED_AT).trades_inserted == 2
 
 
@@ -705,30 +458,30 @@ def test_a_permanent_error_is_not_retried(proxy: FaultyProxy, tmp_path: Path) ->
     wh.ensure_tables()
     proxy.fail("BEGIN TRANSACTION", "invalidQuery", "Syntax error: Unexpected keyword", times=3)
     with pytest.raises(CommitError, match=r"run r1: the commit transaction failed and was"):
-        wh.commit_run("r1", _busy_run(tmp_path), committed_at=COMMITTED_AT)
+        wh.commit_run("r1", busy_run(tmp_path), committed_at=COMMITTED_AT)
     assert len(proxy.failed) == 1
 
 
-def test_staging_tables_get_an_expiration(
-    proxy: FaultyProxy, bq: bigquery.Client, tmp_path: Path
+def test_load_tables_get_an_expiration(
+    proxy: FaultyProxy, db: BigQueryEngine, bq: bigquery.Client, tmp_path: Path
 ) -> None:
     # bqemulator keeps no table expiration, so this looks at what the client asked for.
-    wh = new_warehouse(proxy.endpoint, staging_expiration_hours=2)
+    wh = new_warehouse(proxy.endpoint, load_table_expiration_hours=2)
     wh.ensure_tables()
     start = dt.datetime.now(dt.UTC)
-    wh.commit_run("r-1", _busy_run(tmp_path, "r-1"), committed_at=COMMITTED_AT)
+    wh.commit_run("r-1", busy_run(tmp_path, "r-1"), committed_at=COMMITTED_AT)
     end = dt.datetime.now(dt.UTC)
     expirations = {}
     for method, path, body in proxy.requests:
         table = urlsplit(path).path.rpartition("/tables/")[2]
-        if method == "PATCH" and table.startswith("_stg_"):
+        if method == "PATCH" and table.startswith(q.LOAD_TABLE_PREFIX):
             millis = int(json.loads(body)["expirationTime"])
             expirations[table] = dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
-    assert set(expirations) == {q.staging_table("r-1", kind) for kind in q.COMMITTED_KINDS}
+    assert set(expirations) == {q.load_table("r-1", kind) for kind in q.COMMITTED_KINDS}
     for expires in expirations.values():
         assert start + dt.timedelta(hours=2) - dt.timedelta(seconds=1) <= expires
         assert expires <= end + dt.timedelta(hours=2)
-    assert staging_tables_left(bq, wh) == []  # and dropped after the commit all the same
+    assert load_tables_left(db, wh) == []  # and dropped after the commit all the same
 
 
 def test_which_errors_are_transient() -> None:
@@ -748,62 +501,6 @@ def test_which_errors_are_transient() -> None:
         ValueError("concurrent update"),
     ):
         assert not bqw.is_transient(permanent), permanent
-
-
-# -- status ---------------------------------------------------------------------------------------
-
-
-def test_status_numbers(wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path) -> None:
-    # Distinct non-null traders: 0xa, 0xb, 0xc (0xa twice, one null) -> 3.
-    bq.query(
-        f"INSERT INTO `{wh.dataset}.traders` VALUES ('0xa'), ('0xb'), ('0xc'), ('0xa'), (NULL)"
-    ).result()
-    wh.commit_run(
-        "r1",
-        stage(
-            tmp_path,
-            "r1",
-            trades=[trade("0xa", "a1", "r1"), trade("0xb", "b1", "r1")],
-            outcomes=[outcome("0xa", "r1", True, 10), outcome("0xc", "r1", False, 10, 7, "boom")],
-            markets=[market("0xc1", "r1", 10)],
-        ),
-        committed_at=COMMITTED_AT,
-    )
-    wh.commit_run(
-        "r2",
-        stage(
-            tmp_path,
-            "r2",
-            outcomes=[outcome("0xb", "r2", True, 20), outcome("0xd", "r2", False, 30, 0, "x")],
-        ),
-        committed_at=COMMITTED_AT + dt.timedelta(minutes=30),
-    )
-    report = wh.status(last_runs=1)
-    assert (report.done_wallets, report.failed_wallets, report.total_wallets) == (2, 2, 3)
-    assert report.progress_percent == 66.67  # 2 * 100 / 3, rounded to 2 places
-    assert report.remaining_wallets == 1
-    assert [(w.wallet_address, w.trade_count, w.error) for w in report.failed] == [
-        ("0xd", 0, "x"),  # newest first
-        ("0xc", 7, "boom"),
-    ]
-    assert report.failed[0].processed_at == dt.datetime.fromtimestamp(T0 + 30, dt.UTC)
-    assert (report.trades_rows, report.markets_rows, report.events_rows) == (1, 1, 0)
-    assert [r.run_id for r in report.last_runs] == ["r2"]
-    assert report.last_runs[0].committed_at == COMMITTED_AT + dt.timedelta(minutes=30)
-    assert wh.status(last_runs=5).last_runs[1].run_id == "r1"
-
-    text = render_status(report)
-    assert "2 of 3 (66.67 %)" in text and "remaining 1" in text
-    assert "0xc" in text and "boom" in text and "r2" in text
-
-
-def test_status_of_an_empty_warehouse(wh: BigQueryWarehouse) -> None:
-    report = wh.status()
-    assert (report.done_wallets, report.total_wallets, report.progress_percent) == (0, 0, None)
-    assert report.last_runs == ()
-    assert "no committed runs yet" in render_status(report)
-    with pytest.raises(ValueError):
-        wh.status(last_runs=-1)
 
 
 # -- specs, environment, pickling -----------------------------------------------------------------
@@ -846,58 +543,15 @@ def test_constructor_validates(emulator: BigQueryEmulator) -> None:
         BigQueryWarehouse("Bad_Project", "ds")
     with pytest.raises(ValueError):
         BigQueryWarehouse("my-project", "d;s")
-    with pytest.raises(ValueError, match="staging_expiration_hours"):
-        BigQueryWarehouse("my-project", "ds", staging_expiration_hours=0)
-
-
-def test_the_users_existing_checkpoint_table_gains_the_missing_columns(
-    emulator: BigQueryEmulator, bq: bigquery.Client
-) -> None:
-    wh = new_warehouse(emulator.endpoint)
-    bq.create_dataset(wh.dataset, exists_ok=True)
-    bq.query(
-        f"CREATE TABLE `{wh.dataset}.backfill_checkpoint` (wallet_address STRING, "
-        "completed BOOL, upload_successful BOOL, trade_count INT64, gcs_file STRING, "
-        "processed_at TIMESTAMP)"
-    ).result()
-    bq.query(
-        f"INSERT INTO `{wh.dataset}.backfill_checkpoint` VALUES "
-        "('0xold', TRUE, TRUE, 3, 'gs://x', NULL)"
-    ).result()
-    wh.ensure_tables()
-    wh.ensure_tables()
-    # Read back through a query: bqemulator applies ALTER TABLE to its storage, not to the
-    # table metadata that get_table returns.
-    result = bq.query(f"SELECT * FROM `{wh.dataset}.backfill_checkpoint`").result()
-    fields = [f.name for f in result.schema]
-    assert fields[:6] == ["wallet_address", "completed", "upload_successful", "trade_count",
-                          "gcs_file", "processed_at"]  # fmt: skip
-    assert set(fields) == {c.name for c in CHECKPOINT_COLUMNS}
-    assert list(wh.read_checkpoint_states()) == [("0xold", True, None, None)]
-
-
-def test_verify_resets_mismatched_wallets(
-    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path
-) -> None:
-    files = stage(
-        tmp_path,
-        "r1",
-        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1"), trade("0xb", "b1", "r1")],
-        outcomes=[outcome("0xa", "r1", True, 2), outcome("0xb", "r1", True, 1)],
-    )
-    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
-    assert wh.verify().mismatches == ()
-    bq.query(f"DELETE FROM `{wh.dataset}.trades` WHERE id = 'a2'").result()
-    report = wh.verify()
-    assert report.mismatches == (("0xa", 2, 1),) and report.reset
-    assert sorted(wh.read_done_wallets()) == ["0xb"]
+    with pytest.raises(ValueError, match="load_table_expiration_hours"):
+        BigQueryWarehouse("my-project", "ds", load_table_expiration_hours=0)
 
 
 # -- two sources ----------------------------------------------------------------------------------
 
 
 def test_an_old_trades_table_is_migrated_and_accepts_a_polymarket_row(
-    emulator: BigQueryEmulator, bq: bigquery.Client, tmp_path: Path
+    emulator: BigQueryEmulator, db: BigQueryEngine, bq: bigquery.Client, tmp_path: Path
 ) -> None:
     wh = new_warehouse(emulator.endpoint)
     bq.create_dataset(wh.dataset)
@@ -943,7 +597,7 @@ def test_an_old_trades_table_is_migrated_and_accepts_a_polymarket_row(
     ) == [(["Yes", "No"], [1_000_000, 0], True, "polymarket")]
     result = bq.query(f"SELECT * FROM `{wh.dataset}.markets`").result()
     assert NEW_COLUMNS["markets"] <= {f.name for f in result.schema}
-    assert checkpoint(bq, wh)["0xp"]["source"] == "polymarket"
+    assert checkpoint_rows(db, wh)["0xp"]["source"] == "polymarket"
 
 
 def test_relaxing_runs_only_for_a_required_column(
@@ -966,51 +620,3 @@ def test_relaxing_runs_only_for_a_required_column(
         f"ALTER TABLE `{old.dataset}.trades` ALTER COLUMN `{column}` DROP NOT NULL"
         for column in ("order_hash", "user")
     ]
-
-
-@pytest.mark.parametrize("case", sorted(CROSS_SOURCE_CASES))
-def test_cross_source_dedup(
-    wh: BigQueryWarehouse, bq: bigquery.Client, tmp_path: Path, case: str
-) -> None:
-    r0, r1, r2, landed = cross_source_runs(tmp_path, case)
-    wh.commit_run("r0", r0, committed_at=COMMITTED_AT)
-    before = set(trade_ids(bq, wh))
-    report = wh.commit_run("r1", r1, committed_at=COMMITTED_AT)
-    assert sorted(set(trade_ids(bq, wh)) - before) == landed
-    assert report.trades_inserted == len(landed)
-    assert wh.commit_run("r2", r2, committed_at=COMMITTED_AT).trades_inserted == 0
-    w = checkpoint(bq, wh)["0xw"]
-    assert w["trade_count"] == len(before) + len(landed)
-    assert w["source"] == CROSS_SOURCE_CASES[case][1][0].get("source")
-
-
-def test_unlanded_markets_and_events_are_read_and_counted(
-    wh: BigQueryWarehouse, tmp_path: Path
-) -> None:
-    assert (list(wh.read_unlanded_markets()), list(wh.read_unlanded_events())) == ([], [])
-    wh.commit_run("r1", stage(tmp_path, "r1", **unlanded_history()), committed_at=COMMITTED_AT)
-    assert sorted(wh.read_unlanded_markets()) == UNLANDED_MARKETS
-    assert sorted(wh.read_unlanded_events()) == UNLANDED_EVENTS
-    assert all(type(row) is tuple for row in wh.read_unlanded_markets())
-    report = wh.status()
-    assert (report.markets_pending, report.events_pending) == (2, 2)
-    assert report.trades_by_source == (("dome", 2), ("polymarket", 2))
-    assert "trades by source dome 2, polymarket 2" in render_status(report)
-
-
-def test_status_only_reads_and_names_missing_tables(
-    emulator: BigQueryEmulator, bq: bigquery.Client
-) -> None:
-    wh = new_warehouse(emulator.endpoint)
-    report = wh.status()
-    assert report.missing_tables == tuple(TableNames().as_dict().values())
-    with pytest.raises(gexc.NotFound):
-        bq.get_dataset(wh.dataset)  # status created nothing
-    wh.ensure_tables()
-    bq.delete_table(f"{wh.dataset}.events")
-    report = wh.status()
-    assert report.missing_tables == ("events",)
-    assert (report.done_wallets, report.trades_rows, report.markets_pending) == (0, None, None)
-    assert report.trades_by_source == () and report.last_runs == ()
-    assert "missing tables   events" in render_status(report)
-    assert "events" not in {t.table_id for t in bq.list_tables(wh.dataset)}

@@ -7,61 +7,10 @@ them the same source.
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-
-from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from pipeline.sources import Source, SourceSpec, open_source
-from pipeline.sources.http import Telemetry
-
-NAMESPACE = "backfill"
-
-
-class ThreadCounters:
-    """Counts from any thread; the bundle's thread moves them into Beam counters with `flush`.
-
-    Beam's Metrics record only on the thread that runs the bundle, and fetching happens on other
-    threads, so counts wait here until the bundle's thread calls `flush`.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-
-    def add(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += amount
-
-    def flush(self) -> None:
-        with self._lock:
-            counts, self._counts = self._counts, Counter()
-        for name, amount in counts.items():
-            Metrics.counter(NAMESPACE, name).inc(amount)
-
-
-class CountingTelemetry(Telemetry):
-    """The client's requests, retries, refusals and unknown fields, as counts."""
-
-    def __init__(self) -> None:
-        self.counters = ThreadCounters()
-
-    def request(self, endpoint: str) -> None:
-        self.counters.add("requests")
-        self.counters.add(f"requests_{endpoint}")
-
-    def retry(self, endpoint: str, reason: str) -> None:
-        self.counters.add("retries")
-
-    def throttled(self, endpoint: str, status: int) -> None:
-        self.counters.add("http_429" if status == 429 else f"http_{status}_retry_after")
-
-    def slowed(self, endpoint: str) -> None:
-        self.counters.add("slowdowns")
-
-    def unknown_fields(self, kind: str, counts: Counter[str]) -> None:
-        self.counters.add(f"unknown_fields_{kind}", sum(counts.values()))
+from transforms.metrics import CountingTelemetry
 
 
 class ProcessApi:

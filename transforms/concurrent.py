@@ -19,7 +19,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.api import ApiHandle, ProcessApi, ThreadCounters
+from transforms.api import ApiHandle, ProcessApi
+from transforms.metrics import ThreadCounters
 
 Emit = Callable[[str | None, Any], None]
 

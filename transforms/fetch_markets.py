@@ -7,8 +7,8 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.options import BackfillConfig
 from pipeline.sources.errors import SourceError
+from pipeline.warehouse import WarehouseRef
 from transforms.api import ApiHandle
 from transforms.batch import BatchPerKey
 from transforms.concurrent import ConcurrentFetchFn, Emit
@@ -62,30 +62,30 @@ class FetchMarkets(beam.PTransform):
     request (Dome 100, Polymarket 50).
     """
 
-    def __init__(self, api: ApiHandle, config: BackfillConfig, batch_size: int) -> None:
+    def __init__(
+        self,
+        api: ApiHandle,
+        warehouse: WarehouseRef,
+        policy: RefreshPolicy,
+        batch_size: int,
+        threads: int,
+    ) -> None:
         super().__init__()
-        self._api, self._config, self._batch_size = api, config, batch_size
+        self._warehouse, self._policy, self._batch_size = warehouse, policy, batch_size
+        self._fn = _LookupFn(api, threads, "markets")
 
     def expand(self, refs):
-        config = self._config
+        known = SkipKnown(
+            self._warehouse, self._policy, "read_known_markets", "read_unlanded_markets"
+        )
         fetched = (
             refs
             | "FirstPerId" >> DedupFirst()
-            | "SkipKnown"
-            >> SkipKnown(
-                config.warehouse,
-                config.tables,
-                RefreshPolicy.of(config),
-                "read_known_markets",
-                "read_unlanded_markets",
-            )
+            | "SkipKnown" >> known
             # One key: batches stay full; markets are few next to trades.
             | "OneKey" >> beam.WithKeys(lambda _: "markets")
             | "Batch" >> BatchPerKey(self._batch_size)
-            | "Fetch"
-            >> beam.ParDo(_LookupFn(self._api, config.fetch_threads, "markets")).with_outputs(
-                EVENT_SLUGS, main="markets"
-            )
+            | "Fetch" >> beam.ParDo(self._fn).with_outputs(EVENT_SLUGS, main="markets")
         )
         return {"markets": fetched.markets, EVENT_SLUGS: fetched[EVENT_SLUGS]}
 
@@ -93,26 +93,29 @@ class FetchMarkets(beam.PTransform):
 class FetchEvents(beam.PTransform):
     """Event slugs (from trades and from markets) -> event rows, each slug once per run."""
 
-    def __init__(self, api: ApiHandle, config: BackfillConfig, batch_size: int) -> None:
+    def __init__(
+        self,
+        api: ApiHandle,
+        warehouse: WarehouseRef,
+        policy: RefreshPolicy,
+        batch_size: int,
+        threads: int,
+    ) -> None:
         super().__init__()
-        self._api, self._config, self._batch_size = api, config, batch_size
+        self._warehouse, self._policy, self._batch_size = warehouse, policy, batch_size
+        self._fn = _LookupFn(api, threads, "events")
 
     def expand(self, slugs):
-        config = self._config
+        known = SkipKnown(
+            self._warehouse, self._policy, "read_known_events", "read_unlanded_events"
+        )
         return (
             slugs
             | "Keyed" >> beam.Map(lambda slug: (slug, None))
             | "FirstPerSlug" >> DedupFirst()
-            | "SkipKnown"
-            >> SkipKnown(
-                config.warehouse,
-                config.tables,
-                RefreshPolicy.of(config),
-                "read_known_events",
-                "read_unlanded_events",
-            )
+            | "SkipKnown" >> known
             | "SlugOnly" >> beam.Map(lambda pair: pair[0])
             | "OneKey" >> beam.WithKeys(lambda _: "events")
             | "Batch" >> BatchPerKey(self._batch_size)
-            | "Fetch" >> beam.ParDo(_LookupFn(self._api, config.fetch_threads, "events"))
+            | "Fetch" >> beam.ParDo(self._fn)
         )

@@ -7,7 +7,6 @@ import time
 
 import apache_beam as beam
 
-from pipeline.options import BackfillConfig
 from pipeline.rows import outcome_row
 from pipeline.schema import format_timestamp
 from pipeline.sources.errors import SourceError
@@ -24,11 +23,11 @@ EVENT_SLUGS = "event_slugs"
 class _FetchWalletFn(ConcurrentFetchFn):
     """Main output: one list of trade rows per page; an API failure is an outcome, never a crash."""
 
-    def __init__(self, api: ApiHandle, config: BackfillConfig) -> None:
-        super().__init__(api, config.fetch_threads)
-        self._run_id = config.run_id
-        self._source = config.source.name
-        self._trades_path = f"{config.run_staging}/trades/"
+    def __init__(
+        self, api: ApiHandle, run_id: str, source_name: str, trades_folder: str, threads: int
+    ) -> None:
+        super().__init__(api, threads)
+        self._run_id, self._source, self._trades_folder = run_id, source_name, trades_folder
 
     def fetch(self, request: tuple[str, int | None], emit: Emit) -> None:
         wallet, start_time = request
@@ -57,7 +56,7 @@ class _FetchWalletFn(ConcurrentFetchFn):
                 trade_count=count,
                 last_trade_ts=newest,
                 error=error,
-                gcs_file=self._trades_path,
+                gcs_file=self._trades_folder,
                 fetched_from=start_time,
                 source=self._source,
             ),
@@ -66,16 +65,21 @@ class _FetchWalletFn(ConcurrentFetchFn):
 
 class FetchTrades(beam.PTransform):
     """(wallet, start_time) requests -> `trade_pages` (lists of trade rows), `outcomes` (one row per
-    wallet), `market_refs` ((condition_id, slug) pairs) and `event_slugs` (strings)."""
+    wallet), `market_refs` ((condition_id, slug) pairs) and `event_slugs` (strings).
 
-    def __init__(self, api: ApiHandle, config: BackfillConfig) -> None:
+    Each outcome names `trades_folder` (where the run stages trades) and the source it came from.
+    """
+
+    def __init__(
+        self, api: ApiHandle, run_id: str, source_name: str, trades_folder: str, threads: int
+    ) -> None:
         super().__init__()
-        self._api, self._config = api, config
+        self._fn = _FetchWalletFn(api, run_id, source_name, trades_folder, threads)
 
     def expand(self, wallets):
-        fetched = wallets | "FetchPages" >> beam.ParDo(
-            _FetchWalletFn(self._api, self._config)
-        ).with_outputs(OUTCOMES, MARKET_REFS, EVENT_SLUGS, main="trade_pages")
+        fetched = wallets | "FetchPages" >> beam.ParDo(self._fn).with_outputs(
+            OUTCOMES, MARKET_REFS, EVENT_SLUGS, main="trade_pages"
+        )
         return {
             "trade_pages": fetched.trade_pages,
             OUTCOMES: fetched[OUTCOMES],

@@ -9,8 +9,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline.warehouse import TableNames, open_warehouse
-from transforms.api import NAMESPACE
+from pipeline.warehouse import WarehouseRef
+from transforms.metrics import NAMESPACE
 
 REJECTS = "rejects"
 _ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
@@ -35,22 +35,20 @@ def normalize_wallet(raw: object) -> tuple[str | None, str | None]:
 class _ReadWarehouseFn(beam.DoFn):
     """Reads one query's rows from the warehouse inside the graph (one code path for every runner)."""
 
-    def __init__(self, warehouse: str, tables: TableNames, method: str) -> None:
-        self._warehouse = warehouse
-        self._tables = tables
-        self._method = method
+    def __init__(self, warehouse: WarehouseRef, method: str) -> None:
+        self._warehouse, self._method = warehouse, method
 
     def process(self, _: object) -> Iterator[object]:
-        with open_warehouse(self._warehouse, self._tables) as warehouse:
+        with self._warehouse.open() as warehouse:
             yield from getattr(warehouse, self._method)()
 
 
 class ReadFromWarehouse(beam.PTransform):
     """The rows one warehouse read method yields, as a PCollection (a root of the graph)."""
 
-    def __init__(self, warehouse: str, tables: TableNames, method: str) -> None:
+    def __init__(self, warehouse: WarehouseRef, method: str) -> None:
         super().__init__()
-        self._fn = _ReadWarehouseFn(warehouse, tables, method)
+        self._fn = _ReadWarehouseFn(warehouse, method)
 
     def expand(self, pbegin):
         return pbegin | "Start" >> beam.Create([None]) | "Read" >> beam.ParDo(self._fn)
@@ -76,14 +74,12 @@ class _NormalizeFn(beam.DoFn):
 class ReadWallets(beam.PTransform):
     """Distinct normalized wallets (main output) and reject rows (`rejects`) from `traders`."""
 
-    def __init__(self, warehouse: str, tables: TableNames, run_id: str) -> None:
+    def __init__(self, warehouse: WarehouseRef, run_id: str) -> None:
         super().__init__()
-        self._warehouse, self._tables, self._run_id = warehouse, tables, run_id
+        self._warehouse, self._run_id = warehouse, run_id
 
     def expand(self, pbegin):
-        raw = pbegin | "ReadTraders" >> ReadFromWarehouse(
-            self._warehouse, self._tables, "read_traders"
-        )
+        raw = pbegin | "ReadTraders" >> ReadFromWarehouse(self._warehouse, "read_traders")
         checked = raw | "Normalize" >> beam.ParDo(_NormalizeFn(self._run_id)).with_outputs(
             REJECTS, main="wallets"
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from pipeline.options import BackfillConfig
+from pipeline.warehouse import WarehouseRef
 from transforms.read_wallets import ReadFromWarehouse
 
 NEW, REFRESH = 0, 1  # selection priority: new wallets always come before refreshes
@@ -27,10 +27,6 @@ class RefreshPolicy:
     now: float
     refresh_after_s: float | None
     overlap_s: float
-
-    @classmethod
-    def of(cls, config: BackfillConfig) -> RefreshPolicy:
-        return cls(config.started_at, config.refresh_after_s, config.refresh_overlap_s)
 
 
 def plan_fetch(
@@ -68,17 +64,16 @@ class SelectWallets(beam.PTransform):
     the same wallets; the Reshuffle spreads them over workers before the rate-limited fetching.
     """
 
-    def __init__(self, config: BackfillConfig) -> None:
+    def __init__(
+        self, warehouse: WarehouseRef, policy: RefreshPolicy, max_wallets: int | None
+    ) -> None:
         super().__init__()
-        self._config = config
-        self._policy = RefreshPolicy.of(config)
+        self._warehouse, self._policy, self._max_wallets = warehouse, policy, max_wallets
 
     def expand(self, wallets):
-        config = self._config
         states = (
             wallets.pipeline
-            | "ReadCheckpoint"
-            >> ReadFromWarehouse(config.warehouse, config.tables, "read_checkpoint_states")
+            | "ReadCheckpoint" >> ReadFromWarehouse(self._warehouse, "read_checkpoint_states")
             | "KeyState" >> beam.Map(lambda state: (state[0], tuple(state)))
         )
         wanted = wallets | "KeyWanted" >> beam.Map(lambda wallet: (wallet, True))
@@ -87,10 +82,10 @@ class SelectWallets(beam.PTransform):
             | "AntiJoin" >> beam.CoGroupByKey()
             | "Plan" >> beam.FlatMap(_planned, self._policy)
         )
-        if config.max_wallets is not None:
+        if self._max_wallets is not None:
             plans = (
                 plans
-                | "FirstN" >> beam.combiners.Top.Smallest(config.max_wallets)
+                | "FirstN" >> beam.combiners.Top.Smallest(self._max_wallets)
                 | "Unlist" >> beam.FlatMap(lambda chosen: chosen)
             )
         return (

@@ -15,7 +15,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.warehouse import TableNames
+from pipeline.warehouse import WarehouseRef
 from transforms.read_wallets import ReadFromWarehouse
 from transforms.select_wallets import RefreshPolicy
 
@@ -50,21 +50,18 @@ class SkipKnown(beam.PTransform):
 
     def __init__(
         self,
-        warehouse: str,
-        tables: TableNames,
+        warehouse: WarehouseRef,
         policy: RefreshPolicy,
         known_method: str,
         unlanded_method: str,
     ) -> None:
         super().__init__()
-        self._warehouse, self._tables, self._policy = warehouse, tables, policy
+        self._warehouse, self._policy = warehouse, policy
         self._known_method, self._unlanded_method = known_method, unlanded_method
 
     def expand(self, pairs):
         def read(label: str, method: str):
-            return pairs.pipeline | label >> ReadFromWarehouse(
-                self._warehouse, self._tables, method
-            )
+            return pairs.pipeline | label >> ReadFromWarehouse(self._warehouse, method)
 
         known = read("ReadKnown", self._known_method) | "KeyKnown" >> beam.Map(
             lambda row: (row[0], (row[1], row[2]))

@@ -9,12 +9,10 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsList
 
-from pipeline.lifecycle import commit_staged_run
-from pipeline.options import BackfillConfig
 from pipeline.rows import to_ndjson
-from pipeline.schema import STAGED_KINDS
-from pipeline.staging import kind_prefix, write_manifest
-from transforms.api import NAMESPACE
+from pipeline.staging import CommitOutcome, RunStaging, commit_staged_run
+from pipeline.warehouse import CommitError, WarehouseRef
+from transforms.metrics import NAMESPACE
 
 
 def _after(row: object, _finished: list) -> object:
@@ -30,15 +28,13 @@ class WriteStaging(beam.PTransform):
 
     def __init__(
         self,
-        config: BackfillConfig,
+        staging: RunStaging,
         kind: str,
         batched: bool = False,
         after: beam.PCollection | None = None,
     ) -> None:
         super().__init__()
-        if kind not in STAGED_KINDS:
-            raise ValueError(f"unknown staging kind {kind!r}")
-        self._prefix = kind_prefix(config.staging_root, config.run_id, kind)
+        self._prefix = staging.file_prefix(kind)
         self._batched, self._after = batched, after
 
     def expand(self, rows):
@@ -53,30 +49,31 @@ class WriteStaging(beam.PTransform):
 
 
 class _CommitFn(beam.DoFn):
-    def __init__(self, config: BackfillConfig) -> None:
-        self._config = config
+    def __init__(self, staging: RunStaging, warehouse: WarehouseRef) -> None:
+        self._staging, self._warehouse = staging, warehouse
 
-    def process(self, run_id: str, **files: list[str]) -> Iterator[dict]:
-        config = self._config
-        write_manifest(config.staging_root, run_id, files)
-        report = commit_staged_run(config.warehouse, config.tables, config.staging_root, run_id)
+    def process(self, run_id: str, **files: list[str]) -> Iterator[CommitOutcome]:
+        self._staging.write_manifest(files)  # from here on, start-up recovery can commit the run
+        outcome = commit_staged_run(self._staging, self._warehouse, files)
+        if outcome.report is None:
+            raise CommitError(outcome.error)
         for name in ("trades_inserted", "markets_merged", "events_merged"):
-            Metrics.counter(NAMESPACE, f"committed_{name}").inc(report.get(name) or 0)
-        yield report
+            Metrics.counter(NAMESPACE, f"committed_{name}").inc(getattr(outcome.report, name))
+        yield outcome
 
 
 class CommitRun(beam.PTransform):
     """Runs once, after every staging write is final: manifest, warehouse transaction, marker."""
 
-    def __init__(self, config: BackfillConfig) -> None:
+    def __init__(self, staging: RunStaging, warehouse: WarehouseRef) -> None:
         super().__init__()
-        self._config = config
+        self._staging, self._warehouse = staging, warehouse
 
     def expand(self, staged: dict):
         pipeline = next(iter(staged.values())).pipeline
         side_inputs = {kind: AsList(files) for kind, files in staged.items()}
         return (
             pipeline
-            | "RunId" >> beam.Create([self._config.run_id])
-            | "Commit" >> beam.ParDo(_CommitFn(self._config), **side_inputs)
+            | "RunId" >> beam.Create([self._staging.run_id])
+            | "Commit" >> beam.ParDo(_CommitFn(self._staging, self._warehouse), **side_inputs)
         )

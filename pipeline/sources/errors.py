@@ -4,11 +4,26 @@ from __future__ import annotations
 
 
 class SourceError(Exception):
-    """Any failure talking to a source API; `str()` is safe to log and to store in a table."""
+    """Any failure talking to a source API; `str()` is safe to log and to store in a table.
+
+    `run_level`: the kind of failure that, repeated for wallet after wallet, means the source (or
+    the key) is gone rather than the wallet being bad: the run stops instead of marking every
+    wallet failed (transforms/run_health.py). One such failure alone is still the wallet's.
+    """
+
+    run_level = False
 
 
 class ConfigError(SourceError):
     """A setting the API rejects (e.g. a page `limit` it does not accept): fix the option, not the data."""
+
+    run_level = True
+
+
+class SourceUnavailable(SourceError):
+    """Retries ran out on transient failures (refused, reset, DNS, timeouts, 5xx, 429)."""
+
+    run_level = True
 
 
 class TransientError(SourceError):
@@ -23,9 +38,13 @@ class TransientError(SourceError):
 class HTTPStatusError(SourceError):
     """A 4xx other than 429: the request itself is wrong for this input, so retrying cannot help."""
 
+    # Unauthorized, Forbidden, Proxy auth, Gone: the key or the API, not this wallet, is refused.
+    RUN_LEVEL_STATUSES = frozenset({401, 403, 407, 410})
+
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+        self.run_level = status in self.RUN_LEVEL_STATUSES
 
 
 class PageError(SourceError):

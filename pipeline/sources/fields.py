@@ -24,29 +24,53 @@ class Bad(Exception):
     """Raised by a check with what it expected; turned into a PageError with the context."""
 
 
+# Every value is bounded to what both warehouses store, so that one absurd value ends its wallet
+# (or its batch) with a reason naming the field, never the run at load time.
+MAX_INT64 = 2**63 - 1
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the largest TIMESTAMP both warehouses hold
+MAX_FLOAT = 1e300  # far inside FLOAT64, so sums and products of a few stay finite
+
+
 def string(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    raise Bad("a string")
+    if not isinstance(value, str):
+        raise Bad("a string")
+    try:
+        value.encode("utf-8")  # a lone surrogate (\ud800) is valid JSON but not storable text
+    except UnicodeEncodeError:
+        raise Bad("valid Unicode text (it holds a lone surrogate)") from None
+    return value
 
 
 def integer(value: Any) -> int:
     # JSON writers may send 12.0 for 12; a bool is not a number here even though Python says so.
     if isinstance(value, bool):
         raise Bad("an integer")
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise Bad("an integer")
+        value = int(value)
+    if not isinstance(value, int):
+        raise Bad("an integer")
+    if not -MAX_INT64 <= value <= MAX_INT64:
+        raise Bad("an integer within INT64")
+    return value
+
+
+def timestamp(value: Any) -> int:
+    number = integer(value)
+    if not 0 < number <= MAX_TIMESTAMP:
+        raise Bad("a unix time in seconds before the year 10000")
+    return number
 
 
 def number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Bad("a number")
-    if not math.isfinite(value):
+    try:
+        result = float(value)
+    except OverflowError:  # an integer past a float's range
+        raise Bad("a finite number") from None
+    if not math.isfinite(result) or abs(result) > MAX_FLOAT:
         raise Bad("a finite number")
-    return float(value)
+    return result
 
 
 def big_integer_text(value: Any) -> str:
@@ -67,8 +91,8 @@ def side(value: Any) -> str:
 
 
 def string_list(value: Any) -> list[str]:
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return value
+    if isinstance(value, list):
+        return [string(item) for item in value]
     raise Bad("a list of strings")
 
 
@@ -80,7 +104,7 @@ def json_object(value: Any) -> str:
 
 def text_or_json(value: Any) -> str:
     # settlement_sources' type is undocumented: keep a string as is, anything else as JSON text.
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return string(value) if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def token_side(value: Any) -> dict[str, str | None]:
@@ -89,7 +113,7 @@ def token_side(value: Any) -> dict[str, str | None]:
     label = value.get("label")
     if label is not None and not isinstance(label, str):
         raise Bad('an object whose "label" is a string')
-    return {"id": big_integer_text(value["id"]), "label": label}
+    return {"id": big_integer_text(value["id"]), "label": None if label is None else string(label)}
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pipeline.sources.errors import (
     HTTPStatusError,
     PaginationError,
     SourceError,
+    SourceUnavailable,
     TransientError,
 )
 from pipeline.sources.limiter import RateLimiter
@@ -245,7 +246,7 @@ class HttpClient:
             return retrying(self._attempt, url, params, endpoint, buckets, where, parse_float)
         except TransientError as exc:
             attempts = self.settings.max_attempts
-            raise SourceError(f"gave up after {attempts} attempts: {exc}") from None
+            raise SourceUnavailable(f"gave up after {attempts} attempts: {exc}") from None
 
 
 @dataclass

@@ -6,8 +6,7 @@ import datetime as dt
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,20 +25,17 @@ from tenacity import (
 )
 
 from pipeline.schema import STAGED_KINDS, Column
-from pipeline.status_report import StatusReport
-from pipeline.warehouse import (
+from pipeline.warehouse import sql as q
+from pipeline.warehouse.base import (
     FAILED_WALLETS_LISTED,
     CommitError,
-    CommitReport,
+    LoadFiles,
     TableNames,
     Warehouse,
-    check_last_runs,
-    commit_time,
-    status_params,
-    status_plan,
-    status_report,
+    check_params,
+    load_failed,
+    transaction_failed,
 )
-from pipeline.warehouse import sql as q
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +128,7 @@ def table_from_ddl(
 ) -> bigquery.Table:
     """The table a `CREATE TABLE` statement of sql.py describes, as an API table resource.
 
-    `dataset` is PROJECT.DATASET (`run_id` names staging tables). Columns, modes, partitioning
+    `dataset` is PROJECT.DATASET (`run_id` names load tables). Columns, modes, partitioning
     and clustering all come from the statement, so the DDL text stays the one description.
     """
     create = sqlglot.parse_one(q.render(statement, tables, run_id), read="bigquery")
@@ -247,10 +243,12 @@ class BigQueryWarehouse(Warehouse):
     the price of a few strings; each worker process builds its own client. `client_options` and
     `credentials` go to `bigquery.Client` as given (None: the default endpoint and Application
     Default Credentials); `open_warehouse` fills them from `BIGQUERY_EMULATOR_HOST` when set.
-    A run's staging tables are created with an expiration of `staging_expiration_hours`, so a
+    A run's load tables are created with an expiration of `load_table_expiration_hours`, so a
     commit that dies before its cleanup leaves nothing behind for long. `retry_wait` is the first
     backoff (seconds) between attempts of a commit step that failed transiently.
     """
+
+    remote_schemes = ("gs://",)  # one load job reads them all from Cloud Storage
 
     def __init__(
         self,
@@ -261,15 +259,15 @@ class BigQueryWarehouse(Warehouse):
         client_options: ClientOptions | Mapping[str, Any] | None = None,
         credentials: Credentials | None = None,
         location: str | None = None,
-        staging_expiration_hours: float = 24,
+        load_table_expiration_hours: float = 24,
         retry_wait: float = 2.0,
     ) -> None:
         self._dataset = q.validate_dataset(f"{project}.{dataset}")
         if "." in dataset:
             raise ValueError(f"BigQuery dataset id {dataset!r} must not contain '.'")
-        if not staging_expiration_hours > 0:
+        if not load_table_expiration_hours > 0:
             raise ValueError(
-                f"staging_expiration_hours must be positive, got {staging_expiration_hours!r}"
+                f"load_table_expiration_hours must be positive, got {load_table_expiration_hours!r}"
             )
         self._project = project
         self._dataset_id = dataset
@@ -277,7 +275,7 @@ class BigQueryWarehouse(Warehouse):
         self._client_options = client_options
         self._credentials = credentials
         self._location = location
-        self._staging_expiration = dt.timedelta(hours=staging_expiration_hours)
+        self._load_table_expiration = dt.timedelta(hours=load_table_expiration_hours)
         self._retry_wait = retry_wait
         self._client: bigquery.Client | None = None
         self._client_lock = threading.Lock()
@@ -286,10 +284,6 @@ class BigQueryWarehouse(Warehouse):
     def dataset(self) -> str:
         """PROJECT.DATASET."""
         return self._dataset
-
-    @property
-    def tables(self) -> TableNames:
-        return self._tables
 
     def __repr__(self) -> str:
         return f"BigQueryWarehouse({self._project!r}, {self._dataset_id!r}, {self._tables!r})"
@@ -334,19 +328,12 @@ class BigQueryWarehouse(Warehouse):
         params: Mapping[str, Any] | None = None,
     ) -> bigquery.QueryJob:
         """Start one statement from sql.py with exactly the parameters it declares."""
-        params = dict(params or {})
-        if set(params) != set(statement.param_names):
-            raise TypeError(
-                f"statement {statement.name} takes {statement.param_names}, got {sorted(params)}"
-            )
+        params = check_params(statement, params)
         config = bigquery.QueryJobConfig(
             query_parameters=[query_parameter(p, params[p.name]) for p in statement.params]
         )
         text = q.render(statement, self._tables, dataset=self._dataset)
         return self.client.query(text, job_config=config)
-
-    def _rows(self, statement: q.Statement, params: Mapping[str, Any] | None = None) -> list[Any]:
-        return list(self._query(statement, params).result(page_size=_PAGE_SIZE))
 
     def _retrying(self, what: str, step: Callable[[], _T]) -> _T:
         """Run `step`, again after a backoff while it fails transiently (3 attempts in all)."""
@@ -437,96 +424,75 @@ class BigQueryWarehouse(Warehouse):
                 log.warning("table %s: adding missing column %s", existing.table_id, column.name)
                 self._query(q.add_column(table, column)).result()
 
+    def _table_columns(self) -> dict[str, set[str] | None]:
+        columns: dict[str, set[str] | None] = {}
+        for key, name in self._tables.as_dict().items():
+            try:
+                table = self.client.get_table(self._table_id(name))
+            except gexc.NotFound:  # the table, or the whole dataset
+                columns[key] = None
+            else:
+                columns[key] = {field.name for field in table.schema}
+        return columns
+
+    # -- statements ------------------------------------------------------------------------------
+
     def _stream(
-        self, statement: q.Statement, params: Mapping[str, Any] | None = None
+        self,
+        statement: q.Statement,
+        params: Mapping[str, Any] | None = None,
+        *,
+        session: None = None,
     ) -> Iterator[Any]:
+        # Pages are fetched as the caller iterates: millions of rows never sit in memory.
         return iter(self._query(statement, params).result(page_size=_PAGE_SIZE))
 
     def _run(self, statement: q.Statement, params: Mapping[str, Any] | None = None) -> None:
         self._query(statement, params).result()
 
-    def read_traders(self) -> Iterator[str | None]:
-        # Pages are fetched as the caller iterates: millions of traders never sit in memory.
-        rows = self._query(q.SELECT_TRADERS).result(page_size=_PAGE_SIZE)
-        return (row[0] for row in rows)
+    def _read_all(
+        self, queries: Mapping[str, tuple[q.Statement, Mapping[str, Any]]]
+    ) -> dict[str, list[tuple[Any, ...]]]:
+        # Independent queries: started together, then read.
+        jobs = [
+            (name, self._query(statement, params)) for name, (statement, params) in queries.items()
+        ]
+        return {name: [tuple(row.values()) for row in job.result()] for name, job in jobs}
 
-    def read_done_wallets(self) -> Iterator[str]:
-        rows = self._query(q.SELECT_DONE_WALLETS).result(page_size=_PAGE_SIZE)
-        return (row[0] for row in rows)
+    # -- the commit: load jobs, then one script, each step retried as a whole --------------------
 
-    def committed_run_ids(self) -> set[str]:
-        return {row[0] for row in self._rows(q.SELECT_COMMITTED_RUN_IDS)}
-
-    # -- the commit ------------------------------------------------------------------------------
-
-    def commit_run(
-        self,
-        run_id: str,
-        files: Mapping[str, Sequence[str]],
-        *,
-        committed_at: dt.datetime | None = None,
-    ) -> CommitReport:
-        q.validate_run_id(run_id)
-        sources = _check_files(run_id, files)
-        committed_at = commit_time(committed_at)
-
-        if self._rows(q.SELECT_RUN, {"run_id": run_id}):
-            return CommitReport(run_id, already_committed=True)
-        # Each step is idempotent as a whole (staging is replaced, the transaction's statements
-        # are guarded), so a transient failure repeats the step, never a part of it.
+    def _load(self, session: None, run_id: str, files: Mapping[str, LoadFiles]) -> None:
+        # Each step is idempotent as a whole (the load tables are replaced), so a transient
+        # failure repeats the step, never a part of it.
         try:
-            try:
-                self._retrying(f"run {run_id}: staging", lambda: self._stage(run_id, sources))
-            except gexc.GoogleAPICallError as exc:
-                raise CommitError(
-                    f"run {run_id}: staging its files failed, nothing was committed: {exc}"
-                ) from exc
-            try:
-                inserted, markets, events = self._retrying(
-                    f"run {run_id}: commit transaction",
-                    lambda: self._transaction(run_id, committed_at),
-                )
-            except gexc.GoogleAPICallError as exc:
-                raise CommitError(
-                    f"run {run_id}: the commit transaction failed {COMMIT_ATTEMPTS} times and "
-                    f"was rolled back (production and checkpoint untouched): {exc}"
-                ) from exc
-            run_rows = self._rows(q.SELECT_RUN, {"run_id": run_id})
-        finally:
-            self._drop_staging(run_id)
-        (run_row,) = run_rows  # the transaction just inserted it (or a twin did)
-        return CommitReport(
-            run_id,
-            already_committed=False,
-            trades_inserted=inserted,
-            markets_merged=markets,
-            events_merged=events,
-            wallets_done=run_row["wallets_done"] or 0,
-            wallets_failed=run_row["wallets_failed"] or 0,
-        )
+            self._retrying(f"run {run_id}: loading", lambda: self._load_once(run_id, files))
+        except gexc.GoogleAPICallError as exc:
+            raise CommitError(
+                f"run {run_id}: staging its files failed, nothing was committed: {exc}"
+            ) from exc
 
-    def _stage(self, run_id: str, sources: Mapping[str, _Sources]) -> None:
-        """(Re)create the run's staging tables, empty, then load its files into them.
+    def _load_once(self, run_id: str, files: Mapping[str, LoadFiles]) -> None:
+        """(Re)create the run's load tables, empty, then load its files into them.
 
-        The tables come from sql.CREATE_STAGING, the same statements DuckDB runs, in one
+        The tables come from sql.CREATE_LOAD_TABLE, the same statements DuckDB runs, in one
         script; each then gets an expiration. Load jobs run with the explicit schema of
         schema.py and start together; BigQuery runs them in parallel.
         """
         script = ";\n".join(
-            q.render(q.CREATE_STAGING[kind], self._tables, run_id, self._dataset)
+            q.render(q.CREATE_LOAD_TABLE[kind], self._tables, run_id, self._dataset)
             for kind in q.COMMITTED_KINDS
         )
         self.client.query(script).result()
-        expires = dt.datetime.now(dt.UTC) + self._staging_expiration
+        expires = dt.datetime.now(dt.UTC) + self._load_table_expiration
         for kind in q.COMMITTED_KINDS:
-            table = bigquery.Table(self._table_id(q.staging_table(run_id, kind)))
+            table = bigquery.Table(self._table_id(q.load_table(run_id, kind)))
             table.expires = expires
             self.client.update_table(table, ["expires"])
 
         jobs: list[tuple[str, bigquery.LoadJob]] = []
         for kind in q.COMMITTED_KINDS:
             try:
-                jobs.extend((kind, job) for job in self._start_loads(run_id, kind, sources[kind]))
+                jobs.extend((kind, job) for job in self._start_loads(run_id, kind, files[kind]))
             except gexc.GoogleAPICallError as exc:
                 self._load_failed(run_id, kind, exc)
         for kind, job in jobs:
@@ -538,13 +504,11 @@ class BigQueryWarehouse(Warehouse):
     def _load_failed(self, run_id: str, kind: str, exc: gexc.GoogleAPICallError) -> None:
         if is_transient(exc):
             raise exc
-        raise CommitError(
-            f"run {run_id}: loading its {kind} staging files failed, nothing was committed: {exc}"
-        ) from exc
+        raise load_failed(run_id, kind, exc) from exc
 
-    def _start_loads(self, run_id: str, kind: str, sources: _Sources) -> list[bigquery.LoadJob]:
+    def _start_loads(self, run_id: str, kind: str, files: LoadFiles) -> list[bigquery.LoadJob]:
         """Load jobs for one kind: one for all its gs:// URIs, one per non-empty local file."""
-        destination = self._table_id(q.staging_table(run_id, kind))
+        destination = self._table_id(q.load_table(run_id, kind))
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
             schema=schema_fields(STAGED_KINDS[kind]),
@@ -554,13 +518,13 @@ class BigQueryWarehouse(Warehouse):
         )
         prefix = f"backfill_load_{run_id}_{kind}_"
         jobs = []
-        if sources.uris:
+        if files.uris:
             jobs.append(
                 self.client.load_table_from_uri(
-                    list(sources.uris), destination, job_config=config, job_id_prefix=prefix
+                    list(files.uris), destination, job_config=config, job_id_prefix=prefix
                 )
             )
-        for path in sources.paths:
+        for path in files.paths:
             if Path(path).stat().st_size == 0:
                 continue  # nothing to load; an empty upload is not worth a job
             with open(path, "rb") as handle:
@@ -571,7 +535,21 @@ class BigQueryWarehouse(Warehouse):
                 )
         return jobs
 
-    def _transaction(self, run_id: str, committed_at: dt.datetime) -> tuple[int, int, int]:
+    def _transaction(
+        self, session: None, run_id: str, committed_at: dt.datetime
+    ) -> tuple[int, int, int]:
+        try:
+            return self._retrying(
+                f"run {run_id}: commit transaction",
+                lambda: self._transaction_once(run_id, committed_at),
+            )
+        except gexc.GoogleAPICallError as exc:
+            raise CommitError(
+                f"run {run_id}: the commit transaction failed {COMMIT_ATTEMPTS} times and "
+                f"was rolled back (production and checkpoint untouched): {exc}"
+            ) from exc
+
+    def _transaction_once(self, run_id: str, committed_at: dt.datetime) -> tuple[int, int, int]:
         """Run `commit_script` as one query job; return rows inserted/merged per table.
 
         A script that fails leaves its transaction rolled back by BigQuery: production and the
@@ -593,76 +571,17 @@ class BigQueryWarehouse(Warehouse):
         except gexc.GoogleAPICallError as exc:
             if is_transient(exc):
                 raise
-            raise CommitError(
-                f"run {run_id}: the commit transaction failed and was rolled back "
-                f"(production and checkpoint untouched; commit it again once fixed): {exc}"
-            ) from exc
+            raise transaction_failed(run_id, exc) from exc
         return (
             int(row["trades_inserted"]),
             int(row["markets_merged"]),
             int(row["events_merged"]),
         )
 
-    def _drop_staging(self, run_id: str) -> None:
+    def _drop_load_tables(self, session: None, run_id: str) -> None:
         for kind in q.COMMITTED_KINDS:
-            table_id = self._table_id(q.staging_table(run_id, kind))
+            table_id = self._table_id(q.load_table(run_id, kind))
             try:
                 self.client.delete_table(table_id, not_found_ok=True)
             except gexc.GoogleAPICallError as exc:  # best effort: the expiration cleans up
-                log.warning("run %s: could not drop staging table %s: %s", run_id, table_id, exc)
-
-    # -- monitoring ------------------------------------------------------------------------------
-
-    def status(self, last_runs: int = 5) -> StatusReport:
-        """Only reads: a missing dataset or table is reported, never created."""
-        check_last_runs(last_runs)
-        columns: dict[str, set[str] | None] = {}
-        for key, name in self._tables.as_dict().items():
-            try:
-                table = self.client.get_table(self._table_id(name))
-            except gexc.NotFound:
-                columns[key] = None
-            else:
-                columns[key] = {field.name for field in table.schema}
-        plan = status_plan(self._tables, columns)
-        # Independent queries: started together, then read.
-        jobs = [
-            (statement.name, self._query(statement, status_params(statement, last_runs)))
-            for statement in plan.statements
-        ]
-        results = {name: [tuple(row.values()) for row in job.result()] for name, job in jobs}
-        return status_report(plan, results)
-
-
-@dataclass(frozen=True)
-class _Sources:
-    """One kind's staging files, split by how BigQuery loads them."""
-
-    uris: list[str]  # gs:// URIs: one load job reads them all from Cloud Storage
-    paths: list[str]  # local files: uploaded, one load job each
-
-
-def _check_files(run_id: str, files: Mapping[str, Sequence[str]]) -> dict[str, _Sources]:
-    """Validate the kinds and that every local file exists, before anything touches BigQuery.
-
-    `gs://` URIs are checked by the load job itself. Rejects are staged for inspection only and
-    never committed, so their files are accepted and not loaded.
-    """
-    unknown = sorted(set(files) - set(STAGED_KINDS))
-    if unknown:
-        raise ValueError(
-            f"run {run_id}: unknown staging kinds {unknown}; "
-            f"expected some of {sorted(STAGED_KINDS)}"
-        )
-    sources: dict[str, _Sources] = {}
-    for kind in q.COMMITTED_KINDS:
-        kind_files = files.get(kind, ())
-        if isinstance(kind_files, str):
-            raise TypeError(f"run {run_id}: files[{kind!r}] must be a list of paths, not a str")
-        uris = [f for f in kind_files if f.startswith("gs://")]
-        paths = [str(Path(f).absolute()) for f in kind_files if not f.startswith("gs://")]
-        missing = [p for p in paths if not Path(p).is_file()]
-        if missing:
-            raise CommitError(f"run {run_id}: {kind} staging files are missing: {missing}")
-        sources[kind] = _Sources(uris, paths)
-    return sources
+                log.warning("run %s: could not drop load table %s: %s", run_id, table_id, exc)

@@ -7,27 +7,22 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from pipeline.schema import STAGED_KINDS
-from pipeline.status_report import StatusReport
-from pipeline.warehouse import (
+from pipeline.warehouse import sql as q
+from pipeline.warehouse.base import (
     FAILED_WALLETS_LISTED,
-    CommitError,
-    CommitReport,
+    LoadFiles,
     TableNames,
     Warehouse,
-    check_last_runs,
-    commit_time,
-    status_params,
-    status_plan,
-    status_report,
+    check_params,
+    load_failed,
+    transaction_failed,
 )
-from pipeline.warehouse import sql as q
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +55,6 @@ class DuckDBWarehouse(Warehouse):
     @property
     def path(self) -> str:
         return self._path
-
-    @property
-    def tables(self) -> TableNames:
-        return self._tables
 
     def __repr__(self) -> str:
         return f"DuckDBWarehouse({self._path!r}, {self._tables!r})"
@@ -113,21 +104,17 @@ class DuckDBWarehouse(Warehouse):
         statement: q.Statement,
         params: Mapping[str, Any] | None = None,
         *,
-        staging: str | None = None,
+        run_id: str | None = None,
     ) -> duckdb.DuckDBPyConnection:
         """Run one statement from sql.py with exactly the parameters it declares.
 
-        `staging` is the run id whose staging tables the statement refers to, if any.
+        `run_id` is the run whose load tables the statement refers to, if any.
         """
-        params = dict(params or {})
-        if set(params) != set(statement.param_names):
-            raise TypeError(
-                f"statement {statement.name} takes {statement.param_names}, got {sorted(params)}"
-            )
-        text = q.render_duckdb(statement, self._tables, staging)
+        params = check_params(statement, params)
+        text = q.render_duckdb(statement, self._tables, run_id)
         return conn.execute(text, params) if params else conn.execute(text)
 
-    # -- reads -----------------------------------------------------------------------------------
+    # -- tables ----------------------------------------------------------------------------------
 
     def ensure_tables(self) -> None:
         with self._connection() as conn:
@@ -152,25 +139,32 @@ class DuckDBWarehouse(Warehouse):
         rows = self._execute(conn, q.DUCKDB_TABLE_COLUMNS, {"table": name}).fetchall()
         return {column: bool(nullable) for column, nullable in rows} or None
 
+    def _table_columns(self) -> dict[str, set[str] | None]:
+        if not Path(self._path).is_file():  # connecting would create the file
+            return {key: None for key in self._tables.as_dict()}
+        with self._connection() as conn:
+            return {
+                key: None if found is None else set(found)
+                for key, name in self._tables.as_dict().items()
+                for found in [self._columns(conn, name)]
+            }
+
     def _ensure_traders_table(self) -> None:
         self._run(q.CREATE_TRADERS)
 
-    def read_traders(self) -> Iterator[str | None]:
-        # Fetched whole, then the connection closes: holding the file lock while a slow
-        # consumer iterates would lock every other worker out.
-        with self._connection() as conn:
-            rows = self._execute(conn, q.SELECT_TRADERS).fetchall()
-        return iter([row[0] for row in rows])
-
-    def read_done_wallets(self) -> Iterator[str]:
-        with self._connection() as conn:
-            rows = self._execute(conn, q.SELECT_DONE_WALLETS).fetchall()
-        return iter([row[0] for row in rows])
+    # -- statements ------------------------------------------------------------------------------
 
     def _stream(
-        self, statement: q.Statement, params: Mapping[str, Any] | None = None
+        self,
+        statement: q.Statement,
+        params: Mapping[str, Any] | None = None,
+        *,
+        session: duckdb.DuckDBPyConnection | None = None,
     ) -> list[tuple]:
-        # Fetched whole, then closed, for the same reason as read_traders.
+        # Fetched whole, then the connection closes: holding the file lock while a slow
+        # consumer iterates would lock every other worker out.
+        if session is not None:
+            return self._execute(session, statement, params).fetchall()
         with self._connection() as conn:
             return self._execute(conn, statement, params).fetchall()
 
@@ -178,81 +172,50 @@ class DuckDBWarehouse(Warehouse):
         with self._connection() as conn:
             self._execute(conn, statement, params)
 
-    def committed_run_ids(self) -> set[str]:
+    def _read_all(
+        self, queries: Mapping[str, tuple[q.Statement, Mapping[str, Any]]]
+    ) -> dict[str, list[tuple[Any, ...]]]:
         with self._connection() as conn:
-            return {row[0] for row in self._execute(conn, q.SELECT_COMMITTED_RUN_IDS).fetchall()}
+            return {
+                name: self._execute(conn, statement, params).fetchall()
+                for name, (statement, params) in queries.items()
+            }
 
-    # -- the commit ------------------------------------------------------------------------------
+    # -- the commit: one connection, its load tables, one transaction ---------------------------
 
-    def commit_run(
-        self,
-        run_id: str,
-        files: Mapping[str, Sequence[str]],
-        *,
-        committed_at: dt.datetime | None = None,
-    ) -> CommitReport:
-        q.validate_run_id(run_id)
-        paths = _check_files(run_id, files)
-        committed_at = commit_time(committed_at)
-
+    def _commit_session(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
         # One connection for the whole commit: the file lock makes it exclusive across processes.
-        with self._connection() as conn:
-            if self._execute(conn, q.SELECT_RUN, {"run_id": run_id}).fetchone() is not None:
-                return CommitReport(run_id, already_committed=True)
-            try:
-                self._load_staging(conn, run_id, paths)
-                inserted, markets, events = self._transaction(conn, run_id, committed_at)
-                run_row = self._execute(conn, q.SELECT_RUN, {"run_id": run_id}).fetchone()
-            finally:
-                self._drop_staging(conn, run_id)
-        assert run_row is not None  # the transaction just inserted it (or a twin did)
-        return CommitReport(
-            run_id,
-            already_committed=False,
-            trades_inserted=inserted,
-            markets_merged=markets,
-            events_merged=events,
-            wallets_done=run_row[2] or 0,
-            wallets_failed=run_row[3] or 0,
-        )
+        return self._connection()
 
-    def _load_staging(
-        self, conn: duckdb.DuckDBPyConnection, run_id: str, paths: Mapping[str, list[str]]
+    def _load(
+        self, session: duckdb.DuckDBPyConnection, run_id: str, files: Mapping[str, LoadFiles]
     ) -> None:
-        """Create the run's staging tables (empty if a kind has no files) and load its files."""
         for kind in q.COMMITTED_KINDS:
             try:
-                self._execute(conn, q.CREATE_STAGING[kind], staging=run_id)
-                if paths[kind]:
-                    load = q.DUCKDB_LOAD_STAGING[kind]
-                    self._execute(conn, load, {"files": paths[kind]}, staging=run_id)
+                self._execute(session, q.CREATE_LOAD_TABLE[kind], run_id=run_id)
+                if files[kind].paths:
+                    load = q.DUCKDB_LOAD_FILES[kind]
+                    self._execute(session, load, {"files": files[kind].paths}, run_id=run_id)
             except duckdb.Error as exc:
-                raise CommitError(
-                    f"run {run_id}: loading its {kind} staging files failed, nothing was "
-                    f"committed: {exc}"
-                ) from exc
+                raise load_failed(run_id, kind, exc) from exc
 
     def _transaction(
-        self, conn: duckdb.DuckDBPyConnection, run_id: str, committed_at: dt.datetime
+        self, session: duckdb.DuckDBPyConnection, run_id: str, committed_at: dt.datetime
     ) -> tuple[int, int, int]:
-        """Run COMMIT_STATEMENTS in one transaction; return rows inserted/merged per table."""
         values = {"run_id": run_id, "committed_at": committed_at}
         counts: dict[str, int] = {}
-        self._execute(conn, q.BEGIN_TRANSACTION)
+        self._execute(session, q.BEGIN_TRANSACTION)
         try:
             for statement in q.COMMIT_STATEMENTS:
                 params = {name: values[name] for name in statement.param_names}
-                row = self._execute(conn, statement, params, staging=run_id).fetchone()
+                row = self._execute(session, statement, params, run_id=run_id).fetchone()
                 counts[statement.name] = row[0] if row else 0
-            self._execute(conn, q.COMMIT_TRANSACTION)
+            self._execute(session, q.COMMIT_TRANSACTION)
         except BaseException as exc:
             with contextlib.suppress(duckdb.Error):  # a failed COMMIT has rolled back already
-                self._execute(conn, q.ROLLBACK_TRANSACTION)
+                self._execute(session, q.ROLLBACK_TRANSACTION)
             if isinstance(exc, duckdb.Error):
-                raise CommitError(
-                    f"run {run_id}: the commit transaction failed and was rolled back "
-                    f"(production and checkpoint untouched; commit it again once fixed): {exc}"
-                ) from exc
+                raise transaction_failed(run_id, exc) from exc
             raise
         return (
             counts[q.INSERT_TRADES.name],
@@ -260,55 +223,9 @@ class DuckDBWarehouse(Warehouse):
             counts[q.MERGE_EVENTS.name],
         )
 
-    def _drop_staging(self, conn: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    def _drop_load_tables(self, session: duckdb.DuckDBPyConnection, run_id: str) -> None:
         for kind in q.COMMITTED_KINDS:
             try:
-                self._execute(conn, q.DROP_STAGING[kind], staging=run_id)
+                self._execute(session, q.DROP_LOAD_TABLE[kind], run_id=run_id)
             except duckdb.Error as exc:  # best effort: the next commit replaces it anyway
-                log.warning("run %s: could not drop its %s staging table: %s", run_id, kind, exc)
-
-    # -- monitoring ------------------------------------------------------------------------------
-
-    def status(self, last_runs: int = 5) -> StatusReport:
-        """Only reads: a missing database file or table is reported, never created."""
-        check_last_runs(last_runs)
-        if not Path(self._path).is_file():
-            return status_report(status_plan(self._tables, {}), {})
-        with self._connection() as conn:
-            columns = {
-                key: None if found is None else set(found)
-                for key, name in self._tables.as_dict().items()
-                for found in [self._columns(conn, name)]
-            }
-            plan = status_plan(self._tables, columns)
-            results = {
-                statement.name: self._execute(
-                    conn, statement, status_params(statement, last_runs)
-                ).fetchall()
-                for statement in plan.statements
-            }
-        return status_report(plan, results)
-
-
-def _check_files(run_id: str, files: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Validate the kinds and that every file exists, before anything touches the database.
-
-    Rejects are staged for inspection only and never committed, so their files are accepted
-    and not loaded.
-    """
-    unknown = sorted(set(files) - set(STAGED_KINDS))
-    if unknown:
-        raise ValueError(
-            f"run {run_id}: unknown staging kinds {unknown}; "
-            f"expected some of {sorted(STAGED_KINDS)}"
-        )
-    paths: dict[str, list[str]] = {}
-    for kind in q.COMMITTED_KINDS:
-        kind_files = files.get(kind, ())
-        if isinstance(kind_files, str):
-            raise TypeError(f"run {run_id}: files[{kind!r}] must be a list of paths, not a str")
-        paths[kind] = [str(Path(p).absolute()) for p in kind_files]
-        missing = [p for p in paths[kind] if not Path(p).is_file()]
-        if missing:
-            raise CommitError(f"run {run_id}: {kind} staging files are missing: {missing}")
-    return paths
+                log.warning("run %s: could not drop its %s load table: %s", run_id, kind, exc)

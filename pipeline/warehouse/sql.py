@@ -1,6 +1,6 @@
 """Every SQL statement of the project, written once in BigQuery's dialect, rendered per warehouse.
 
-Statements are templates whose only holes are table names (`{trades}`, `{stg_outcomes}`, ...):
+Statements are templates whose only holes are table names (`{trades}`, `{load_outcomes}`, ...):
 names are validated identifiers before they are rendered, and every value travels as a named
 query parameter (`@name`; DuckDB's `$name` after translation), so no value is ever formatted
 into SQL text. Column lists are generated from `pipeline.schema`, so a column is added in one place.
@@ -59,7 +59,7 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
 def validate_run_id(run_id: str) -> str:
     """Return `run_id` if it matches ^[A-Za-z0-9_-]{1,64}$, else raise ValueError.
 
-    Run ids become part of staging table names, so they are held to a strict alphabet.
+    Run ids become part of load table names, so they are held to a strict alphabet.
     """
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise ValueError(f"run_id {run_id!r} is invalid: use 1 to 64 letters, digits, '_' or '-'")
@@ -96,17 +96,23 @@ class TableNames:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-def staging_table(run_id: str, kind: str) -> str:
-    """The name of one run's staging table for one kind: `_stg_<run>_<hash>_<kind>`.
+# The physical prefix of load tables. It predates the name "load table" and is kept, so that a
+# load table a crashed commit left behind is still the one the next commit of that run replaces.
+LOAD_TABLE_PREFIX = "_stg_"
 
-    `-` is not allowed in identifiers, so it becomes `_`; the short hash of the raw run id keeps
-    run ids that differ only in `-` versus `_` from sharing staging tables.
+
+def load_table(run_id: str, kind: str) -> str:
+    """The name of one run's load table for one kind: `_stg_<run>_<hash>_<kind>`.
+
+    A load table holds one kind of a run's staging files inside the warehouse for the length of
+    its commit. `-` is not allowed in identifiers, so it becomes `_`; the short hash of the raw
+    run id keeps run ids that differ only in `-` versus `_` from sharing load tables.
     """
     validate_run_id(run_id)
     if kind not in STAGED_KINDS:
         raise ValueError(f"unknown staging kind {kind!r}: expected one of {sorted(STAGED_KINDS)}")
     digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
-    return validate_identifier(f"_stg_{run_id.replace('-', '_')}_{digest}_{kind}")
+    return validate_identifier(f"{LOAD_TABLE_PREFIX}{run_id.replace('-', '_')}_{digest}_{kind}")
 
 
 @dataclass(frozen=True)
@@ -249,18 +255,18 @@ def add_column(table: str, column: Column) -> Statement:
 
 
 # ---------------------------------------------------------------------------------------------
-# DDL: one run's staging tables (non-partitioned; replaced if a crashed commit left them behind).
+# DDL: one run's load tables (non-partitioned; replaced if a crashed commit left them behind).
 
-CREATE_STAGING: dict[str, Statement] = {
+CREATE_LOAD_TABLE: dict[str, Statement] = {
     kind: Statement(
-        f"create_staging_{kind}",
-        f"CREATE OR REPLACE TABLE {{stg_{kind}}} (\n{_column_defs(columns)}\n)",
+        f"create_load_table_{kind}",
+        f"CREATE OR REPLACE TABLE {{load_{kind}}} (\n{_column_defs(columns)}\n)",
     )
     for kind, columns in STAGED_KINDS.items()
 }
 
-DROP_STAGING: dict[str, Statement] = {
-    kind: Statement(f"drop_staging_{kind}", f"DROP TABLE IF EXISTS {{stg_{kind}}}")
+DROP_LOAD_TABLE: dict[str, Statement] = {
+    kind: Statement(f"drop_load_table_{kind}", f"DROP TABLE IF EXISTS {{load_{kind}}}")
     for kind in STAGED_KINDS
 }
 
@@ -419,7 +425,7 @@ def _fill_key_equal(left: str, right: str) -> str:
 
 _SUCCESSFUL_WALLETS = """(
     SELECT o.`wallet_address`
-    FROM {stg_outcomes} AS o
+    FROM {load_outcomes} AS o
     WHERE o.`upload_successful` = TRUE
   )"""
 
@@ -455,7 +461,7 @@ FROM (
   FROM (
     SELECT
 {_names(TRADE_COLUMNS, "s", indent="      ")}
-    FROM {{stg_trades}} AS s
+    FROM {{load_trades}} AS s
     WHERE s.`wallet_address` IN {_SUCCESSFUL_WALLETS}
     QUALIFY ROW_NUMBER() OVER (PARTITION BY s.`id` ORDER BY s.`fetched_at`) = 1
   ) AS d
@@ -499,7 +505,7 @@ MERGE INTO {{{table}}} AS t
 USING (
   SELECT
 {_names(columns, indent="    ")}
-  FROM {{stg_{table}}}
+  FROM {{load_{table}}}
   WHERE TRUE
   QUALIFY ROW_NUMBER() OVER (PARTITION BY {_q(key)} ORDER BY `updated_at` DESC) = 1
 ) AS s
@@ -554,7 +560,7 @@ USING (
       `error`,
       `last_trade_at`,
       `source`
-    FROM {stg_outcomes}
+    FROM {load_outcomes}
     WHERE TRUE
     QUALIFY ROW_NUMBER() OVER (
       PARTITION BY `wallet_address`
@@ -566,7 +572,7 @@ USING (
       `wallet_address`,
       COUNT(*) AS `trade_count`
     FROM {trades}
-    WHERE `wallet_address` IN (SELECT `wallet_address` FROM {stg_outcomes})
+    WHERE `wallet_address` IN (SELECT `wallet_address` FROM {load_outcomes})
     GROUP BY `wallet_address`
   ) AS p
     ON p.`wallet_address` = o.`wallet_address`
@@ -668,13 +674,13 @@ FROM (
     IFNULL(COUNTIF(NOT w.`successful`), 0) AS `wallets_failed`
   FROM (
     SELECT `wallet_address`, LOGICAL_OR(`upload_successful`) AS `successful`
-    FROM {stg_outcomes}
+    FROM {load_outcomes}
     GROUP BY `wallet_address`
   ) AS w
 ) AS o
-CROSS JOIN (SELECT COUNT(*) AS `trades_staged` FROM {stg_trades}) AS tr
-CROSS JOIN (SELECT COUNT(*) AS `markets_staged` FROM {stg_markets}) AS m
-CROSS JOIN (SELECT COUNT(*) AS `events_staged` FROM {stg_events}) AS e
+CROSS JOIN (SELECT COUNT(*) AS `trades_staged` FROM {load_trades}) AS tr
+CROSS JOIN (SELECT COUNT(*) AS `markets_staged` FROM {load_markets}) AS m
+CROSS JOIN (SELECT COUNT(*) AS `events_staged` FROM {load_events}) AS e
 WHERE NOT EXISTS (
   SELECT 1
   FROM {runs} AS r
@@ -895,9 +901,9 @@ def _duckdb_type(column: Column) -> str:
 
 
 def _duckdb_load(kind: str, columns: tuple[Column, ...]) -> Statement:
-    """INSERT a run's files of one kind into its staging table, with the schema's types.
+    """INSERT a run's files of one kind into its load table, with the schema's types.
 
-    The explicit `columns` struct means DuckDB never guesses a type; the staging table's NOT
+    The explicit `columns` struct means DuckDB never guesses a type; the load table's NOT
     NULL constraints reject rows missing a REQUIRED value, as a BigQuery load job would. A
     REPEATED value that is absent or null becomes an empty array, as BigQuery loads it.
     """
@@ -910,9 +916,9 @@ def _duckdb_load(kind: str, columns: tuple[Column, ...]) -> Statement:
     )
     struct = ",\n".join(f"    '{c.name}': '{_duckdb_type(c)}'" for c in columns)
     return Statement(
-        f"duckdb_load_staging_{kind}",
+        f"duckdb_load_files_{kind}",
         f"""
-INSERT INTO "{{stg_{kind}}}" (
+INSERT INTO "{{load_{kind}}}" (
 {names}
 )
 SELECT
@@ -930,14 +936,14 @@ FROM read_json(
     )
 
 
-DUCKDB_LOAD_STAGING: dict[str, Statement] = {
+DUCKDB_LOAD_FILES: dict[str, Statement] = {
     kind: _duckdb_load(kind, columns) for kind, columns in STAGED_KINDS.items()
 }
 
 ALL_STATEMENTS: tuple[Statement, ...] = (
     *ENSURE_TABLES,
-    *CREATE_STAGING.values(),
-    *DROP_STAGING.values(),
+    *CREATE_LOAD_TABLE.values(),
+    *DROP_LOAD_TABLE.values(),
     SELECT_TRADERS,
     SELECT_DONE_WALLETS,
     SELECT_CHECKPOINT_STATES,
@@ -964,7 +970,7 @@ ALL_STATEMENTS: tuple[Statement, ...] = (
     DUCKDB_SET_UTC,
     *DUCKDB_LIMIT_MEMORY,
     DUCKDB_TABLE_COLUMNS,
-    *DUCKDB_LOAD_STAGING.values(),
+    *DUCKDB_LOAD_FILES.values(),
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -974,7 +980,7 @@ ALL_STATEMENTS: tuple[Statement, ...] = (
 def _table_map(tables: TableNames, run_id: str | None) -> dict[str, str]:
     names = tables.as_dict()
     if run_id is not None:
-        names.update({f"stg_{kind}": staging_table(run_id, kind) for kind in STAGED_KINDS})
+        names.update({f"load_{kind}": load_table(run_id, kind) for kind in STAGED_KINDS})
     return names
 
 
@@ -983,7 +989,7 @@ def _fill(statement: Statement, names: Mapping[str, str]) -> str:
         return statement.sql.strip().format_map(names)
     except KeyError as missing:
         raise ValueError(
-            f"statement {statement.name} needs table {missing}: pass run_id for staging tables"
+            f"statement {statement.name} needs table {missing}: pass run_id for load tables"
         ) from None
 
 

@@ -22,6 +22,7 @@ from pipeline.sources.fields import (
     string,
     string_list,
     text_or_json,
+    timestamp,
     token_side,
 )
 from pipeline.sources.http import Page
@@ -37,7 +38,7 @@ ORDER_FIELDS: dict[str, FieldSpec] = {
     "price": FieldSpec(number, True),
     "tx_hash": FieldSpec(string, True),
     "title": FieldSpec(string, True),
-    "timestamp": FieldSpec(integer, True),
+    "timestamp": FieldSpec(timestamp, True),
     "order_hash": FieldSpec(string, True),
     "user": FieldSpec(string, True),
     "taker": FieldSpec(string),

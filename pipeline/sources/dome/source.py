@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.schema import format_timestamp
 from pipeline.sources import Lookup, MarketRef, Source, SourceSpec
-from pipeline.sources.dome.client import DomeClient, DomeSettings
+from pipeline.sources.dome.client import MARKETS_PER_REQUEST, DomeClient, DomeSettings
 from pipeline.sources.dome.rows import event_row, market_row, trade_row
 from pipeline.sources.http import Telemetry
 from pipeline.sources.limiter import RateLimiter
@@ -16,7 +16,7 @@ from pipeline.sources.limiter import RateLimiter
 
 class DomeSource(Source):
     name = "dome"
-    markets_per_batch = 100  # the documented maximum of repeated condition_id values
+    markets_per_batch = MARKETS_PER_REQUEST
     events_per_batch = 1  # the API documents no way to ask for many events in one request
 
     def __init__(

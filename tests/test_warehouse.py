@@ -1,0 +1,626 @@
+"""Both warehouses held to one suite: the commit's exactly-once semantics, its guards, the reads,
+status and verify, on a DuckDB file and on BigQuery (bqemulator, through the official client).
+
+One emulator serves the module (it takes a second or two to start); every BigQuery test gets a
+dataset of its own, every DuckDB test a file of its own. What only one engine has (partitioning,
+load jobs from gs://, transient retries; file locks) is in test_warehouse_bigquery.py and
+test_warehouse_duckdb.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.cloud import bigquery
+
+from pipeline.schema import CHECKPOINT_COLUMNS
+from pipeline.status_report import render_status
+from pipeline.warehouse import CommitError, TableNames, Warehouse
+from tests.bq_emulator import BigQueryEmulator
+from tests.support import (
+    COMMITTED_AT,
+    OLD_CHECKPOINT,
+    T0,
+    BigQueryEngine,
+    DuckDBEngine,
+    Engine,
+    assert_rich_run_landed,
+    busy_run,
+    checkpoint_rows,
+    event,
+    load_tables_left,
+    market,
+    old_ddl,
+    outcome,
+    pm_trade,
+    rich_run,
+    snapshot,
+    stage,
+    trade,
+    trade_ids,
+    write_ndjson,
+)
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
+    with BigQueryEmulator(tmp_path_factory.mktemp("gcs")) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def bq(emulator: BigQueryEmulator) -> Iterator[bigquery.Client]:
+    """A client of the tests' own, to look at what the warehouse did."""
+    client = emulator.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["duckdb", "bigquery"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    """The engine under test: makes warehouses and reads them back."""
+    if request.param == "duckdb":
+        return DuckDBEngine(tmp_path / "duckdb")
+    return BigQueryEngine(request.getfixturevalue("emulator"), request.getfixturevalue("bq"))
+
+
+@pytest.fixture
+def wh(db: Engine) -> Iterator[Warehouse]:
+    warehouse = db.new()
+    warehouse.ensure_tables()
+    yield warehouse
+    warehouse.close()
+
+
+def q(db: Engine, wh: Warehouse, sql: str) -> list[tuple]:
+    return db.rows(wh, sql)
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+
+def test_ensure_tables_is_idempotent_and_keeps_traders(db: Engine) -> None:
+    wh = db.new()
+    assert not db.exists(wh)
+    wh.ensure_tables()  # creates the file and its folder, or the dataset
+    q(db, wh, "INSERT INTO {traders} VALUES ('0xaaa'), (NULL)")
+    wh.ensure_tables()
+    assert sorted(wh.read_traders(), key=repr) == ["0xaaa", None]
+    assert db.table_names(wh) == {
+        "traders",
+        "backfill_checkpoint",
+        "trades",
+        "markets",
+        "events",
+        "backfill_runs",
+    }
+
+
+def test_custom_table_names(db: Engine, tmp_path: Path) -> None:
+    wh = db.new(TableNames(trades="fills", runs="commits"))
+    wh.ensure_tables()
+    files = stage(
+        tmp_path, "r1", trades=[trade("0xa", "t1", "r1")], outcomes=[outcome("0xa", "r1", True, 10)]
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert "fills" in db.table_names(wh) and "trades" not in db.table_names(wh)
+    assert q(db, wh, "SELECT id FROM {trades}") == [("t1",)]
+    assert wh.committed_run_ids() == {"r1"}
+
+
+def test_the_users_existing_checkpoint_table_gains_the_missing_columns(db: Engine) -> None:
+    """The monitoring's checkpoint table predates run_id, attempts, error, last_trade_at, ..."""
+    wh = db.new()
+    db.run_ddl(wh, old_ddl("checkpoint"))
+    q(db, wh, "INSERT INTO {checkpoint} VALUES ('0xold', TRUE, TRUE, 3, 'gs://x', NULL)")
+    wh.ensure_tables()
+    wh.ensure_tables()  # idempotent
+    # Read back through a query: bqemulator applies ALTER TABLE to its storage, not to the
+    # table metadata that get_table returns.
+    row = checkpoint_rows(db, wh)["0xold"]
+    assert list(row)[: len(OLD_CHECKPOINT)] == list(OLD_CHECKPOINT)
+    assert set(row) == {c.name for c in CHECKPOINT_COLUMNS}
+    assert (row["trade_count"], row["attempts"], row["last_refreshed_at"]) == (3, None, None)
+    assert list(wh.read_checkpoint_states()) == [("0xold", True, None, None)]
+
+
+# -- the commit -----------------------------------------------------------------------------------
+
+
+def test_commit_lands_exactly_the_successful_wallets_trades_once(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    # An earlier run already landed t2 for wallet A.
+    first = stage(
+        tmp_path, "r0", trades=[trade("0xa", "t2", "r0")], outcomes=[outcome("0xa", "r0", True, 5)]
+    )
+    wh.commit_run("r0", first, committed_at=COMMITTED_AT)
+    report = wh.commit_run("r1", stage(tmp_path, "r1", **rich_run("r1")), committed_at=COMMITTED_AT)
+    assert_rich_run_landed(db, wh, report)
+
+
+def test_failed_wallet_is_flipped_by_a_later_success(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xb", "b1", "r1")],
+        outcomes=[outcome("0xb", "r1", False, 10, trade_count=1, error="timeout")],
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert trade_ids(db, wh) == []
+    assert list(wh.read_done_wallets()) == []
+
+    files = stage(
+        tmp_path,
+        "r2",
+        trades=[trade("0xb", "b1", "r2"), trade("0xb", "b2", "r2")],
+        outcomes=[outcome("0xb", "r2", True, 20, trade_count=2)],
+    )
+    wh.commit_run("r2", files, committed_at=COMMITTED_AT)
+    assert trade_ids(db, wh) == ["b1", "b2"]
+    b = checkpoint_rows(db, wh)["0xb"]
+    assert (b["upload_successful"], b["error"], b["attempts"], b["trade_count"]) == (
+        True,
+        None,
+        2,
+        2,
+    )
+    assert list(wh.read_done_wallets()) == ["0xb"]
+
+
+def test_a_success_beats_a_failure_of_the_same_wallet_in_one_run(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xa", "a1", "r1")],
+        outcomes=[outcome("0xa", "r1", False, 30, error="retried"), outcome("0xa", "r1", True, 10)],
+    )
+    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert (report.wallets_done, report.wallets_failed) == (1, 0)
+    assert trade_ids(db, wh) == ["a1"]
+    assert checkpoint_rows(db, wh)["0xa"]["upload_successful"] is True
+
+
+def test_committing_twice_changes_nothing(db: Engine, wh: Warehouse, tmp_path: Path) -> None:
+    files = busy_run(tmp_path)
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    before = snapshot(db, wh)
+    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT + dt.timedelta(hours=1))
+    assert report.already_committed
+    assert (report.trades_inserted, report.markets_merged, report.events_merged) == (0, 0, 0)
+    assert snapshot(db, wh) == before
+    assert q(db, wh, "SELECT title FROM {markets}") == [("m",)]  # the newest staged version won
+
+
+def test_the_sql_guards_alone_make_a_recommit_a_no_op(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    files = busy_run(tmp_path)
+    first = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert (first.trades_inserted, first.markets_merged, first.events_merged) == (2, 1, 1)
+    before = snapshot(db, wh)
+    q(db, wh, "DELETE FROM {runs} WHERE run_id = 'r1'")
+    assert wh.committed_run_ids() == set()
+
+    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert not report.already_committed
+    assert (report.trades_inserted, report.markets_merged, report.events_merged) == (0, 0, 0)
+    assert snapshot(db, wh) == before  # attempts not bumped, nothing duplicated, same runs row
+    assert wh.committed_run_ids() == {"r1"}
+
+
+def test_an_older_run_committed_late_does_not_overwrite_newer_state(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    newer = stage(
+        tmp_path,
+        "r2",
+        trades=[trade("0xd", "d1", "r2")],
+        outcomes=[
+            outcome("0xf", "r2", False, 200, error="new failure"),
+            outcome("0xd", "r2", True, 200),
+        ],
+        markets=[market("0xc1", "r2", 200, title="new")],
+        events=[event("weather", "r2", 200, title="new")],
+    )
+    older = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xf", "f1", "r1"), trade("0xe", "e1", "r1")],
+        outcomes=[
+            outcome("0xf", "r1", False, 100, error="old failure"),
+            outcome("0xd", "r1", False, 100, error="old failure"),
+            outcome("0xe", "r1", True, 100),
+        ],
+        markets=[market("0xc1", "r1", 100, title="old"), market("0xc2", "r1", 100)],
+        events=[event("weather", "r1", 100, title="old")],
+    )
+    wh.commit_run("r2", newer, committed_at=COMMITTED_AT)
+    wh.commit_run("r1", older, committed_at=COMMITTED_AT)
+
+    ckpt = checkpoint_rows(db, wh)
+    assert (ckpt["0xf"]["error"], ckpt["0xf"]["run_id"], ckpt["0xf"]["attempts"]) == (
+        "new failure",
+        "r2",
+        1,
+    )
+    assert (ckpt["0xd"]["upload_successful"], ckpt["0xd"]["run_id"]) == (True, "r2")
+    assert ckpt["0xe"]["upload_successful"] is True  # new to the checkpoint: inserted
+    assert sorted(q(db, wh, "SELECT condition_id, title FROM {markets}")) == [
+        ("0xc1", "new"),
+        ("0xc2", "m"),
+    ]
+    assert q(db, wh, "SELECT title FROM {events}") == [("new",)]
+    assert trade_ids(db, wh) == ["d1", "e1"]
+
+
+def test_a_done_wallet_is_never_turned_into_a_failed_one(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    files = stage(
+        tmp_path, "r1", trades=[trade("0xa", "a1", "r1")], outcomes=[outcome("0xa", "r1", True, 10)]
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    files = stage(
+        tmp_path, "r2", outcomes=[outcome("0xa", "r2", False, 20, error="late retry failed")]
+    )
+    wh.commit_run("r2", files, committed_at=COMMITTED_AT)
+    a = checkpoint_rows(db, wh)["0xa"]
+    # A failed refresh of a done wallet keeps it done and records only its error; its unchanged
+    # last_refreshed_at makes the next refresh try again.
+    assert (a["upload_successful"], a["error"], a["run_id"]) == (True, "late retry failed", "r1")
+    assert a["last_refreshed_at"] == a["processed_at"]
+    assert list(wh.read_done_wallets()) == ["0xa"]
+
+
+def test_a_failing_transaction_rolls_everything_back(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    # Production refuses what staging allows: the events MERGE fails after the trades INSERT
+    # and the markets MERGE have run inside the transaction.
+    db.require(wh, "events", "subtitle")
+    wh.commit_run("r0", busy_run(tmp_path, "r0"), committed_at=COMMITTED_AT)
+    before = snapshot(db, wh)
+    assert before["trades"] and before["markets"] and before["checkpoint"]
+    rows: dict[str, Any] = {
+        "trades": [trade("0xg", "g1", "r1")],
+        "outcomes": [outcome("0xg", "r1", True, 50), outcome("0xb", "r1", True, 50)],
+        "markets": [market("0xc9", "r1", 50)],
+    }
+    bad = stage(tmp_path, "r1", events=[event("storm", "r1", 50, subtitle=None)], **rows)
+    with pytest.raises(CommitError, match=r"run r1.*rolled back"):
+        wh.commit_run("r1", bad, committed_at=COMMITTED_AT)
+    assert snapshot(db, wh) == before
+    assert wh.committed_run_ids() == {"r0"}
+    assert load_tables_left(db, wh) == []
+
+    fixed = stage(tmp_path, "r1", events=[event("storm", "r1", 50)], **rows)
+    report = wh.commit_run("r1", fixed, committed_at=COMMITTED_AT)
+    assert (report.trades_inserted, report.markets_merged, report.events_merged) == (1, 1, 1)
+    assert trade_ids(db, wh) == ["a1", "a2", "g1"]
+    assert set(wh.read_done_wallets()) == {"0xa", "0xb", "0xg"}
+    assert wh.committed_run_ids() == {"r0", "r1"}
+
+
+def test_a_staged_row_missing_a_required_column_fails_the_load(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    wh.commit_run("r0", busy_run(tmp_path, "r0"), committed_at=COMMITTED_AT)
+    before = snapshot(db, wh)
+    bad = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xg", "g1", "r1"), trade("0xg", "g2", "r1", tx_hash=None)],
+        outcomes=[outcome("0xg", "r1", True, 50)],
+    )
+    with pytest.raises(CommitError, match="run r1: loading its trades staging"):
+        wh.commit_run("r1", bad, committed_at=COMMITTED_AT)
+    assert snapshot(db, wh) == before
+    assert wh.committed_run_ids() == {"r0"}
+    assert load_tables_left(db, wh) == []
+
+
+def test_empty_staging_kinds(db: Engine, wh: Warehouse, tmp_path: Path) -> None:
+    report = wh.commit_run("r0", {}, committed_at=COMMITTED_AT)
+    assert (report.trades_inserted, report.wallets_done, report.wallets_failed) == (0, 0, 0)
+    assert q(db, wh, "SELECT * FROM {runs}") == [("r0", COMMITTED_AT, 0, 0, 0, 0, 0)]
+
+    files = stage(tmp_path, "r1", trades=[], outcomes=[outcome("0xz", "r1", True, 5)], events=[])
+    files["markets"] = []
+    files["rejects"] = [write_ndjson(tmp_path / "r1" / "rejects" / "part-0.json", [])]
+    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert report.wallets_done == 1
+    z = checkpoint_rows(db, wh)["0xz"]
+    assert (z["upload_successful"], z["trade_count"]) == (True, 0)  # a wallet with no trades
+    assert trade_ids(db, wh) == []
+
+
+def test_commit_validates_its_arguments(wh: Warehouse, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="run_id"):
+        wh.commit_run("bad id!", {})
+    with pytest.raises(ValueError, match="unknown staging kinds"):
+        wh.commit_run("r1", {"trade": []})
+    with pytest.raises(TypeError, match="list of paths"):
+        wh.commit_run("r1", {"trades": str(tmp_path / "a.json")})  # type: ignore[dict-item]
+    with pytest.raises(CommitError, match="missing"):
+        wh.commit_run("r1", {"trades": [str(tmp_path / "nope.json")]})
+    with pytest.raises(ValueError, match="timezone-aware"):
+        wh.commit_run("r1", {}, committed_at=dt.datetime(2026, 1, 1))
+    assert wh.committed_run_ids() == set()
+
+
+# -- two sources: cross-source dedup, the checkpoint's source -------------------------------------
+
+# One fill key: the same fill as each source describes it (the hash's case and the price's last
+# digits differ; shares are millionths in both).
+FILL = {"tx_hash": "0xfeed", "shares": 2_500_000, "price": 0.37}
+PM_FILL = {"tx_hash": "0xFEED", "shares": 2_500_000, "price": 0.3700000001}
+
+
+def dome_fill(trade_id: str, log_index: int, legacy: bool = False, **extra: Any) -> dict:
+    row = trade("0xw", trade_id, "r", log_index=log_index, **{**FILL, **extra})
+    if not legacy:
+        row["source"] = "dome"
+    return row
+
+
+def pm_fill(trade_id: str, ordinal: int, **extra: Any) -> dict:
+    return pm_trade("0xw", trade_id, "r", ordinal, **{**PM_FILL, **extra})
+
+
+# case -> (production rows, staged rows, ids the staged rows land)
+CROSS_SOURCE_CASES: dict[str, tuple[list[dict], list[dict], list[str]]] = {
+    # Two identical Dome fills (landed before sources: source NULL) and another fill; Polymarket
+    # serves the same three plus a new one: only the new one lands.
+    "a_overlap_lands_only_the_new_fill": (
+        [
+            dome_fill("d1", 1, legacy=True),
+            dome_fill("d2", 2, legacy=True),
+            dome_fill("d3", 3, legacy=True, tx_hash="0xother"),
+        ],
+        [
+            pm_fill("p0", 0),
+            pm_fill("p1", 1),
+            pm_fill("p3", 0, tx_hash="0xOTHER"),
+            pm_fill("p4", 0, tx_hash="0xnew"),
+        ],
+        ["p4"],
+    ),
+    # Three identical Polymarket fills where Dome landed two: exactly one more is a real fill.
+    "b_a_third_identical_fill_lands_once": (
+        [dome_fill("d1", 1), dome_fill("d2", 2)],
+        [pm_fill("p0", 0), pm_fill("p1", 1), pm_fill("p2", 2)],
+        ["p2"],
+    ),
+    # The other way round: Dome rows have no ordinal, their rank among themselves is by id.
+    "b_reversed_dome_after_polymarket": (
+        [pm_fill("p0", 0), pm_fill("p1", 1)],
+        [dome_fill("d1", 1), dome_fill("d2", 2), dome_fill("d3", 3)],
+        ["d3"],
+    ),
+    # One source only: ids decide, identical fills and all, as before sources existed.
+    "c_same_source_dome": (
+        [dome_fill("d1", 1), dome_fill("d2", 2)],
+        [dome_fill("d1", 1), dome_fill("d2", 2), dome_fill("d4", 4)],
+        ["d4"],
+    ),
+    "c_same_source_legacy_and_dome": (
+        [dome_fill("d1", 1, legacy=True)],
+        [dome_fill("d1", 1), dome_fill("d2", 2)],
+        ["d2"],
+    ),
+    "c_same_source_polymarket": (
+        [pm_fill("p0", 0), pm_fill("p1", 1)],
+        [pm_fill("p0", 0), pm_fill("p1", 1), pm_fill("p2", 2)],
+        ["p2"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CROSS_SOURCE_CASES))
+def test_cross_source_dedup(db: Engine, wh: Warehouse, tmp_path: Path, case: str) -> None:
+    production, staged, landed = CROSS_SOURCE_CASES[case]
+    source = staged[0].get("source")
+    r0, r1, r2 = (
+        stage(tmp_path, run_id, trades=rows, outcomes=[outcome("0xw", run_id, True, t, source=s)])
+        for run_id, rows, t, s in (
+            ("r0", production, 5, production[0].get("source")),
+            ("r1", staged, 10, source),
+            ("r2", staged, 20, source),
+        )
+    )
+    wh.commit_run("r0", r0, committed_at=COMMITTED_AT)
+    before = set(trade_ids(db, wh))
+    report = wh.commit_run("r1", r1, committed_at=COMMITTED_AT)
+    assert sorted(set(trade_ids(db, wh)) - before) == landed
+    assert report.trades_inserted == len(landed)
+    assert wh.commit_run("r2", r2, committed_at=COMMITTED_AT).trades_inserted == 0
+    w = checkpoint_rows(db, wh)["0xw"]
+    assert w["trade_count"] == len(before) + len(landed)
+    assert w["source"] == source
+
+
+def test_the_checkpoint_records_the_source_of_the_last_successful_fetch(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    def commit(run_id: str, *outcomes: dict) -> None:
+        wh.commit_run(run_id, stage(tmp_path, run_id, outcomes=list(outcomes)))
+
+    commit("r1", outcome("0xa", "r1", True, 10, source="dome"))
+    commit("r2", outcome("0xb", "r2", False, 20, error="x", source="polymarket"))
+    ckpt = checkpoint_rows(db, wh)
+    assert (ckpt["0xa"]["source"], ckpt["0xb"]["source"]) == ("dome", None)
+    commit(
+        "r3",
+        outcome("0xa", "r3", True, 30, source="polymarket"),
+        outcome("0xb", "r3", True, 30, source="polymarket"),
+    )
+    assert checkpoint_rows(db, wh)["0xa"]["source"] == "polymarket"
+    commit("r4", outcome("0xa", "r4", False, 40, error="x", source="dome"))
+    a = checkpoint_rows(db, wh)["0xa"]
+    assert (a["source"], a["upload_successful"], a["error"]) == ("polymarket", True, "x")
+    assert checkpoint_rows(db, wh)["0xb"]["source"] == "polymarket"
+
+
+# -- markets and events production names but does not hold ---------------------------------------
+
+
+def unlanded_history() -> dict[str, list[dict]]:
+    """Trades name markets 0xc1 (landed), 0xc2 (twice, one slug empty) and 0xc3; events are named
+    by trades (`weather`, landed; `storm`; empty) and by markets (`rain`)."""
+    return {
+        "trades": [
+            trade("0xa", "a1", "r1", condition_id="0xc1", market_slug="m1"),
+            pm_trade("0xa", "a2", "r1", condition_id="0xc2", market_slug="", event_slug="storm"),
+            pm_trade("0xa", "a3", "r1", condition_id="0xc2", market_slug="m2", event_slug=""),
+            trade("0xb", "b1", "r1", condition_id="0xc3", market_slug="m3"),
+        ],
+        "outcomes": [outcome("0xa", "r1", True, 10), outcome("0xb", "r1", True, 10)],
+        "markets": [market("0xc1", "r1", 10) | {"event_slug": "rain"}],
+        "events": [event("weather", "r1", 10)],
+    }
+
+
+def test_unlanded_markets_and_events_are_read_and_counted(wh: Warehouse, tmp_path: Path) -> None:
+    assert (list(wh.read_unlanded_markets()), list(wh.read_unlanded_events())) == ([], [])
+    wh.commit_run("r1", stage(tmp_path, "r1", **unlanded_history()), committed_at=COMMITTED_AT)
+    assert sorted(wh.read_unlanded_markets()) == [("0xc2", "m2"), ("0xc3", "m3")]
+    assert sorted(wh.read_unlanded_events()) == [("rain",), ("storm",)]
+    assert all(type(row) is tuple for row in wh.read_unlanded_markets())
+    report = wh.status()
+    assert (report.markets_pending, report.events_pending) == (2, 2)
+    assert report.trades_by_source == (("dome", 2), ("polymarket", 2))
+    text = render_status(report)
+    assert "pending          markets 2, events 2" in text
+    assert "trades by source dome 2, polymarket 2" in text
+
+    # A later run lands them: nothing is pending any more.
+    landed = {
+        "markets": [market("0xc2", "r2", 20), market("0xc3", "r2", 20)],
+        "events": [event("rain", "r2", 20), event("storm", "r2", 20)],
+    }
+    wh.commit_run("r2", stage(tmp_path, "r2", **landed), committed_at=COMMITTED_AT)
+    assert (list(wh.read_unlanded_markets()), list(wh.read_unlanded_events())) == ([], [])
+    assert (wh.status().markets_pending, wh.status().events_pending) == (0, 0)
+
+
+# -- status and verify: they only read ------------------------------------------------------------
+
+
+def test_status_numbers(db: Engine, wh: Warehouse, tmp_path: Path) -> None:
+    # Distinct non-null traders: 0xa, 0xb, 0xc (0xa twice, one null) -> 3.
+    q(db, wh, "INSERT INTO {traders} VALUES ('0xa'), ('0xb'), ('0xc'), ('0xa'), (NULL)")
+    wh.commit_run(
+        "r1",
+        stage(
+            tmp_path,
+            "r1",
+            trades=[trade("0xa", "a1", "r1"), trade("0xb", "b1", "r1")],
+            outcomes=[outcome("0xa", "r1", True, 10), outcome("0xc", "r1", False, 10, 7, "boom")],
+            markets=[market("0xc1", "r1", 10)],
+        ),
+        committed_at=COMMITTED_AT,
+    )
+    wh.commit_run(
+        "r2",
+        stage(
+            tmp_path,
+            "r2",
+            outcomes=[outcome("0xb", "r2", True, 20), outcome("0xd", "r2", False, 30, 0, "x")],
+        ),
+        committed_at=COMMITTED_AT + dt.timedelta(minutes=30),
+    )
+    report = wh.status(last_runs=1)
+    assert (report.done_wallets, report.failed_wallets, report.total_wallets) == (2, 2, 3)
+    assert report.progress_percent == 66.67  # 2 * 100 / 3, rounded to 2 places
+    assert report.remaining_wallets == 1
+    assert [(w.wallet_address, w.trade_count, w.error) for w in report.failed] == [
+        ("0xd", 0, "x"),  # newest first
+        ("0xc", 7, "boom"),
+    ]
+    assert report.failed[0].processed_at == dt.datetime.fromtimestamp(T0 + 30, dt.UTC)
+    assert (report.trades_rows, report.markets_rows, report.events_rows) == (1, 1, 0)
+    assert [r.run_id for r in report.last_runs] == ["r2"]
+    assert report.last_runs[0].committed_at == COMMITTED_AT + dt.timedelta(minutes=30)
+    assert wh.status(last_runs=5).last_runs[1].run_id == "r1"
+
+    text = render_status(report)
+    assert "2 of 3 (66.67 %)" in text and "remaining 1" in text
+    assert "0xc" in text and "boom" in text and "r2" in text
+
+
+def test_status_of_an_empty_warehouse(wh: Warehouse) -> None:
+    report = wh.status()
+    assert (report.done_wallets, report.total_wallets, report.progress_percent) == (0, 0, None)
+    assert report.last_runs == ()
+    assert "no committed runs yet" in render_status(report)
+    with pytest.raises(ValueError):
+        wh.status(last_runs=-1)
+
+
+def test_status_and_verify_only_read_and_name_missing_tables(db: Engine) -> None:
+    wh = db.new()
+    report = wh.status()
+    assert report.missing_tables == tuple(TableNames().as_dict().values())
+    assert report.done_wallets is None and report.markets_pending is None
+    assert "missing tables   traders, backfill_checkpoint" in render_status(report)
+    verified = wh.verify()
+    assert verified.missing_tables == ("backfill_checkpoint", "trades") and not verified.reset
+    assert "nothing to check, missing tables backfill_checkpoint, trades" in verified.render()
+    assert not db.exists(wh)  # no file, no folder, no dataset
+
+    wh.ensure_tables()
+    q(db, wh, "DROP TABLE {events}")
+    q(db, wh, "DROP TABLE {runs}")
+    report = wh.status()
+    assert report.missing_tables == ("events", "backfill_runs")
+    assert (report.done_wallets, report.trades_rows, report.events_rows) == (0, None, None)
+    assert report.markets_pending is None and report.trades_by_source == ()
+    assert report.last_runs == ()
+    text = render_status(report)
+    assert "missing tables   events, backfill_runs (status creates nothing" in text
+    assert wh.verify().mismatches == ()
+    assert not {"events", "backfill_runs"} & db.table_names(wh)
+
+
+def test_verify_reports_and_resets_mismatched_done_wallets(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1"), trade("0xb", "b1", "r1")],
+        outcomes=[outcome("0xa", "r1", True, 2), outcome("0xb", "r1", True, 1)],
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert wh.verify().mismatches == ()
+    q(db, wh, "DELETE FROM {trades} WHERE id = 'a2'")
+    report = wh.verify(reset=False)
+    assert report.mismatches == (("0xa", 2, 1),) and not report.reset
+    assert checkpoint_rows(db, wh)["0xa"]["upload_successful"] is True
+    report = wh.verify()
+    assert report.reset and "0xa" in report.render()
+    a = checkpoint_rows(db, wh)["0xa"]
+    assert (a["upload_successful"], a["last_trade_at"]) == (False, None)
+    assert a["error"].startswith("verify:")
+    assert sorted(wh.read_done_wallets()) == ["0xb"]
+
+
+def test_verify_does_not_alter_a_checkpoint_older_than_its_reset(db: Engine) -> None:
+    wh = db.new()
+    wh.ensure_tables()
+    q(db, wh, "DROP TABLE {checkpoint}")
+    db.run_ddl(wh, old_ddl("checkpoint"))
+    q(db, wh, "INSERT INTO {checkpoint} VALUES ('0xold', TRUE, TRUE, 3, 'gs://x', NULL)")
+    report = wh.verify()
+    assert report.mismatches == (("0xold", 3, 0),) and not report.reset
+    assert "not reset: backfill_checkpoint lacks error" in report.render()
+    assert list(checkpoint_rows(db, wh)["0xold"]) == list(OLD_CHECKPOINT)
