@@ -219,6 +219,12 @@ TRADE_EXTRA_FIELDS = frozenset(
 MARKET_EXTRA_FIELDS = frozenset(
     {"active", "archived", "volume", "umaResolutionStatus", "closedTime", "endDate", "startDate"}
 )
+EVENT_EXTRA_FIELDS = frozenset({"active", "archived", "volume"})
+# Gamma kind -> (checked fields, documented fields kept only in `extra`).
+GAMMA_FIELDS: dict[str, tuple[dict[str, FieldSpec], frozenset[str]]] = {
+    "markets": (MARKET_FIELDS, MARKET_EXTRA_FIELDS),
+    "events": (EVENT_FIELDS, EVENT_EXTRA_FIELDS),
+}
 
 
 def trades_page(body: Any, where: str) -> tuple[Page, list[dict[str, Any]]]:

@@ -139,10 +139,10 @@ class PolymarketClient:
             yield page, raws.pop(id(page))
 
     def _keyset(
-        self, path: str, endpoint: str, params: Params, items_key: str, fields: Any, where: str
+        self, path: str, endpoint: str, params: Params, items_key: str, where: str
     ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         found: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        known_extra = parse.MARKET_EXTRA_FIELDS if items_key == "markets" else frozenset({"active"})
+        fields, known_extra = parse.GAMMA_FIELDS[items_key]
 
         def get_page(cursor: str | None, page_where: str) -> Page:
             page_params = [*params, ("after_cursor", cursor)] if cursor else params
@@ -167,9 +167,7 @@ class PolymarketClient:
         params: Params = [("condition_ids", cid) for cid in condition_ids]
         params += [("closed", "true" if closed else "false"), ("limit", KEYSET_LIMIT)]
         where = f"markets of {len(condition_ids)} condition_ids from {condition_ids[0]}"
-        return self._keyset(
-            "/markets/keyset", "markets_keyset", params, "markets", parse.MARKET_FIELDS, where
-        )
+        return self._keyset("/markets/keyset", "markets_keyset", params, "markets", where)
 
     def events(
         self, slugs: Sequence[str], closed: bool
@@ -177,12 +175,10 @@ class PolymarketClient:
         params: Params = [("slug", slug) for slug in slugs]
         params += [("closed", "true" if closed else "false"), ("limit", KEYSET_LIMIT)]
         where = f"events of {len(slugs)} slugs from {slugs[0]}"
-        return self._keyset(
-            "/events/keyset", "events_keyset", params, "events", parse.EVENT_FIELDS, where
-        )
+        return self._keyset("/events/keyset", "events_keyset", params, "events", where)
 
     def _one(
-        self, path: str, endpoint: str, fields: Any, where: str
+        self, path: str, endpoint: str, kind: str, where: str
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         try:
             body = self._get(f"{self._gamma}{path}", [], endpoint, where)
@@ -190,21 +186,20 @@ class PolymarketClient:
             if exc.status == 404:
                 return None
             raise
-        pairs, unknown = parse.parse_items([body], fields, where, parse.MARKET_EXTRA_FIELDS)
+        fields, known_extra = parse.GAMMA_FIELDS[kind]
+        pairs, unknown = parse.parse_items([body], fields, where, known_extra)
         self._unknown(endpoint, unknown)
         return pairs[0]
 
     def market_by_slug(self, slug: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         where = f"market {slug}"
-        return self._one(
-            f"/markets/slug/{quote(slug, safe='')}", "markets_slug", parse.MARKET_FIELDS, where
-        )
+        return self._one(f"/markets/slug/{quote(slug, safe='')}", "markets_slug", "markets", where)
 
     def event_by_slug(self, slug: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         return self._one(
             f"/events/slug/{quote(slug, safe='')}",
             "events_slug",
-            parse.EVENT_FIELDS,
+            "events",
             f"event {slug}",
         )
 
