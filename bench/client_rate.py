@@ -24,8 +24,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.dome.client import ClientSettings, DomeClient
-from pipeline.dome.limiter import RateLimit, RateLimiter
+from pipeline.sources.dome.client import DomeClient, DomeSettings, RateLimit
+from pipeline.sources.http import HttpSettings
+from pipeline.sources.limiter import RateLimiter
 
 
 @contextlib.contextmanager
@@ -57,8 +58,11 @@ def sim_json(base_url: str, path: str) -> dict:
 def measure(tier: str, seconds: float, threads: int, latency_ms: float) -> dict:
     with simulator_process(tier, latency_ms) as (base_url, api_key):
         limit = RateLimit.for_tier(tier)
-        settings = ClientSettings(base_url=base_url, page_limit=50, pool_size=threads)
-        client = DomeClient(settings, api_key, RateLimiter(limit))
+        settings = DomeSettings(base_url=base_url, page_limit=50)
+        limiter = RateLimiter(limit.windows())
+        client = DomeClient.build(
+            settings, api_key, limiter, http_settings=HttpSettings(pool_size=threads)
+        )
         wallets = sorted(sim_json(base_url, "/_sim/truth")["wallets"])
         stamps: list[float] = []
         lock = threading.Lock()

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import duckdb
-
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 LATENCY_MS = 150.0  # median per-request latency of the simulated API (lognormal tail, sigma 0.6)
@@ -183,18 +181,10 @@ class PmSample(NamedTuple):
 
 
 # ---- the warehouse and the pipeline process --------------------------------------------------
-def seed_traders(db_path: Path, wallets: list[str]) -> None:
-    """A fresh DuckDB file whose `traders` table holds exactly these wallets."""
-    from pipeline.warehouse import TableNames, open_warehouse
-
-    with open_warehouse(f"duckdb:{db_path}", TableNames()) as warehouse:
-        warehouse.ensure_tables()
-    with duckdb.connect(str(db_path)) as con:
-        con.executemany("INSERT INTO traders (wallet_address) VALUES (?)", [[w] for w in wallets])
-
-
 def fresh_warehouse(workdir: Path, name: str, wallets: list[str]) -> tuple[Path, Path]:
-    """(DuckDB file, staging folder) for one run, seeded with `wallets`."""
+    """(DuckDB file, staging folder) for one run, whose `traders` holds exactly `wallets`."""
+    from pipeline.warehouse.seed import seed_traders
+
     folder = workdir / name
     folder.mkdir(parents=True, exist_ok=False)
     db_path, staging = folder / "backfill.duckdb", folder / "staging"

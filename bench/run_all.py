@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import limit_gap
 import memory
 import overhead
 import polymarket
@@ -54,7 +55,13 @@ def _git() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
 
 
-def _step(name: str, errors: dict[str, str], fn: Callable[[], Any]) -> Any:
+def _step(
+    name: str,
+    errors: dict[str, str],
+    fn: Callable[[], Any],
+    report: Callable[[Any], str] | None = None,
+) -> Any:
+    """`fn()`, timed; a failure goes to `errors` and gives None. With `report`, prints its figures."""
     start = time.monotonic()
     print(f"-- {name} ...", flush=True)
     try:
@@ -65,20 +72,32 @@ def _step(name: str, errors: dict[str, str], fn: Callable[[], Any]) -> Any:
         print(f"-- {name} FAILED after {time.monotonic() - start:.0f} s", flush=True)
         return None
     print(f"-- {name} done in {time.monotonic() - start:.0f} s", flush=True)
+    if report is not None and result:
+        print(report(result), flush=True)
     return result
+
+
+def _each(
+    name: str,
+    keys: tuple[str, ...],
+    errors: dict[str, str],
+    fn: Callable[[str, Path], Any],
+    workdir: Path,
+    report: Callable[[Any], str],
+) -> dict[str, Any]:
+    """`_step` of `fn(key, workdir)` for each key (a tier, a mode), named `name` and the key."""
+    return {
+        key: _step(f"{name} {key}", errors, lambda k=key: fn(k, workdir), report) for key in keys
+    }
 
 
 def measure(workdir: Path) -> dict[str, Any]:
     errors: dict[str, str] = {}
     started = time.monotonic()
     load = [round(x, 2) for x in os.getloadavg()]
-    rate = {}
-    for tier in ("free", "dev"):
-        rate[tier] = _step(
-            f"1+2 pipeline at {tier}", errors, lambda t=tier: rate_use.run_tier(t, workdir)
-        )
-        if rate[tier]:
-            print(rate_use.report(rate[tier]), flush=True)
+    rate = _each(
+        "1+2 pipeline at", ("free", "dev"), errors, rate_use.run_tier, workdir, rate_use.report
+    )
     efficiency = {t: request_efficiency.efficiency(r) for t, r in rate.items() if r}
     baseline = {}
     for tier in ("free", "dev"):
@@ -88,19 +107,10 @@ def measure(workdir: Path) -> dict[str, Any]:
         if old and rate[tier]:
             baseline[tier] = vs_baseline.compare(rate[tier], old)
             print(vs_baseline.report(baseline[tier]), flush=True)
-    mem = _step("4 memory", errors, lambda: memory.measure(workdir))
-    if mem:
-        print(memory.report(mem), flush=True)
-    speed = {}
-    for mode in ("inprocess", "multiprocess"):
-        speed[mode] = _step(
-            f"5 overhead {mode}", errors, lambda m=mode: overhead.throughput(m, workdir)
-        )
-        if speed[mode]:
-            print(overhead.report(speed[mode]), flush=True)
-    pm = _step("6 polymarket", errors, lambda: polymarket.run(workdir))
-    if pm:
-        print(polymarket.report(pm), flush=True)
+    mem = _step("4 memory", errors, lambda: memory.measure(workdir), memory.report)
+    modes = ("inprocess", "multiprocess")
+    speed = _each("5 overhead", modes, errors, overhead.throughput, workdir, overhead.report)
+    pm = _step("6 polymarket", errors, lambda: polymarket.run(workdir), polymarket.report)
 
     def get(source: dict | None, *path: str) -> Any:
         for key in path:
@@ -111,6 +121,12 @@ def measure(workdir: Path) -> dict[str, Any]:
 
     ratios = [e["ratio"] for e in efficiency.values()]
     http_429 = [r["http_429"] for r in rate.values() if r]
+    # Issue 14's figures (bench/limit_gap.py) from the same runs: wall ÷ requests ÷ rate, the gap.
+    gap: dict[str, Any] = {}
+    if pm:
+        gap.update(limit_gap.keys(limit_gap.polymarket_figures(pm), common.WALLETS))
+    if rate.get("free"):
+        gap.update(limit_gap.keys(limit_gap.dome_figures(rate["free"]), common.WALLETS))
     return {
         "rate_use_free": get(rate, "free", "rate_use"),
         "rate_use_dev": get(rate, "dev", "rate_use"),
@@ -136,6 +152,7 @@ def measure(workdir: Path) -> dict[str, Any]:
         "pm_wall_s": get(pm, "wall_s"),
         "pm_start_to_first_request_s": get(pm, "start_to_first_request_s"),
         "pm_last_request_to_exit_s": get(pm, "last_request_to_exit_s"),
+        **gap,
         "cores": os.cpu_count(),
         "beam_version": importlib.metadata.version("apache-beam"),
         "python": platform.python_version(),

@@ -1,4 +1,14 @@
-"""`commit --run_id R`: commits one fully staged run by hand (recovery); safe to repeat."""
+"""`commit --run_id R`: commits one fully staged run by hand (recovery); safe to repeat.
+
+Exit codes: 0 committed (or already committed), 1 the warehouse refused the transaction (production
+untouched; fix the warehouse and run it again), 2 nothing here can be committed: no such run, no
+whole manifest, or a run refused because its staging contradicts itself (its wallets are fetched
+again by the next run). Each failure is one line saying what to fix.
+
+A run that start-up parked after its commit failed MAX_FAILED_COMMITS times (`status` lists it)
+is committed here like any other, once the warehouse is fixed; success takes it off the parked
+list. A failure here does not count toward parking: only start-up's tries do.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +17,7 @@ import dataclasses
 import json
 
 from pipeline.options import BackfillOptions, OptionsError, resolve_command_argv
-from pipeline.staging import commit_staged_run
+from pipeline.staging import StagingError, commit_staged_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +33,32 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     except OptionsError as exc:
         print(exc)
         return 2
-    outcome = commit_staged_run(config.staging, config.warehouse_ref)  # --run_id's staging
+    staging = config.staging  # --run_id's staging
+    if not staging.has_files():
+        print(
+            f"commit: run {staging.run_id} has no staging under {staging.root}: "
+            "check --run_id and --staging_root"
+        )
+        return 2
+    reason = staging.refused_reason()
+    if reason is not None:
+        print(
+            f"commit: run {staging.run_id} was refused and is not committed (its wallets are "
+            f"fetched again by the next run): {reason}"
+        )
+        return 2
+    try:
+        files = staging.read_manifest()
+    except StagingError as exc:
+        print(f"commit: nothing to commit (its wallets are fetched again by the next run): {exc}")
+        return 2
+    outcome = commit_staged_run(staging, config.warehouse_ref, files)
+    if outcome.refused:
+        print(
+            f"commit: run {staging.run_id} is refused, production is untouched and its wallets "
+            f"are fetched again by the next run: {outcome.error}"
+        )
+        return 2
     if outcome.report is None:
         print(f"run {args.run_id} was not committed (production is untouched): {outcome.error}")
         return 1

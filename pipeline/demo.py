@@ -17,13 +17,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import duckdb
-
 from pipeline.options import new_run_id
 from pipeline.run import run_backfill
 from pipeline.staging import RunStaging
 from pipeline.status import show_status
-from pipeline.warehouse import TableNames, open_warehouse
+from pipeline.warehouse import TableNames
+from pipeline.warehouse.seed import seed_traders
 
 READY = re.compile(r"base_url=(\S+) api_key=(\S+)")
 PM_READY = re.compile(r"data_api_url=(\S+) gamma_api_url=(\S+)")
@@ -70,17 +69,10 @@ def _sim_json(base_url: str, path: str) -> dict:
         return json.load(response)
 
 
-def _seed_traders(db_path: Path, wallets: list[str]) -> bool:
-    """Fills an empty `traders` with the simulator's wallets plus realistic junk; False if not empty."""
-    with open_warehouse(f"duckdb:{db_path}", TableNames()) as warehouse:
-        warehouse.ensure_tables()
-    with duckdb.connect(str(db_path)) as con:
-        if con.execute("SELECT COUNT(*) FROM traders").fetchone()[0]:
-            return False
-        variants = [f"  {w.upper().replace('0X', '0x')} " for w in wallets[:5]]  # duplicates
-        rows = [[value] for value in [*wallets, *variants, *BAD_TRADERS]]
-        con.executemany("INSERT INTO traders (wallet_address) VALUES (?)", rows)
-    return True
+def _traders(wallets: list[str]) -> list[str | None]:
+    """The simulator's wallets plus realistic junk: padded mixed-case duplicates and bad rows."""
+    variants = [f"  {w.upper().replace('0X', '0x')} " for w in wallets[:5]]
+    return [*wallets, *variants, *BAD_TRADERS]
 
 
 def _count_staged_lines(folder: Path) -> int:
@@ -134,7 +126,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         truth = _sim_json(base_url, "/_sim/truth")
         wallets = sorted(truth["wallets"]) if isinstance(truth["wallets"], dict) else []
-        if _seed_traders(db_path, wallets):
+        if seed_traders(db_path, _traders(wallets), only_if_empty=True):
             print(
                 f"seeded traders: {len(wallets)} wallets, 5 duplicates, {len(BAD_TRADERS)} bad rows"
             )

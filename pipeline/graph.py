@@ -23,13 +23,15 @@ def build_pipeline(options: PipelineOptions, config: BackfillConfig) -> beam.Pip
     warehouse, staging, run_id = config.warehouse_ref, config.staging, config.run_id
     policy = RefreshPolicy(config.started_at, config.refresh_after_s, config.refresh_overlap_s)
     threads = config.fetch_threads
+    budget = config.max_run_minutes
+    deadline = None if budget is None else config.started_at + 60 * budget  # then start no wallet
 
     read = pipeline | "ReadWallets" >> ReadWallets(warehouse, run_id)
     requests = read["wallets"] | "SelectWallets" >> SelectWallets(
         warehouse, policy, config.max_wallets
     )
     fetched = requests | "FetchTrades" >> FetchTrades(
-        api, run_id, config.source.name, staging.kind_folder("trades"), threads
+        api, run_id, config.source.name, staging.kind_folder("trades"), threads, deadline
     )
     markets = fetched["market_refs"] | "FetchMarkets" >> FetchMarkets(
         api, warehouse, policy, source.markets_per_batch, threads
@@ -39,15 +41,19 @@ def build_pipeline(options: PipelineOptions, config: BackfillConfig) -> beam.Pip
     events = event_slugs | "FetchEvents" >> FetchEvents(
         api, warehouse, policy, source.events_per_batch, threads
     )
+    missing = (markets["missing"], events["missing"]) | "Missing" >> beam.Flatten()
 
     staged = {
         "trades": fetched["trade_pages"] | "StageTrades" >> WriteStaging(staging, "trades", True),
         "markets": markets["markets"] | "StageMarkets" >> WriteStaging(staging, "markets"),
-        "events": events | "StageEvents" >> WriteStaging(staging, "events"),
+        "events": events["events"] | "StageEvents" >> WriteStaging(staging, "events"),
+        "missing": missing | "StageMissing" >> WriteStaging(staging, "missing"),
         "rejects": read["rejects"] | "StageRejects" >> WriteStaging(staging, "rejects"),
     }
     staged["outcomes"] = fetched["outcomes"] | "StageOutcomes" >> WriteStaging(
         staging, "outcomes", after=staged["trades"]
     )
-    _ = staged | "Commit" >> CommitRun(staging, warehouse)
+    _ = staged | "Commit" >> CommitRun(
+        staging, warehouse, fetched["run_failures"], config.lease_holder
+    )
     return pipeline

@@ -1,39 +1,81 @@
-"""The run lifecycle in one place: prepare (tables, recovery), then the graph stages, then commit.
+"""The run lifecycle in one place: prepare (claim, tables, recovery), then the graph stages, then commit.
 
-A run only ever adds staging under its own run_id; the warehouse changes in exactly one transaction
-per run (`pipeline.staging.commit_staged_run`), which is idempotent. So a crash anywhere leaves
-either staging that a later start-up commits (manifest written), or staging nobody commits (no
-manifest: those wallets are simply fetched again), never a half-landed run.
+A run only ever adds staging under its own run_id, which it claims first; the warehouse changes in
+exactly one transaction per run (`pipeline.staging.commit_staged_run`), which is idempotent. So a
+crash anywhere leaves either staging that a later start-up commits (manifest written), or staging
+nobody commits (no manifest, or a torn one: those wallets are simply fetched again), never a
+half-landed run. A run whose staging contradicts itself is refused once and parked, not retried;
+a run whose commit keeps failing in the warehouse is retried by a few start-ups, then parked too.
+
+Start-up stays as fast with ten thousand runs staged as with ten: it lists the staging index (the
+runs not committed yet), never the root (see `pipeline.staging`), and deletes the staging of at
+most a few dozen expired runs per start-up.
 """
 
 from __future__ import annotations
 
 import logging
 
+from pipeline import lease
 from pipeline.options import BackfillConfig, OptionsError
-from pipeline.staging import CommitOutcome, commit_staged_run, staged_runs
+from pipeline.staging import (
+    CommitOutcome,
+    RunIdTaken,
+    delete_expired_staging,
+    recover_staged_run,
+    runs_to_recover,
+)
 
 log = logging.getLogger(__name__)
 
 
-def prepare(config: BackfillConfig) -> list[CommitOutcome]:
-    """Start of every run: create missing tables, commit any earlier run left staged, then
-    (with --verify) reset done wallets whose trades production does not hold."""
-    if config.staging.has_files():
-        raise OptionsError(
-            f"run_id {config.run_id} already has staging under {config.staging_root}: "
-            "use a new run id (or omit --run_id)"
-        )
+def prepare(config: BackfillConfig, *, retention_days: float | None = None) -> list[CommitOutcome]:
+    """Start of every run: create missing tables, take the warehouse's lease (one backfill at a
+    time: WarehouseBusy if another holds it), claim the run id, drop load tables a killed commit
+    left, commit any earlier run left staged, delete the staging of runs committed more than
+    `retention_days` ago (None or 0 keeps it), then (with --verify) repair production.
+
+    The lease is given back by the run's commit step; if start-up itself fails, here."""
     with config.warehouse_ref.open() as warehouse:
         warehouse.ensure_tables()
+        lease.take(warehouse, config.lease_holder, lease.ttl_seconds(config.max_run_minutes))
+    try:
+        return _prepare_holding_the_lease(config, retention_days)
+    except BaseException:
+        release(config)
+        raise
+
+
+def release(config: BackfillConfig) -> None:
+    """Gives the run's lease back (a run that ends before its commit step does)."""
+    try:
+        with config.warehouse_ref.open() as warehouse:
+            warehouse.release_lease(config.lease_holder)
+    except Exception as exc:  # it expires by itself; the error that ended the run matters more
+        log.warning("could not give back the lease of %s: %s", config.lease_holder, exc)
+
+
+def _prepare_holding_the_lease(
+    config: BackfillConfig, retention_days: float | None
+) -> list[CommitOutcome]:
+    try:
+        config.staging.claim()
+    except RunIdTaken as exc:
+        raise OptionsError(f"{exc}: use a new run id (or omit --run_id)") from None
+    with config.warehouse_ref.open() as warehouse:
+        # Holding the lease, no other commit is using a load table: these are a killed one's.
+        warehouse.drop_orphan_load_tables()
+        committed = warehouse.committed_run_ids()
     recovered = []
-    for earlier in staged_runs(config.staging_root):
-        if earlier.is_committed():
-            continue
+    for earlier in runs_to_recover(config.staging_root, committed):
         log.warning("recovering run %s: staged but not committed", earlier.run_id)
         # A failed commit never blocks later runs: its wallets are not marked done, so this run
-        # fetches them again; the staging stays for `commit --run_id` by hand.
-        recovered.append(commit_staged_run(earlier, config.warehouse_ref))
+        # fetches them again; the staging stays for `commit --run_id` by hand (a refused run is
+        # parked instead: its staging is wrong, so committing it by hand would not help).
+        # After MAX_FAILED_COMMITS failed start-ups it is parked, and start-up stops trying.
+        recovered.append(recover_staged_run(earlier, config.warehouse_ref))
+    if retention_days:
+        delete_expired_staging(config.staging_root, committed, retention_days)
     if config.verify:
         with config.warehouse_ref.open() as warehouse:
             log.warning("%s", warehouse.verify(reset=True).render())

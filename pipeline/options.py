@@ -7,6 +7,7 @@ and `--help` all describe the same set.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
 import math
@@ -25,11 +26,12 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline.api_key import SECRET_VERSION, load_api_key
+from pipeline.lease import holder_name
 from pipeline.sources import SOURCE_NAMES, SourceSpec
 from pipeline.sources.dome.client import DEFAULT_BASE_URL, TIERS, RateLimit
 from pipeline.sources.errors import ConfigError
 from pipeline.sources.http import HttpSettings
-from pipeline.sources.limiter import Window, share
+from pipeline.sources.limiter import Window, max_shares, share
 from pipeline.sources.polymarket.source import DATA_API_URL, GAMMA_API_URL, LIMITS_PER_10S
 from pipeline.sources.polymarket.source import windows as polymarket_windows
 from pipeline.staging import RunStaging
@@ -136,6 +138,13 @@ class BackfillOptions(PipelineOptions):
             help="fetch at most N pending wallets this run (the same N for the same state)",
         )
         add(
+            "--max_run_minutes",
+            type=float,
+            default=None,
+            help="stop starting wallets this many minutes after the run started (wallets in "
+            "flight finish, the rest stay pending); with --max_wallets, whichever comes first",
+        )
+        add(
             "--fetch_threads",
             type=int,
             default=None,
@@ -193,15 +202,14 @@ class BackfillConfig:
     refresh_overlap_s: float = 3600.0
     verify: bool = False
     started_at: float = 0.0  # unix seconds, fixed at launch: every worker judges staleness alike
+    max_run_minutes: float | None = None  # from started_at; None: no time budget
+    # Who holds the warehouse's lease for this run (pipeline.lease): the commit step gives it back.
+    lease_holder: str = ""
 
     @property
     def staging(self) -> RunStaging:
         """This run's staging: every path under <staging_root>/<run_id>/."""
         return RunStaging(self.staging_root, self.run_id)
-
-    @property
-    def run_staging(self) -> str:
-        return self.staging.folder
 
     @property
     def warehouse_ref(self) -> WarehouseRef:
@@ -409,10 +417,11 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
     )
     if shares < 1:
         problems.append("--rate_shares must be at least 1")
-    elif job_windows and min(w.sustained for w in job_windows) / shares < 0.1:
+    elif job_windows and shares > max_shares(job_windows):
         problems.append(
-            f"--rate_shares {shares}: each process would get under 0.1 request/s; "
-            "lower --max_num_workers or raise the rate limit"
+            f"--rate_shares {shares}: more processes than the rate limit can be split between "
+            f"(a share would round up past the limit); run at most {max_shares(job_windows)} "
+            "processes (--num_workers times SDK processes per worker)"
         )
 
     refresh_after_s = None
@@ -429,6 +438,11 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
 
     checks = [
         (opts.max_wallets is None or opts.max_wallets >= 1, "--max_wallets must be at least 1"),
+        (
+            opts.max_run_minutes is None
+            or (math.isfinite(opts.max_run_minutes) and opts.max_run_minutes > 0),
+            "--max_run_minutes must be a finite number of minutes above 0",
+        ),
         (
             opts.fetch_threads is None or opts.fetch_threads >= 1,
             "--fetch_threads must be at least 1",
@@ -482,7 +496,27 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         refresh_overlap_s=refresh_overlap_s,
         verify=bool(opts.verify),
         started_at=time.time(),
+        max_run_minutes=opts.max_run_minutes,
+        lease_holder=holder_name(run_id, local=not is_dataflow(options)),
     )
+
+
+def resolve_command(args: argparse.Namespace) -> BackfillConfig:
+    """The config for a command (`status`, `commit`, `verify`) from its parsed arguments.
+
+    The command's parser already holds BackfillOptions' arguments (`add_arguments`), so the
+    command line is parsed once; their values become the options as they are, and the command's
+    own arguments (e.g. `--last_runs`), which BackfillOptions does not know, stay out.
+    """
+    known = {action.dest for action in _backfill_parser()._actions}
+    values = {name: value for name, value in vars(args).items() if name in known}
+    return resolve(PipelineOptions([], **values))
+
+
+def _backfill_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    BackfillOptions._add_argparse_args(parser)
+    return parser
 
 
 def resolve_command_argv(argv: list[str], own: dict[str, bool] | None = None) -> BackfillConfig:

@@ -2,6 +2,8 @@
 
 Locally it waits for the job and prints what it did; on Dataflow (a Flex Template launcher must not
 wait) it returns once the job is submitted: the commit is the graph's own last step either way.
+A run stopped because the source looked gone (RunStopped, raised by the commit after it landed what
+was complete) is reported in one line and exits 1: it must never read as a success.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pipeline.sources import prepare_run
 from pipeline.sources.errors import SourceError
 from pipeline.staging import CommitOutcome
 from transforms.metrics import NAMESPACE
+from transforms.run_health import RunStopped
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +36,22 @@ class RunReport:
     state: str
     counters: dict[str, int] = field(default_factory=dict)
     recovered: list[CommitOutcome] = field(default_factory=list)
+    stopped: RunStopped | None = None  # state STOPPED: why, and what was committed
 
     def render(self) -> str:
+        if self.stopped is not None:
+            return self.stopped.line()
         c = self.counters
+        not_started = c.get("wallets_not_started", 0)
+        budget = (
+            f", {not_started} not started (--max_run_minutes spent; they stay pending)"
+            if not_started
+            else ""
+        )
         lines = [
             f"run {self.run_id}: {self.state}",
             f"  wallets: {c.get('wallets_fetched', 0)} fetched, {c.get('wallets_failed', 0)} failed, "
-            f"{c.get('wallets_rejected', 0)} rejected",
+            f"{c.get('wallets_rejected', 0)} rejected{budget}",
             f"  trades: {c.get('trades', 0)} fetched, {c.get('committed_trades_inserted', 0)} new"
             f" in production; markets: {c.get('markets', 0)}; events: {c.get('events', 0)}",
             f"  requests: {c.get('requests', 0)} ({_by_endpoint(c)}); retries: "
@@ -79,12 +91,29 @@ def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunReport:
     recovered = lifecycle.prepare(config)
     config = dataclasses.replace(config, source=prepare_run(config.source))
     pipeline = build_pipeline(options, config)
-    result = pipeline.run()
-    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
-    if wait is False or (wait is None and "dataflow" in runner):
-        return RunReport(config.run_id, "submitted", recovered=recovered)
-    state = result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
+        if wait is False or (wait is None and "dataflow" in runner):
+            return RunReport(config.run_id, "submitted", recovered=recovered)
+        state = result.wait_until_finish()
+    except Exception as exc:  # the runner wraps what a step raised: look for a stopped run inside
+        stopped = RunStopped.find(exc)
+        if stopped is None:
+            raise
+        return RunReport(config.run_id, "STOPPED", recovered=recovered, stopped=stopped)
     return RunReport(config.run_id, str(state), counters_of(result), recovered)
+
+
+class _HideRunStoppedTraces(logging.Filter):
+    """The runner logs a step's exception with its traceback (and, with multi_processing, each
+    worker's log of it): a stopped run is reported in one line instead, so those records go."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "[run-stopped:" in record.getMessage():
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or RunStopped.find(error) is None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +125,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_HideRunStoppedTraces())
     try:
         summary = run_backfill(argv)
     except OptionsError as exc:
@@ -105,4 +136,4 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"the run could not start: the source did not answer: {exc}")
         return 1
     print(summary.render())
-    return 0
+    return 1 if summary.stopped is not None else 0

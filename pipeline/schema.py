@@ -172,6 +172,33 @@ RUN_COLUMNS: tuple[Column, ...] = (
 
 TRADERS_COLUMNS: tuple[Column, ...] = (_c("wallet_address", "STRING"),)
 
+# The warehouse's one lease row: which backfill may run now, until when, and a counter every commit
+# transaction bumps first, so that two commits at once conflict instead of both landing.
+LEASE_COLUMNS: tuple[Column, ...] = (
+    _c("lease_name", "STRING", "REQUIRED"),
+    _c("holder", "STRING", description="who holds the lease (a run id); null when free"),
+    _c("acquired_at", "TIMESTAMP"),
+    _c("expires_at", "TIMESTAMP", description="the lease is free again after this instant"),
+    _c("commits", "INT64", description="commit transactions that passed through the lock row"),
+    _c("last_run_id", "STRING", description="the run of the last commit transaction"),
+)
+
+# A key the source answered a lookup without (not a failed lookup: that is retried as an error).
+# Staged by the run that asked; the commit records it once per run in the missing table, and a
+# key that MISSING_AFTER runs found missing is "missing at the source" and asked for no more.
+MISSING_COLUMNS: tuple[Column, ...] = (
+    _c("kind", "STRING", "REQUIRED", "markets or events"),
+    _c("key", "STRING", "REQUIRED", "the condition_id or event_slug the source does not have"),
+    _c("seen_at", "TIMESTAMP", "REQUIRED", "when the lookup answered without it"),
+)
+
+# The missing table: one row per (kind, key, run) that found the key missing. A log rather than a
+# counter, so that committing a run twice, or an older run late, never counts a run twice.
+MISSING_TABLE_COLUMNS: tuple[Column, ...] = (
+    *MISSING_COLUMNS,
+    _c("run_id", "STRING", "REQUIRED", "the run whose lookup found it missing"),
+)
+
 # Staging folder name -> columns. The folder names are the ones design.md gives.
 STAGED_KINDS: dict[str, tuple[Column, ...]] = {
     "trades": TRADE_COLUMNS,
@@ -179,6 +206,7 @@ STAGED_KINDS: dict[str, tuple[Column, ...]] = {
     "events": EVENT_COLUMNS,
     "outcomes": OUTCOME_COLUMNS,
     "rejects": REJECT_COLUMNS,
+    "missing": MISSING_COLUMNS,
 }
 
 

@@ -1,26 +1,65 @@
 """A run's staging and its commit: `RunStaging` knows every path of a run, `commit_staged_run` lands it.
 
+    <staging_root>/<run_id>/_CLAIMED         the run id is taken (created first, exclusively where it can be)
     <staging_root>/<run_id>/{trades,markets,events,outcomes,rejects}/part-*.json   (the graph writes)
     <staging_root>/<run_id>/_STAGED.json    every final file, written once all writes are final
     <staging_root>/<run_id>/_COMMITTED.json written after the warehouse transaction committed
+    <staging_root>/<run_id>/_REFUSED.json   the staging contradicts itself: never committed, parked
 
-A run with _STAGED.json and without _COMMITTED.json is what start-up recovery commits. Staging files
-are kept after the commit, so any load can be replayed; only an explicit retention step deletes them.
-Paths go through Beam's FileSystems, so that a folder and gs:// work alike. The graph's last step,
-start-up recovery and `python -m pipeline commit` all commit through `commit_staged_run`.
+A run with _STAGED.json and without _COMMITTED.json or _REFUSED.json is what start-up recovery
+commits. Each of those three files means something by its presence, so each is written whole or not
+at all: to a temporary name in the same folder, then renamed (a rename on a local disk, a copy of a
+whole object on gs://). A crash can still leave a temporary file behind; nothing reads those. A file
+that is torn anyway (written by an older version, or by hand) is never a crash at start-up: a bad
+manifest means "not staged", a bad marker "not committed" (re-committing is safe: the warehouse's
+runs table knows the run and the commit only rewrites the marker).
+
+Start-up must stay fast however many runs the root holds (on gs:// a glob over `<root>/*/...`
+lists every object of every run ever written, and the Flex Template launcher has a deadline). So
+start-up lists only a flat index, whose folder name holds a '.', which no run id can (run ids are
+`[A-Za-z0-9_-]{1,64}`):
+
+    <staging_root>/_index.d/staged/BUILT               the index holds every run staged before it
+    <staging_root>/_index.d/staged/<run_id>.json       staged, not committed yet: what recovery lists
+    <staging_root>/_index.d/parked/<run_id>.json       given up on (refused, not staged, or failed
+                                                       its commit MAX_FAILED_COMMITS times): why
+    <staging_root>/_index.d/committed/<UTC>_<run_id>.json   committed at <UTC>: what retention lists
+
+A run's `staged` entry is written just before its manifest and removed once its marker is written,
+so recovery lists as many entries as there are uncommitted runs. Runs staged by older versions have
+no entry: while `BUILT` is missing, start-up scans the whole root once (the old glob) and writes
+their entries, then `BUILT`.
+
+Before a commit touches the warehouse it checks the staging against itself: every wallet whose
+outcome says it fetched N trades must have exactly N staged trade lines. A run that fails the check
+is refused and parked (_REFUSED.json): production is untouched, its wallets stay pending and the
+next run fetches them again. A run whose commit fails in the warehouse is retried by the next
+start-ups, and parked once MAX_FAILED_COMMITS of them failed (`commit --run_id` still lands it).
+Staging files are kept after the commit, so any load can be replayed; only retention
+(`delete_expired_staging`) deletes them. Paths go through Beam's FileSystems, so that a folder
+and gs:// work alike. The graph's last step, start-up recovery and `python -m pipeline commit` all
+commit through `commit_staged_run`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import errno
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import failpoints
 from pipeline.schema import STAGED_KINDS
 from pipeline.warehouse import CommitError, CommitReport, WarehouseRef
 
@@ -28,29 +67,109 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "_STAGED.json"
 COMMITTED = "_COMMITTED.json"
+REFUSED = "_REFUSED.json"
+CLAIMED = "_CLAIMED"
+MISMATCHES_NAMED = 5  # wallets a refusal names (of however many disagree)
+INDEX = "_index.d"  # the '.' keeps it from ever being a run id
+INDEX_BUILT = (
+    "BUILT"  # in `staged/`, so one listing gives it and the entries; never `<run_id>.json`
+)
+INDEX_REFRESH_S = 86_400.0  # BUILT is rewritten daily, so a bucket age rule never deletes it
+INDEX_BUILD_THREADS = 8  # the one-time build writes one entry per run: in parallel on gs://
+MAX_FAILED_COMMITS = 3  # start-ups that try to commit an earlier run before it is parked
+RETENTION_RUNS_PER_START = 50  # staging folders one start-up deletes at most
+_STAMP = "%Y%m%dT%H%M%SZ"  # committed entries' names start with the commit time in UTC
 
 
-def _write_json(path: str, payload: Any) -> None:
-    with FileSystems.create(path, mime_type="application/json") as handle:
+class StagingError(ValueError):
+    """A run's staging cannot be used as it is: no or a torn manifest, or a refused run."""
+
+
+class StagingRefused(StagingError):
+    """The staging contradicts itself (short or long trades, unreadable outcomes): committing it
+    would mark wallets done whose trades production would not hold."""
+
+
+class RunIdTaken(StagingError):
+    """Another run already claimed this run id (or left staging under it)."""
+
+
+def _write_json(path: str, payload: Any, failpoint: str | None = None) -> None:
+    """Writes `path` whole or not at all: a temporary name in the same folder, then a rename.
+
+    The temporary name does not end in `.json`, so no listing of state files ever sees it.
+    `failpoint`: the instant between the two, where tests kill the process.
+    """
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    with FileSystems.create(temporary, mime_type="application/json") as handle:
         handle.write(json.dumps(payload, indent=1, sort_keys=True).encode())
+    if failpoint is not None:
+        failpoints.reached(failpoint)
+    try:
+        FileSystems.rename([temporary], [path])
+    except Exception:
+        _delete_quietly(temporary)
+        raise
+
+
+def _delete_quietly(path: str) -> None:
+    try:
+        FileSystems.delete([path])
+    except Exception:  # the temporary file is harmless where it stays
+        log.warning("could not delete the temporary file %s", path)
 
 
 def _read_json(path: str) -> Any:
-    with FileSystems.open(path) as handle:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return json.loads(handle.read().decode())
 
 
 def _match(pattern: str) -> list[str]:
+    return [meta.path for meta in _match_metadata(pattern)]
+
+
+def _match_metadata(pattern: str) -> list[Any]:
+    """FileMetadata (path, size, last_updated_in_seconds) of what `pattern` matches, from one
+    listing of the pattern's fixed prefix (on gs://, every object under that prefix)."""
     try:
         results = FileSystems.match([pattern])
     except Exception:  # some filesystems raise BeamIOError when nothing matches
         return []
-    return [meta.path for result in results for meta in result.metadata_list]
+    return [meta for result in results for meta in result.metadata_list]
+
+
+def _delete_if_there(paths: Sequence[str]) -> None:
+    """Deletes those of `paths` that exist (a local delete of a missing file raises)."""
+    there = [path for path in paths if FileSystems.exists(path)]
+    if there:
+        FileSystems.delete(there)
+
+
+def _write_empty(path: str) -> None:
+    """An object whose presence and name say everything: it cannot be torn, so no rename."""
+    with FileSystems.create(path, mime_type="application/json") as handle:
+        handle.write(b"{}")
+
+
+def _index(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), INDEX, *parts])
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of each non-blank line of a staged file, streamed."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield number, line
 
 
 @dataclass(frozen=True)
 class RunStaging:
-    """One run's staging: its folders, file prefixes, manifest and commit marker (picklable)."""
+    """One run's staging: its folders, file prefixes, manifest and markers (picklable)."""
 
     root: str
     run_id: str
@@ -77,6 +196,52 @@ class RunStaging:
     def marker(self) -> str:
         return f"{self.folder}/{COMMITTED}"
 
+    @property
+    def refusal(self) -> str:
+        return f"{self.folder}/{REFUSED}"
+
+    @property
+    def claim_file(self) -> str:
+        return f"{self.folder}/{CLAIMED}"
+
+    @property
+    def index_entry(self) -> str:
+        """`<root>/_index.d/staged/<run_id>.json`: the run is staged and not committed yet."""
+        return _index(self.root, "staged", f"{self.run_id}.json")
+
+    @property
+    def parked_entry(self) -> str:
+        """`<root>/_index.d/parked/<run_id>.json`: start-up no longer tries to commit the run."""
+        return _index(self.root, "parked", f"{self.run_id}.json")
+
+    # -- claim -----------------------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Takes this run id for one run, or raises RunIdTaken.
+
+        In a local folder the claim is atomic: `_CLAIMED` is created with O_CREAT|O_EXCL, so of
+        two runs started with the same id exactly one wins. Beam's FileSystems has no exclusive
+        create for gs://: there the claim is check-then-write, and what keeps two runs from
+        sharing a warehouse (and so a staging root) at once is the warehouse's run lease.
+        """
+        if self.has_files():
+            raise RunIdTaken(f"run_id {self.run_id} already has staging under {self.root}")
+        if "://" in self.root:
+            with FileSystems.create(self.claim_file, mime_type="text/plain") as handle:
+                handle.write(f"{time.time()}\n".encode())
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        try:
+            descriptor = os.open(self.claim_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise RunIdTaken(f"run_id {self.run_id} was claimed by another run") from None
+            raise
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(f"{os.getpid()} {time.time()}\n")
+
+    # -- manifest ----------------------------------------------------------------------------------
+
     def write_manifest(self, files: Mapping[str, Sequence[str]]) -> None:
         unknown = set(files) - set(STAGED_KINDS)
         if unknown:
@@ -85,45 +250,469 @@ class RunStaging:
             "run_id": self.run_id,
             "files": {kind: sorted(files.get(kind, [])) for kind in STAGED_KINDS},
         }
-        _write_json(self.manifest, manifest)
+        # The index entry first: a crash between the two leaves an entry without a manifest,
+        # which start-up parks as "not staged"; the other order could hide a staged run from it.
+        # A retried write keeps the entry's count of failed commits.
+        if not FileSystems.exists(self.index_entry):
+            _write_json(self.index_entry, {"run_id": self.run_id, "failed_commits": 0})
+        failpoints.reached(failpoints.INDEXED)
+        _write_json(self.manifest, manifest, failpoints.MANIFEST_WRITTEN)
 
     def read_manifest(self) -> dict[str, list[str]]:
+        """The run's staged files by kind; StagingError (naming the file) when the manifest is
+        missing, unreadable, torn, or not this run's."""
         if not FileSystems.exists(self.manifest):
-            raise FileNotFoundError(
+            raise StagingError(
                 f"run {self.run_id} has no {MANIFEST} under {self.root}: not fully staged"
             )
-        manifest = _read_json(self.manifest)
+        try:
+            manifest = _read_json(self.manifest)
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+            raise StagingError(f"{self.manifest} is unreadable or torn: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise StagingError(f"{self.manifest} is not a JSON object: torn or not a manifest")
         if manifest.get("run_id") != self.run_id:
-            raise ValueError(
+            raise StagingError(
                 f"{self.manifest} belongs to run {manifest.get('run_id')!r}, not {self.run_id!r}"
             )
-        return {kind: list(manifest["files"].get(kind, [])) for kind in STAGED_KINDS}
+        listed = manifest.get("files")
+        if not isinstance(listed, dict) or not all(
+            isinstance(paths, list) and all(isinstance(p, str) for p in paths)
+            for paths in listed.values()
+        ):
+            raise StagingError(f"{self.manifest} lists no files by kind: torn or not a manifest")
+        return {kind: list(listed.get(kind, [])) for kind in STAGED_KINDS}
 
-    def mark_committed(self, report: CommitReport) -> None:
-        _write_json(self.marker, dataclasses.asdict(report))
+    # -- markers -----------------------------------------------------------------------------------
+
+    def mark_committed(self, report: CommitReport, now: float | None = None) -> None:
+        """Writes the marker, then moves the run's index entry to `committed/` (named by the
+        time, so retention finds expired runs from the listing alone): start-up stops listing it.
+        """
+        failpoints.reached(failpoints.MARKER_DUE)
+        _write_json(self.marker, dataclasses.asdict(report), failpoints.MARKER_WRITTEN)
+        failpoints.reached(failpoints.MARKED)
+        self._index_committed(now)
+
+    def _index_committed(self, now: float | None = None, tidy: bool = True) -> None:
+        stamp = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC)
+        _write_empty(_index(self.root, "committed", f"{stamp:{_STAMP}}_{self.run_id}.json"))
+        if tidy:  # False: the caller knows the run has no other entry
+            _delete_if_there([self.index_entry, self.parked_entry])
 
     def is_committed(self) -> bool:
-        return FileSystems.exists(self.marker)
+        """Whether a whole commit marker of this run is there. A torn or unreadable marker counts
+        as not committed (with a warning): committing again is safe, the warehouse's runs table
+        answers `already_committed` and the marker is written anew."""
+        if not FileSystems.exists(self.marker):
+            return False
+        try:
+            marker = _read_json(self.marker)
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "%s is unreadable or torn (%s): run %s counts as not committed",
+                self.marker,
+                exc,
+                self.run_id,
+            )
+            return False
+        if not isinstance(marker, dict) or marker.get("run_id") != self.run_id:
+            log.warning(
+                "%s is not run %s's commit marker: it counts as not committed",
+                self.marker,
+                self.run_id,
+            )
+            return False
+        return True
+
+    def committed_nothing(self) -> bool:
+        """Whether the whole marker says every staging file was empty (so the warehouse's runs
+        table has no row for the run, and the marker alone records that it is done)."""
+        if not self.is_committed():
+            return False
+        return _read_json(self.marker).get("nothing_to_commit") is True
+
+    def mark_refused(self, reason: str) -> None:
+        _write_json(self.refusal, {"run_id": self.run_id, "reason": reason, "at": time.time()})
+        self.park(f"refused: {reason}")
+
+    def park(self, reason: str, failed_commits: int = 0) -> None:
+        """Start-up stops trying to commit this run: its entry moves from `staged/` to
+        `parked/`, with why. Its wallets were never marked done, so later runs fetch them."""
+        _write_json(
+            self.parked_entry,
+            {
+                "run_id": self.run_id,
+                "reason": reason,
+                "failed_commits": failed_commits,
+                "at": time.time(),
+            },
+        )
+        _delete_if_there([self.index_entry])
+
+    def failed_commits(self) -> int:
+        """Failed commits recorded in the run's index entry (0 without a whole entry)."""
+        try:
+            count = _read_json(self.index_entry).get("failed_commits", 0)
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return count if isinstance(count, int) and count >= 0 else 0
+
+    def record_failed_commit(self, error: str) -> bool:
+        """Counts one failed start-up commit in the run's index entry; parks the run (True) once
+        it has failed MAX_FAILED_COMMITS times."""
+        failed = self.failed_commits() + 1
+        if failed >= MAX_FAILED_COMMITS:
+            log.error(
+                "run %s failed its commit %d times and is parked (%s); its wallets are fetched "
+                "again by later runs, `commit --run_id %s` still lands it by hand",
+                self.run_id,
+                failed,
+                self.parked_entry,
+                self.run_id,
+            )
+            self.park(f"commit failed {failed} times, last: {error}", failed)
+            return True
+        _write_json(
+            self.index_entry,
+            {"run_id": self.run_id, "failed_commits": failed, "last_error": error},
+        )
+        return False
+
+    def refused_reason(self) -> str | None:
+        """Why this run was refused, or None if it was not. The refusal counts by its presence:
+        a torn one still parks the run (its wallets are fetched again either way)."""
+        if not FileSystems.exists(self.refusal):
+            return None
+        try:
+            reason = _read_json(self.refusal).get("reason")
+        except (OSError, ValueError, AttributeError):
+            reason = None
+        return str(reason) if reason else f"{self.refusal} is there (unreadable)"
 
     def has_files(self) -> bool:
         return bool(_match(f"{self.folder}/**"))
 
 
+def _scan_state_files(staging_root: str) -> dict[str, dict[str, float]]:
+    """run id -> {name of a state file (`_STAGED.json`, ...): when it was last written}, from one
+    listing of the whole root: on gs:// that lists every object of every run ever staged, so
+    only the one-time index build and `staged_runs` do it, never an ordinary start-up."""
+    found: dict[str, dict[str, float]] = {}
+    for meta in _match_metadata(f"{staging_root.rstrip('/')}/*/_*.json"):
+        run_id, name = meta.path.rstrip("/").split("/")[-2:]
+        if run_id != INDEX:
+            found.setdefault(run_id, {})[name] = meta.last_updated_in_seconds
+    return found
+
+
+def _indexed(staging_root: str, state: str) -> list[str]:
+    """Run ids with an entry under `_index.d/<state>/`, from one listing of that flat folder."""
+    return sorted(
+        _name(path)[: -len(".json")] for path in _match(_index(staging_root, state, "*.json"))
+    )
+
+
+def ensure_index(
+    staging_root: str, committed_run_ids: Collection[str], now: float | None = None
+) -> list[str]:
+    """The run ids indexed as staged (not committed yet), from one listing of `_index.d/staged/`;
+    the first time, after building the index of the runs staged before it existed.
+
+    While `_index.d/staged/BUILT` is missing, one full scan of the root (the old glob) gives each
+    run with a manifest but no entry its entry: refused -> parked, a whole marker -> committed
+    (dated by the marker's last write), else staged; then BUILT is written. That is one old-style
+    start-up plus one write per run, in parallel. BUILT is rewritten once a day, so that an age
+    rule on the bucket never deletes it (which would mean another full scan).
+    """
+    now = time.time() if now is None else now
+    built: float | None = None
+    staged = []
+    for meta in _match_metadata(_index(staging_root, "staged", "*")):
+        name = _name(meta.path)
+        if name == INDEX_BUILT:
+            built = meta.last_updated_in_seconds or 0.0
+        elif name.endswith(".json"):
+            staged.append(name[: -len(".json")])
+    if built is not None:
+        if now - built > INDEX_REFRESH_S:
+            _write_json(_index(staging_root, "staged", INDEX_BUILT), {"refreshed_at": now})
+        return sorted(staged)
+    known = set(staged) | set(_indexed(staging_root, "parked"))
+    known.update(name[17:] for name in _indexed(staging_root, "committed"))
+    writes: list[Callable[[], None]] = []
+    for run_id, names in sorted(_scan_state_files(staging_root).items()):
+        if MANIFEST not in names or run_id in known:
+            continue
+        run = RunStaging(staging_root, run_id)
+        if REFUSED in names:
+            writes.append(lambda run=run: run.park(f"refused: {run.refused_reason()}"))
+        elif COMMITTED in names and (run_id in committed_run_ids or run.is_committed()):
+            at = names[COMMITTED]
+            writes.append(lambda run=run, at=at: run._index_committed(at, tidy=False))
+        else:
+            entry = {"run_id": run_id, "failed_commits": 0}
+            writes.append(lambda run=run, entry=entry: _write_json(run.index_entry, entry))
+            staged.append(run_id)
+    with ThreadPoolExecutor(INDEX_BUILD_THREADS) as pool:
+        for done in [pool.submit(write) for write in writes]:
+            done.result()  # any failure propagates: BUILT is not written, the next start-up redoes
+    _write_json(_index(staging_root, "staged", INDEX_BUILT), {"built_at": now})
+    log.log(
+        logging.WARNING if writes else logging.INFO,
+        "indexed %d runs staged before %s existed under %s",
+        len(writes),
+        INDEX,
+        staging_root,
+    )
+    return sorted(staged)
+
+
 def staged_runs(staging_root: str) -> list[RunStaging]:
-    """Runs whose staging is complete (committed or not), oldest run id first."""
-    paths = _match(f"{staging_root.rstrip('/')}/*/{MANIFEST}")
-    run_ids = sorted(path.rstrip("/").split("/")[-2] for path in paths)
-    return [RunStaging(staging_root, run_id) for run_id in run_ids]
+    """Runs whose staging is complete (a whole manifest) and not refused, committed or not,
+    oldest run id first. A torn manifest or a refusal is skipped with a warning naming the file.
+    It scans the whole root (every run's state files): for tools, not for start-up."""
+    runs = []
+    for run_id, names in sorted(_scan_state_files(staging_root).items()):
+        run = RunStaging(staging_root, run_id)
+        if MANIFEST in names and _usable(run, set(names)):
+            runs.append(run)
+    return runs
+
+
+def runs_to_recover(staging_root: str, committed_run_ids: Collection[str]) -> list[RunStaging]:
+    """Runs start-up must commit: staged whole, not refused nor parked, without a whole marker.
+
+    Lists only `_index.d/staged/` (after the one-time `ensure_index`), so start-up reads nothing
+    of the runs already committed, however many there are. `committed_run_ids`: what the
+    warehouse's runs table holds; an entry left by a commit cut short after its marker is moved
+    to `committed/` here. An entry that cannot be committed (refused, no whole manifest, or
+    MAX_FAILED_COMMITS failed commits) is parked, with a warning naming why, and not listed again.
+    """
+    runs = []
+    for run_id in ensure_index(staging_root, committed_run_ids):
+        run = RunStaging(staging_root, run_id)
+        if _recoverable(run, committed_run_ids):
+            runs.append(run)
+    return runs
+
+
+def _recoverable(run: RunStaging, committed_run_ids: Collection[str]) -> bool:
+    if FileSystems.exists(run.marker) and (run.run_id in committed_run_ids or run.is_committed()):
+        run._index_committed()  # committed, and cut short before its entry moved
+        return False
+    reason = run.refused_reason()
+    if reason is not None:
+        log.warning(
+            "run %s was refused at commit and is parked (%s): %s", run.run_id, run.refusal, reason
+        )
+        run.park(f"refused: {reason}")
+        return False
+    # The count of failed commits is read only after a failure (`record_failed_commit`), which
+    # parks the run at MAX_FAILED_COMMITS: start-up lists the entries and reads none of them.
+    try:
+        run.read_manifest()
+    except StagingError as exc:
+        log.warning(
+            "run %s counts as not staged and is parked (its wallets are fetched again): %s",
+            run.run_id,
+            exc,
+        )
+        run.park(f"not staged: {exc}")
+        return False
+    return True
+
+
+def _usable(run: RunStaging, names: set[str]) -> bool:
+    if REFUSED in names:
+        log.warning(
+            "run %s was refused at commit and is parked (%s): %s",
+            run.run_id,
+            run.refusal,
+            run.refused_reason(),
+        )
+        return False
+    try:
+        run.read_manifest()
+    except StagingError as exc:
+        log.warning(
+            "run %s counts as not staged (its wallets are fetched again): %s", run.run_id, exc
+        )
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ParkedRun:
+    """A run start-up no longer tries to commit, and why; its wallets are fetched again."""
+
+    run_id: str
+    reason: str
+    failed_commits: int = 0
+    parked_at: float | None = None
+
+
+def parked_runs(staging_root: str) -> list[ParkedRun]:
+    """The parked runs (for `status`), from one listing of `_index.d/parked/` and one read per
+    parked run. Runs refused before the index existed appear once a start-up has built it."""
+    parked = []
+    for run_id in _indexed(staging_root, "parked"):
+        path = RunStaging(staging_root, run_id).parked_entry
+        try:
+            entry = _read_json(path)
+            if not isinstance(entry, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            parked.append(ParkedRun(run_id, f"{path} is unreadable: {exc}"))
+            continue
+        failed, at = entry.get("failed_commits"), entry.get("at")
+        parked.append(
+            ParkedRun(
+                run_id,
+                str(entry.get("reason")),
+                failed if isinstance(failed, int) else 0,
+                float(at) if isinstance(at, int | float) else None,
+            )
+        )
+    return parked
+
+
+def delete_expired_staging(
+    staging_root: str,
+    committed_run_ids: Collection[str],
+    older_than_days: float,
+    *,
+    limit: int = RETENTION_RUNS_PER_START,
+    now: float | None = None,
+) -> list[str]:
+    """Deletes the staging folders of runs committed more than `older_than_days` ago, oldest
+    first, at most `limit` runs per call (so a start-up stays short; the rest go next time).
+
+    Finds them by one listing of `_index.d/committed/`, whose names carry the commit time (a run
+    committed again is dated by its latest commit). A run is deleted only if the warehouse's runs
+    table holds it (`committed_run_ids`) or its marker says there was nothing to commit (one read
+    each for the others, which are kept); its entries go last, so a cut deletion is finished
+    by a later call. Returns the run ids deleted.
+    """
+    if not older_than_days > 0:
+        raise ValueError(
+            f"older_than_days must be positive, not {older_than_days!r}: "
+            "pass None to prepare to keep staging for good"
+        )
+    cutoff = (time.time() if now is None else now) - older_than_days * 86_400
+    entries: dict[str, list[tuple[float, str]]] = {}  # run id -> (commit time, entry), oldest first
+    for path in sorted(_match(_index(staging_root, "committed", "*.json"))):
+        name = _name(path)
+        try:
+            stamp = dt.datetime.strptime(name[:16], _STAMP).replace(tzinfo=dt.UTC).timestamp()
+        except ValueError:
+            log.warning("%s is not a committed entry's name: ignored", path)
+            continue
+        entries.setdefault(name[17 : -len(".json")], []).append((stamp, path))
+    # A run committed again (by hand) has several entries: its latest commit dates it.
+    expired = sorted((dated[-1][0], run_id) for run_id, dated in entries.items())
+    deleted: list[str] = []
+    for stamp, run_id in expired:
+        if stamp > cutoff or len(deleted) >= limit:
+            break
+        run = RunStaging(staging_root, run_id)
+        if run_id not in committed_run_ids and not run.committed_nothing():
+            log.warning(
+                "run %s has a commit entry but the warehouse does not know it: staging kept",
+                run_id,
+            )
+            continue
+        _delete_folder(run.folder)
+        _delete_if_there([run.index_entry, run.parked_entry])
+        FileSystems.delete([path for _, path in entries[run_id]])
+        deleted.append(run_id)
+    if deleted:
+        log.info(
+            "deleted the staging of %d runs committed %s days ago or more",
+            len(deleted),
+            older_than_days,
+        )
+    return deleted
+
+
+def _delete_folder(folder: str) -> None:
+    """Deletes a run's folder and all under it: on gs:// the "folder/" form deletes every object
+    under the prefix; locally that form would delete only the files directly in it."""
+    try:
+        FileSystems.delete([f"{folder}/" if "://" in folder else folder])
+    except Exception:
+        if _match(f"{folder}/**"):  # gone already is what a cut deletion leaves: fine
+            raise
+
+
+def check_staged_counts(run_id: str, files: Mapping[str, Sequence[str]]) -> None:
+    """Raises StagingRefused unless every wallet whose outcome says it fetched N trades (without
+    an error) has exactly N lines among the run's staged trades.
+
+    Streams each file once and keeps one count per wallet. A listed file that is gone, or a line
+    that is not JSON, refuses the run too; any other read error propagates (it may pass).
+    """
+    expected: dict[str, int] = {}
+    for path in _existing(run_id, files.get("outcomes", ())):
+        for number, line in _lines(path):
+            row = _json_line(run_id, path, number, line)
+            wallet, count = row.get("wallet_address"), row.get("trade_count")
+            if not isinstance(wallet, str) or not isinstance(count, int) or "error" not in row:
+                raise StagingRefused(
+                    f"run {run_id}: line {number} of {path} is not a wallet outcome"
+                )
+            if row["error"] is None:
+                expected[wallet] = expected.get(wallet, 0) + count
+    staged: dict[str, int] = {}
+    for path in _existing(run_id, files.get("trades", ())):
+        for number, line in _lines(path):
+            wallet = _json_line(run_id, path, number, line).get("wallet_address")
+            if isinstance(wallet, str) and wallet in expected:
+                staged[wallet] = staged.get(wallet, 0) + 1
+    wrong = sorted(
+        (wallet, count, staged.get(wallet, 0))
+        for wallet, count in expected.items()
+        if staged.get(wallet, 0) != count
+    )
+    if wrong:
+        named = "; ".join(f"{w} outcome {n}, staged {s}" for w, n, s in wrong[:MISMATCHES_NAMED])
+        more = (
+            f" (and {len(wrong) - MISMATCHES_NAMED} more)" if len(wrong) > MISMATCHES_NAMED else ""
+        )
+        raise StagingRefused(
+            f"run {run_id}: staged trades disagree with the outcomes of {len(wrong)} wallets: "
+            f"{named}{more}"
+        )
+
+
+def _existing(run_id: str, paths: Sequence[str]) -> Sequence[str]:
+    gone = [path for path in paths if not FileSystems.exists(path)]
+    if gone:
+        raise StagingRefused(f"run {run_id}: staged files are gone: {gone[:MISMATCHES_NAMED]}")
+    return paths
+
+
+def _json_line(run_id: str, path: str, number: int, line: bytes) -> dict:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict):
+        raise StagingRefused(f"run {run_id}: line {number} of {path} is not a JSON object")
+    return row
 
 
 @dataclass(frozen=True)
 class CommitOutcome:
     """What committing one staged run came to: the warehouse's report, or the error that left
-    the run uncommitted (production untouched, the staging kept for a later commit)."""
+    the run uncommitted (production untouched; the staging kept for a later commit, unless
+    `refused`: then the staging contradicts itself and the run is parked for good)."""
 
     run_id: str
     report: CommitReport | None = None
     error: str | None = None
+    refused: bool = False
+    parked: bool = False  # the MAX_FAILED_COMMITS-th failed start-up commit: no more tries
 
     @property
     def failed(self) -> bool:
@@ -144,13 +733,31 @@ def commit_staged_run(
     warehouse: WarehouseRef,
     files: Mapping[str, Sequence[str]] | None = None,
 ) -> CommitOutcome:
-    """Lands one staged run in one warehouse transaction, then writes its commit marker.
+    """Checks one staged run against itself, lands it in one warehouse transaction, then writes
+    its commit marker.
 
     `files`: the run's staged files by kind (the graph passes what it wrote); None reads them
     from the run's manifest (recovery). Idempotent: a run the warehouse holds is not landed twice.
+    A refused run (now or earlier) never reaches the warehouse.
     """
-    if files is None:
-        files = staging.read_manifest()
+    reason = staging.refused_reason()
+    if reason is not None:
+        return CommitOutcome(staging.run_id, error=f"refused earlier: {reason}", refused=True)
+    try:
+        if files is None:
+            files = staging.read_manifest()
+        check_staged_counts(staging.run_id, files)
+    except StagingRefused as exc:
+        log.error(
+            "run %s is refused and parked (%s); its wallets stay pending: %s",
+            staging.run_id,
+            staging.refusal,
+            exc,
+        )
+        staging.mark_refused(str(exc))
+        return CommitOutcome(staging.run_id, error=str(exc), refused=True)
+    except StagingError as exc:
+        return CommitOutcome(staging.run_id, error=str(exc))
     try:
         with warehouse.open() as opened:
             report = opened.commit_run(staging.run_id, files)
@@ -160,3 +767,21 @@ def commit_staged_run(
     staging.mark_committed(report)
     log.info("run %s committed: %s", staging.run_id, report)
     return CommitOutcome(staging.run_id, report)
+
+
+def recover_staged_run(staging: RunStaging, warehouse: WarehouseRef) -> CommitOutcome:
+    """Start-up's commit of an earlier run: `commit_staged_run`, and a failure (not a refusal)
+    counts in the run's index entry, which parks the run at MAX_FAILED_COMMITS.
+
+    Only start-up counts: the graph's own commit may be retried by the runner (Dataflow retries a
+    failed bundle), and a commit by hand is a person trying again, neither a reason to give up.
+    """
+    outcome = commit_staged_run(staging, warehouse)
+    if not outcome.failed or outcome.refused:
+        return outcome
+    try:
+        parked = staging.record_failed_commit(outcome.error or "")
+    except Exception as exc:  # the commit's own error is the one to report
+        log.warning("could not count run %s's failed commit: %s", staging.run_id, exc)
+        parked = False
+    return dataclasses.replace(outcome, parked=parked)

@@ -1,11 +1,14 @@
-"""`status`: done, failed (with their errors), remaining, percent done, pending markets and events,
-trades per source and the last runs. It only reads: missing tables are named, never created."""
+"""`status`: done, failed (with their errors), remaining and percent done as the users' monitoring
+counts them, beside the true work left (valid distinct addresses not done), markets and events
+pending (the next run asks again) or missing at the source (asked for no more), trades per
+source, who holds the backfill's lease and the last runs. It only reads: missing tables are named,
+never created."""
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.options import BackfillOptions, OptionsError, resolve_command_argv
+from pipeline.options import BackfillOptions, OptionsError, resolve_command
 from pipeline.status_report import render_status
 from pipeline.warehouse import open_warehouse
 
@@ -23,7 +26,7 @@ def show_status(warehouse: str, tables, last_runs: int = 5) -> str:
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
     try:
-        config = resolve_command_argv(argv, {"--last_runs": True})
+        config = resolve_command(args)
     except OptionsError as exc:
         print(exc)
         return 2

@@ -35,7 +35,9 @@ class StatusReport:
 
     `progress_percent` is done * 100 / distinct non-null traders, rounded to 2 places (None
     when `traders` is empty); `remaining_wallets` counts raw trader values, as the users'
-    existing query does, so malformed addresses stay in it.
+    existing query does, so malformed addresses, case variants and repeats stay in it forever.
+    Beside it, the true work left: `valid_wallets` distinct addresses of `traders` after the
+    pipeline's normalisation (lowercase 0x + 40 hex), `wallets_to_do` of them not done.
     """
 
     done_wallets: int | None
@@ -44,16 +46,28 @@ class StatusReport:
     progress_percent: float | None
     remaining_wallets: int | None
     failed: tuple[FailedWallet, ...] = ()
+    valid_wallets: int | None = None
+    wallets_to_do: int | None = None
     trades_rows: int | None = 0
     markets_rows: int | None = 0
     events_rows: int | None = 0
     last_runs: tuple[RunSummary, ...] = ()
-    # Markets / events production names (trades; events also markets) but does not hold: the
-    # next run asks for them again. None when the tables needed to count them are missing.
+    # Markets / events production names (trades; events also markets) but does not hold, and that
+    # are not missing at the source: the next run asks for them again. None when the tables needed
+    # to count them are missing.
     markets_pending: int | None = None
     events_pending: int | None = None
+    # Of those named and not held, the ones enough runs found missing at the source (the source
+    # answered without them): lost for good, no run asks for them any more. None when the missing
+    # table is not there yet (a warehouse from before it: every unlanded key counts as pending).
+    markets_missing: int | None = None
+    events_missing: int | None = None
     # (source, production trade rows), rows landed before sources counted as "dome".
     trades_by_source: tuple[tuple[str, int], ...] = ()
+    # Who holds the backfill's lease (a run running now, or one that died and whose lease has
+    # not expired yet), and until when; None when it is free.
+    lease_holder: str | None = None
+    lease_expires_at: dt.datetime | None = None
     # Tables status needed and did not find (status only reads: it creates nothing), and
     # numbers it could not compute for another reason (a table not migrated yet).
     missing_tables: tuple[str, ...] = ()
@@ -97,6 +111,8 @@ def render_status(report: StatusReport) -> str:
     lines = [
         f"done wallets     {_n(report.done_wallets)} of {_n(report.total_wallets)} "
         f"({percent}), remaining {_n(report.remaining_wallets)}",
+        f"to do            {_n(report.wallets_to_do)} of {_n(report.valid_wallets)} valid distinct "
+        "addresses in traders (lowercase 0x + 40 hex) not done yet",
         f"failed wallets   {_n(report.failed_wallets)}",
         f"production rows  trades {_n(report.trades_rows)}, markets {_n(report.markets_rows)}, "
         f"events {_n(report.events_rows)}",
@@ -106,9 +122,20 @@ def render_status(report: StatusReport) -> str:
             f"pending          markets {_n(report.markets_pending)}, events "
             f"{_n(report.events_pending)} (named by production, not landed; the next run asks again)"
         )
+    if report.markets_missing is not None or report.events_missing is not None:
+        lines.append(
+            f"missing          markets {_n(report.markets_missing)}, events "
+            f"{_n(report.events_missing)} (named by production, missing at the source; "
+            "asked for no more)"
+        )
     if report.trades_by_source:
         counts = ", ".join(f"{source} {_n(rows)}" for source, rows in report.trades_by_source)
         lines.append(f"trades by source {counts}")
+    if report.lease_holder is not None:
+        lines.append(
+            f"backfill lease   held by {report.lease_holder} until "
+            f"{_ts(report.lease_expires_at)} UTC (no other backfill starts before then)"
+        )
     if report.missing_tables:
         lines.append(
             f"missing tables   {', '.join(report.missing_tables)} (status creates nothing; "

@@ -1,32 +1,70 @@
-"""`verify`: done wallets whose trade count in production differs from the checkpoint's.
+"""`verify`: trade ids production holds more than once, and done wallets whose trade count in
+production differs from the checkpoint's.
 
-It finds them with one grouped query and resets them (unless `--report_only`), so the next run
-fetches their whole history again and the commit lands only what production is missing. It creates
-and alters no table: a missing checkpoint or trades table is reported, and there is nothing to check.
+It finds them with two grouped queries and (unless `--report_only`, which only reads) repairs them
+in one transaction: each duplicated id is kept once, and the done wallets whose count still differs
+are reset, so the next run fetches their whole history again and the commit lands only what
+production is missing. A repair holds the warehouse's lease while it runs, so it never races a
+backfill's commit: while a backfill holds it, verify says so and repairs nothing (exit code 3). It
+creates and alters no table: a missing checkpoint or trades table is reported, and there is nothing
+to check (nor a lease to take).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 
-from pipeline.options import BackfillOptions, OptionsError, resolve_command_argv
-from pipeline.warehouse import open_warehouse
+from pipeline.options import BackfillOptions, OptionsError, resolve_command
+from pipeline.warehouse import VerifyReport, Warehouse, open_warehouse
+
+# How long a repair may hold the lease: far longer than its few statements take, and short
+# enough that a verify killed midway does not keep backfills out for long.
+REPAIR_LEASE_SECONDS = 30 * 60.0
+LEASE_HELD = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     BackfillOptions._add_argparse_args(parser)
     parser.add_argument(
-        "--report_only", action="store_true", help="list the mismatches, reset nothing"
+        "--report_only",
+        action="store_true",
+        help="list the duplicates and mismatches, repair nothing (only reads)",
     )
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
     try:
-        config = resolve_command_argv(argv, {"--report_only": False})
+        config = resolve_command(args)
     except OptionsError as exc:
         print(exc)
         return 2
     with open_warehouse(config.warehouse, config.tables) as warehouse:
-        report = warehouse.verify(reset=not args.report_only)
+        if args.report_only:
+            report = warehouse.verify(reset=False)
+        else:
+            outcome = repair(warehouse)
+            if isinstance(outcome, str):
+                print(outcome)
+                return LEASE_HELD
+            report = outcome
     print(report.render())
     return 0
+
+
+def repair(warehouse: Warehouse) -> VerifyReport | str:
+    """`verify` with its repair, holding the lease meanwhile; the refusal's text if a backfill
+    holds it. A warehouse no run of this version has prepared has no lease table yet: then it
+    repairs without one, as verify always did."""
+    if not warehouse.has_lease_table():
+        return warehouse.verify(reset=True)
+    holder = f"verify-{os.getpid()}-{secrets.token_hex(3)}"
+    if not warehouse.acquire_lease(holder, REPAIR_LEASE_SECONDS):
+        lease = warehouse.read_lease()
+        held = lease.describe() if lease else "the backfill lease is held"
+        return f"verify: repairing nothing while a backfill runs: {held} (--report_only only reads)"
+    try:
+        return warehouse.verify(reset=True)
+    finally:
+        warehouse.release_lease(holder)

@@ -1,11 +1,27 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: the simulator, and the `world` the end-to-end tests run in."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from tests.support import World, seed_traders
+
+# The bucket and project of the production path's stand-ins (gcp-storage-emulator, bqemulator).
+PROJECT = "test-project"
+BUCKET = "backfill-staging"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "world(**how): how the `world` fixture builds its world: SimConfig overrides, `traders` "
+        "(the values of `traders`, made from the wallets), `warehouse` ('duckdb' or 'bigquery'); "
+        "a test's marker adds to its module's",
+    )
 
 
 @pytest.fixture
@@ -23,3 +39,81 @@ def sim_server() -> Iterator[Callable[..., Any]]:
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def emulators(tmp_path_factory) -> Iterator[tuple[Any, Any]]:
+    """gcp-storage-emulator and bqemulator, one pair a module (BigQuery loads read the GCS files)."""
+    from tests.bq_emulator import BigQueryEmulator
+    from tests.gcs_emulator import StorageEmulator
+
+    gcs = StorageEmulator(tmp_path_factory.mktemp("gcs"))
+    with gcs, BigQueryEmulator(gcs.objects_root, project=PROJECT) as bq:
+        yield gcs, bq
+
+
+@pytest.fixture
+def source() -> str:
+    """The source the `world`'s runs fetch from; a test or module parametrizes it for both."""
+    return "dome"
+
+
+@pytest.fixture
+def world(request, source, tmp_path, sim_server, monkeypatch) -> World:
+    """A simulator, a warehouse whose `traders` are its wallets, a staging root, and `source`.
+
+    The `world` markers, the module's then the test's, say how: the simulator's config, what
+    `traders` holds (`traders=lambda wallets: [...]`, the wallets by default) and the warehouse
+    (`warehouse="bigquery"`: a dataset on bqemulator, staging on gs://; a DuckDB file otherwise).
+    """
+    how: dict[str, Any] = {"tier": "unlimited"}
+    for marker in reversed(list(request.node.iter_markers("world"))):
+        how.update(marker.kwargs)
+    make_traders = how.pop("traders", None)
+    warehouse = how.pop("warehouse", "duckdb")
+    server = sim_server(**how)
+    monkeypatch.setenv("DOME_API_KEY", server.api_key)
+    wallets = server.simulator.wallet_addresses()
+    traders = wallets if make_traders is None else make_traders(wallets)
+    if warehouse == "bigquery":
+        emulators = request.getfixturevalue("emulators")
+        return World(server, wallets, source, **_on_bigquery(traders, emulators, monkeypatch))
+    db = tmp_path / "wh.duckdb"
+    seed_traders(db, traders)
+    return World(server, wallets, source, tmp_path / "staging", db=db)
+
+
+def _on_bigquery(traders: list, emulators: tuple[Any, Any], monkeypatch) -> dict[str, Any]:
+    """A new dataset on bqemulator (tables made, `traders` inserted as they are) and staging in a
+    gs:// bucket, with the environment that sends the runs there: World's `dataset`, `bq`,
+    `staging`."""
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery, storage
+
+    from pipeline.warehouse import open_warehouse
+
+    gcs, bq_emulator = emulators
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.endpoint)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(gcs.credentials_file()))
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bq_emulator.endpoint)
+    client = storage.Client(project=PROJECT, credentials=AnonymousCredentials())
+    if client.lookup_bucket(BUCKET) is None:
+        client.create_bucket(BUCKET)
+
+    name = f"e2e_{uuid.uuid4().hex[:8]}"
+    dataset = f"{PROJECT}.{name}"
+    with open_warehouse(f"bigquery:{dataset}") as warehouse:
+        warehouse.ensure_tables()
+    bq = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=bq_emulator.endpoint),
+    )
+    bq.query(
+        f"INSERT INTO `{dataset}.traders` (wallet_address) SELECT w FROM UNNEST(@w) AS w",
+        job_config=bigquery.QueryJobConfig(
+            query_parameters=[bigquery.ArrayQueryParameter("w", "STRING", traders)]
+        ),
+    ).result()
+    return {"dataset": dataset, "bq": bq, "staging": f"gs://{BUCKET}/{name}"}

@@ -1,4 +1,5 @@
-"""Helpers the end-to-end tests share: seed `traders`, read production, compare with the simulator."""
+"""Helpers the tests share: seed `traders`, read production, compare it with the simulator (the
+end-to-end tests), staging rows and a warehouse of each engine (the warehouse tests)."""
 
 from __future__ import annotations
 
@@ -43,8 +44,24 @@ def query(db_path: Path, sql: str) -> list[tuple]:
         return con.execute(sql).fetchall()
 
 
+def in_duckdb(sql: str) -> str:
+    """`sql` with its `{trades}`-style holes filled with a local warehouse's default table names."""
+    return sql.format(**TableNames().as_dict())
+
+
+# What production holds, as SQL whose `{trades}`-style holes name its tables (either engine).
+TRADE_IDS_SQL = "SELECT wallet_address, id FROM {trades}"
+FILLS_SQL = (
+    "SELECT wallet_address, tx_hash, token_id, side, shares, "
+    "CAST(ROUND(price * 1000000) AS BIGINT), timestamp FROM {trades}"
+)
+CHECKPOINT_SQL = (
+    "SELECT wallet_address, completed, upload_successful, trade_count, error FROM {checkpoint}"
+)
+
+
 def production_trade_ids(db_path: Path) -> Counter[tuple[str, str]]:
-    return Counter(query(db_path, "SELECT wallet_address, id FROM trades"))
+    return Counter(query(db_path, in_duckdb(TRADE_IDS_SQL)))
 
 
 def truth_trade_ids(simulator, wallets: list[str]) -> Counter[tuple[str, str]]:
@@ -108,12 +125,8 @@ def truth_fills(server, wallets: list[str], source: str) -> Counter[tuple]:
 
 
 def production_fills(db_path: Path) -> Counter[tuple]:
-    rows = query(
-        db_path,
-        "SELECT wallet_address, tx_hash, token_id, side, shares, "
-        "CAST(ROUND(price * 1000000) AS BIGINT), timestamp FROM trades",
-    )
-    return Counter(rows)
+    """Production's fills by content, as `truth_fills` counts them."""
+    return Counter(query(db_path, in_duckdb(FILLS_SQL)))
 
 
 def truth_markets_and_events(server, source: str) -> tuple[set[str], set[str]]:
@@ -135,12 +148,8 @@ def truth_counts(server, wallets: list[str], source: str) -> dict[str, int]:
 
 
 def checkpoint(db_path: Path) -> dict[str, tuple]:
-    rows = query(
-        db_path,
-        "SELECT wallet_address, completed, upload_successful, trade_count, error "
-        "FROM backfill_checkpoint",
-    )
-    return {row[0]: row[1:] for row in rows}
+    """wallet -> (completed, upload_successful, trade_count, error)."""
+    return {row[0]: row[1:] for row in query(db_path, in_duckdb(CHECKPOINT_SQL))}
 
 
 def source_argv(server, source: str) -> list[str]:
@@ -164,8 +173,77 @@ def run_argv(db_path: Path, staging: Path, server, *extra: str, source: str = "d
     ]
 
 
-def run_subprocess(argv: list[str], api_key: str, timeout: float = 300) -> subprocess.Popen:
-    env = {**os.environ, "DOME_API_KEY": api_key}
+class World:
+    """A simulator, a warehouse whose `traders` the `world` fixture seeded from its wallets, a
+    staging root, and the source the runs fetch from. The warehouse is a DuckDB file (`db`) or a
+    BigQuery dataset on bqemulator (`dataset`, read with the client `bq`)."""
+
+    def __init__(
+        self,
+        server: Any,
+        wallets: list[str],
+        source: str,
+        staging: Path | str,
+        db: Path | None = None,
+        bq: bigquery.Client | None = None,
+        dataset: str | None = None,
+    ) -> None:
+        self.server, self.wallets, self.source, self.staging = server, wallets, source, staging
+        self.db, self.bq, self.dataset = db, bq, dataset
+
+    def __iter__(self):
+        return iter((self.server, self.wallets, self.db, self.staging))
+
+    def argv(self, *extra: str, db: Path | None = None, source: str | None = None) -> list[str]:
+        """A run's options: this world's warehouse (or the DuckDB file `db`), staging, source."""
+        source = source or self.source
+        if self.dataset is None:
+            return run_argv(db or self.db, self.staging, self.server, *extra, source=source)
+        return [
+            f"--warehouse=bigquery:{self.dataset}",
+            f"--staging_root={self.staging}",
+            *source_argv(self.server, source),
+            *extra,
+        ]
+
+    def rows(self, sql: str, db: Path | None = None) -> list[tuple]:
+        """Rows of `sql`, whose `{trades}`-style holes name production's tables (or those of the
+        DuckDB file `db`)."""
+        if self.dataset is None:
+            return query(db or self.db, in_duckdb(sql))
+        names = {k: f"`{self.dataset}.{v}`" for k, v in TableNames().as_dict().items()}
+        return [tuple(row.values()) for row in self.bq.query(sql.format(**names)).result()]
+
+
+def assert_production_is_truth(world: World, db: Path | None = None) -> None:
+    """Production (or the DuckDB file `db`) holds what the simulator serves the world's wallets
+    from its source: every fill once, their markets and events once, each wallet done with its
+    count of trades."""
+    server, wallets, source = world.server, world.wallets, world.source
+
+    def rows(sql: str) -> list[tuple]:
+        return world.rows(sql, db)
+
+    assert Counter(rows(FILLS_SQL)) == truth_fills(server, wallets, source)
+    assert rows("SELECT COUNT(*) - COUNT(DISTINCT id) FROM {trades}") == [(0,)]
+    if source == "dome":
+        assert Counter(rows(TRADE_IDS_SQL)) == truth_trade_ids(server.simulator, wallets)
+    truth_markets, truth_events = truth_markets_and_events(server, source)
+    assert {row[0] for row in rows("SELECT condition_id FROM {markets}")} == truth_markets
+    assert rows("SELECT COUNT(*) - COUNT(DISTINCT condition_id) FROM {markets}") == [(0,)]
+    assert {row[0] for row in rows("SELECT event_slug FROM {events}")} == truth_events
+    marks = {row[0]: row[1:] for row in rows(CHECKPOINT_SQL)}
+    assert set(marks) == set(wallets)
+    counts = truth_counts(server, wallets, source)
+    for wallet in wallets:
+        assert marks[wallet][:3] == (True, True, counts[wallet]), wallet
+
+
+def run_subprocess(
+    argv: list[str], api_key: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`python -m pipeline run` in its own process (so a test can kill it); `env`: extra variables."""
+    env = {**os.environ, "DOME_API_KEY": api_key, **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", *argv],
         cwd=REPO,

@@ -72,6 +72,7 @@ BAD_VALUES = {
     "rate_per_10s": "0",
     "rate_shares": "0",
     "max_wallets": "ten",
+    "max_run_minutes": "0",
     "fetch_threads": "-1",
     "page_limit": "1001",
     "max_pages": "1.5",
@@ -93,7 +94,7 @@ ENV = {
     "DATASET": "polymarket_prod",
     "SOURCE": "dome",
     "TIER": "dev",
-    "MAX_WORKERS": "3",
+    "WORKERS": "3",
     "MACHINE_TYPE": "n1-standard-4",
     "IMAGE_TAG": "v1",
     "MAX_WALLETS": "500",
@@ -106,8 +107,16 @@ POLYMARKET_ENV = {
 }
 ENVS = {"dome": ENV, "polymarket": POLYMARKET_ENV}
 IMAGE = "europe-west1-docker.pkg.dev/acme-backfill/trade-backfill/trade-backfill:v1"
-TEMPLATE_GCS = "gs://acme-backfill-bucket/templates/backfill.json"
-SA_EMAIL = "trade-backfill@acme-backfill.iam.gserviceaccount.com"
+TEMPLATE_BUCKET = "gs://acme-backfill-trade-backfill-templates"
+BUILD_BUCKET = "gs://acme-backfill-trade-backfill-build"
+TEMPLATE_GCS = f"{TEMPLATE_BUCKET}/templates/backfill.json"
+LAUNCHER_EMAIL = "trade-backfill-launcher@acme-backfill.iam.gserviceaccount.com"
+WORKER_EMAIL = "trade-backfill-worker@acme-backfill.iam.gserviceaccount.com"
+BUILD_EMAIL = "trade-backfill-build@acme-backfill.iam.gserviceaccount.com"
+# The default schedule's budget: every 30 minutes, 5 for start-up, 5 for the commit, 20 to fetch;
+# Dataflow cancels a job still running 2 minutes before the next launch.
+MAX_RUN_MINUTES = "20"
+WALLTIME = "max_workflow_runtime_walltime_seconds=1680"
 
 
 # --- the template's parameters and the pipeline's options ---------------------------------------
@@ -195,6 +204,7 @@ NUMBERS = ["1", "2", "8", "20", "21", "100", "999", "1000", "1001", "10000", "0.
     "name",
     [
         *("rate_per_second", "rate_per_10s", "rate_shares", "max_wallets", "fetch_threads"),
+        "max_run_minutes",
         *("page_limit", "max_pages", "max_attempts", "connect_timeout", "read_timeout"),
     ],
 )
@@ -298,16 +308,27 @@ def dry_run(subcommand: str, source: str = "dome") -> str:
 
 
 def commands(output: str) -> list[list[str]]:
-    """The printed commands, parsed as the shell would (comments and the request body skipped)."""
-    found, in_body = [], False
+    """The printed commands, parsed as the shell would (comments and JSON documents skipped)."""
+    found, in_document = [], False
     for line in output.splitlines():
-        if line == "# BEGIN BODY":
-            in_body = True
-        elif line == "# END BODY":
-            in_body = False
-        elif line.strip() and not in_body and not line.startswith("#"):
+        if line.startswith("# BEGIN "):
+            in_document = True
+        elif line.startswith("# END "):
+            in_document = False
+        elif line.strip() and not in_document and not line.startswith("#"):
             found.append(shlex.split(line))
     return found
+
+
+def document(output: str, label: str) -> dict:
+    """The JSON document printed between `# BEGIN label` and `# END label`."""
+    lines = output.splitlines()
+    start, end = lines.index(f"# BEGIN {label}"), lines.index(f"# END {label}")
+    return json.loads("\n".join(lines[start + 1 : end]))
+
+
+def launch_body(output: str) -> dict:
+    return document(output, "BODY")["launchParameter"]
 
 
 def command(output: str, *prefix: str) -> list[str]:
@@ -328,8 +349,15 @@ def flex_parameters(argv: list[str]) -> dict[str, str]:
 
 
 def expected_rate_shares(per_worker_egress: bool = False) -> int:
+    """What the pipeline derives from the launch's own worker options (a fixed count of 3)."""
     options = PipelineOptions(
-        ["--runner=DataflowRunner", "--max_num_workers=3", "--machine_type=n1-standard-4"]
+        [
+            "--runner=DataflowRunner",
+            "--num_workers=3",
+            "--max_num_workers=3",
+            "--autoscaling_algorithm=NONE",
+            "--machine_type=n1-standard-4",
+        ]
     )
     return derive_rate_shares(options, per_worker_egress)
 
@@ -343,33 +371,135 @@ def test_every_subcommand_dry_runs(subcommand: str, source: str) -> None:
         assert argv[0] in {"gcloud", "bq", "gsutil"}, argv
 
 
+def grants(output: str, *prefix: str) -> dict[str, set[str]]:
+    """Roles granted by the printed `... add-iam-policy-binding` commands starting with prefix,
+    by member."""
+    found: dict[str, set[str]] = {}
+    for argv in commands(output):
+        if argv[: len(prefix)] == list(prefix) and "add-iam-policy-binding" in argv:
+            found.setdefault(flag(argv, "--member"), set()).add(flag(argv, "--role"))
+    return found
+
+
 def test_setup_creates_everything_with_the_key_from_stdin() -> None:
     output = dry_run("setup")
     enabled = command(output, "gcloud", "services", "enable")
-    apis = ["dataflow", "bigquery", "storage", "secretmanager", "cloudscheduler"]
+    apis = ["dataflow", "compute", "iam", "bigquery", "storage", "secretmanager", "cloudscheduler"]
     for api in [*apis, "artifactregistry", "cloudbuild"]:
         assert f"{api}.googleapis.com" in enabled
-    command(output, "gcloud", "storage", "buckets", "create", "gs://acme-backfill-bucket")
-    assert "acme-backfill:polymarket_prod" in command(output, "bq", "--project_id=acme-backfill")
-    command(output, "gcloud", "iam", "service-accounts", "create", "trade-backfill")
+    for bucket in ["gs://acme-backfill-bucket", TEMPLATE_BUCKET, BUILD_BUCKET]:
+        create = command(output, "gcloud", "storage", "buckets", "create", bucket)
+        assert "--uniform-bucket-level-access" in create
+    assert "acme-backfill:polymarket_prod" in command(
+        output, "bq", "--project_id=acme-backfill", "--location=europe-west1", "mk"
+    )
+    for account in ["trade-backfill-launcher", "trade-backfill-worker", "trade-backfill-build"]:
+        command(output, "gcloud", "iam", "service-accounts", "create", account)
     command(output, "gcloud", "artifacts", "repositories", "create", "trade-backfill")
     command(output, "gcloud", "secrets", "create", "dome-api-key")
     add = command(output, "gcloud", "secrets", "versions", "add", "dome-api-key")
     assert flag(add, "--data-file") == "-", "the key comes from stdin, never an argument"
-    member = f"--member=serviceAccount:{SA_EMAIL}"
-    project_roles = {
-        flag(c, "--role")
-        for c in commands(output)
-        if c[:3] == ["gcloud", "projects", "add-iam-policy-binding"] and member in c
-    }
-    assert {"roles/dataflow.worker", "roles/bigquery.dataEditor", "roles/bigquery.jobUser"} <= (
-        project_roles
-    )
-    bucket = command(output, "gcloud", "storage", "buckets", "add-iam-policy-binding")
-    assert "gs://acme-backfill-bucket" in bucket and member in bucket
-    assert flag(bucket, "--role") == "roles/storage.objectAdmin"
     secret = command(output, "gcloud", "secrets", "add-iam-policy-binding", "dome-api-key")
-    assert member in secret and flag(secret, "--role") == "roles/secretmanager.secretAccessor"
+    assert flag(secret, "--member") == f"serviceAccount:{WORKER_EMAIL}"
+    assert flag(secret, "--role") == "roles/secretmanager.secretAccessor"
+
+
+def test_setup_gives_the_launcher_and_the_workers_separate_accounts() -> None:
+    """The launcher may start jobs that run as the worker account; the worker account may work
+    (and read the key) but not start jobs; nothing of theirs can write the template."""
+    output = dry_run("setup")
+    worker, launcher, build = (
+        f"serviceAccount:{e}" for e in (WORKER_EMAIL, LAUNCHER_EMAIL, BUILD_EMAIL)
+    )
+    project = grants(output, "gcloud", "projects")
+    assert project[launcher] == {"roles/dataflow.developer"}
+    assert project[worker] == {"roles/dataflow.worker", "roles/bigquery.jobUser", "roles/viewer"}
+    assert build not in project
+    for argv in commands(output):
+        if argv[:3] == ["gcloud", "projects", "add-iam-policy-binding"]:
+            assert flag(argv, "--condition") == "None" and "--quiet" in argv
+    # Only the launcher may act as the worker account (to start jobs that run as it).
+    act_as = command(output, "gcloud", "iam", "service-accounts", "add-iam-policy-binding")
+    assert act_as[4] == WORKER_EMAIL
+    assert flag(act_as, "--member") == launcher
+    assert flag(act_as, "--role") == "roles/iam.serviceAccountUser"
+    # Buckets: the workers write the staging bucket only; the template bucket is read-only to
+    # the launcher and the workers; the build bucket is the build account's.
+    by_bucket = {
+        argv[4]: (flag(argv, "--member"), flag(argv, "--role"))
+        for argv in commands(output)
+        if argv[:4] == ["gcloud", "storage", "buckets", "add-iam-policy-binding"]
+        and argv[4] != TEMPLATE_BUCKET
+    }
+    assert by_bucket == {
+        "gs://acme-backfill-bucket": (worker, "roles/storage.objectAdmin"),
+        BUILD_BUCKET: (build, "roles/storage.objectAdmin"),
+    }
+    template_readers = grants(
+        output, "gcloud", "storage", "buckets", "add-iam-policy-binding", TEMPLATE_BUCKET
+    )
+    assert template_readers == {
+        launcher: {"roles/storage.objectViewer"},
+        worker: {"roles/storage.objectViewer"},
+    }
+    assert TEMPLATE_GCS.startswith(TEMPLATE_BUCKET + "/")
+    repository = grants(output, "gcloud", "artifacts", "repositories")
+    assert repository == {
+        worker: {"roles/artifactregistry.reader"},
+        build: {"roles/artifactregistry.writer"},
+    }
+    # The build account pushes the image; Cloud Build's source and logs stay in the build bucket.
+    submit = command(dry_run("build"), "gcloud", "builds", "submit")
+    assert (
+        flag(submit, "--service-account") == f"projects/acme-backfill/serviceAccounts/{BUILD_EMAIL}"
+    )
+    assert flag(submit, "--gcs-log-dir").startswith(BUILD_BUCKET + "/")
+    assert flag(submit, "--gcs-source-staging-dir").startswith(BUILD_BUCKET + "/")
+    # Launches: the jobs run as the worker account, Cloud Scheduler launches as the launcher.
+    launch = command(dry_run("run"), "gcloud", "dataflow", "flex-template", "run")
+    assert flag(launch, "--service-account-email") == WORKER_EMAIL
+    schedule = dry_run("schedule")
+    assert launch_body(schedule)["environment"]["serviceAccountEmail"] == WORKER_EMAIL
+    job = command(schedule, "gcloud", "scheduler", "jobs", "create", "http", "trade-backfill")
+    assert flag(job, "--oauth-service-account-email") == LAUNCHER_EMAIL
+
+
+def test_setup_grants_bigquery_on_the_dataset_not_the_project() -> None:
+    output = dry_run("setup")
+    for roles in grants(output, "gcloud", "projects").values():
+        assert (
+            not {"roles/bigquery.dataEditor", "roles/bigquery.dataOwner", "roles/bigquery.admin"}
+            & roles
+        )
+    dataset = "acme-backfill:polymarket_prod"
+    show = command(output, "bq", "--project_id=acme-backfill", "show", "--format=prettyjson")
+    assert show[-1] == dataset
+    update = command(output, "bq", "--project_id=acme-backfill", "update")
+    assert update[-1] == dataset and flag(update, "--source")
+    assert document(output, "ACCESS") == {"role": "WRITER", "userByEmail": WORKER_EMAIL}
+
+
+def test_setup_sets_the_staging_retention() -> None:
+    output = dry_run("setup")
+    update = command(output, "gcloud", "storage", "buckets", "update", "gs://acme-backfill-bucket")
+    assert flag(update, "--lifecycle-file")
+    (rule,) = document(output, "LIFECYCLE")["rule"]
+    assert rule["action"] == {"type": "Delete"}
+    assert rule["condition"]["age"] == 30
+    assert set(rule["condition"]["matchesPrefix"]) == {"staging/", "tmp/", "dataflow-staging/"}
+    for prefix in rule["condition"]["matchesPrefix"]:  # the prefixes the launches use
+        assert f"gs://acme-backfill-bucket/{prefix}".rstrip("/") in dry_run("run")
+    week = run_script("setup", "--dry-run", env={**POLYMARKET_ENV, "RETENTION_DAYS": "7"})
+    assert week.returncode == 0, week.stderr
+    assert document(week.stdout, "LIFECYCLE")["rule"][0]["condition"]["age"] == 7
+    keep = run_script("setup", "--dry-run", env={**POLYMARKET_ENV, "RETENTION_DAYS": "0"})
+    assert keep.returncode == 0, keep.stderr
+    assert "# BEGIN LIFECYCLE" not in keep.stdout
+    assert not [
+        c for c in commands(keep.stdout) if c[:4] == ["gcloud", "storage", "buckets", "update"]
+    ]
+    bad = run_script("setup", "--dry-run", env={**POLYMARKET_ENV, "RETENTION_DAYS": "-1"})
+    assert bad.returncode == 2 and "RETENTION_DAYS" in bad.stderr
 
 
 def test_build_pushes_one_image_and_writes_the_template() -> None:
@@ -389,8 +519,6 @@ def test_run_has_a_fixed_job_name_and_the_workers_run_the_launcher_image() -> No
         launch = command(result.stdout, "gcloud", "dataflow", "flex-template", "run")
         assert launch[4] == "trade-backfill"
     assert flag(launch, "--template-file-gcs-location") == TEMPLATE_GCS
-    assert flag(launch, "--service-account-email") == SA_EMAIL
-    assert flag(launch, "--max-workers") == "3"
     params = flex_parameters(launch)
     assert params.pop("sdk_container_image") == IMAGE
     assert REQUIRED_PARAMETERS <= set(params) <= set(parameters())
@@ -405,11 +533,18 @@ def test_run_has_a_fixed_job_name_and_the_workers_run_the_launcher_image() -> No
     )
 
 
+def test_run_has_a_fixed_worker_count_a_budget_and_a_wall_time_cap() -> None:
+    launch = command(dry_run("run"), "gcloud", "dataflow", "flex-template", "run")
+    assert flag(launch, "--num-workers") == flag(launch, "--max-workers") == "3"
+    assert flag(launch, "--additional-pipeline-options") == "autoscaling_algorithm=NONE"
+    assert flag(launch, "--additional-experiments") == WALLTIME
+    assert flag(launch, "--worker-machine-type") == "n1-standard-4"
+    assert flex_parameters(launch)["max_run_minutes"] == MAX_RUN_MINUTES
+
+
 def test_schedule_posts_a_launch_body_every_30_minutes() -> None:
     output = dry_run("schedule")
-    lines = output.splitlines()
-    body = json.loads("\n".join(lines[lines.index("# BEGIN BODY") + 1 : lines.index("# END BODY")]))
-    launch = body["launchParameter"]
+    launch = launch_body(output)
     assert launch["jobName"] == "trade-backfill"
     assert launch["containerSpecGcsPath"] == TEMPLATE_GCS
     params = launch["parameters"]
@@ -419,11 +554,14 @@ def test_schedule_posts_a_launch_body_every_30_minutes() -> None:
     assert params["rate_shares"] == str(expected_rate_shares())
     assert params["source"] == "dome" and params["egress"] == "shared"
     assert params["tier"] == "dev" and SECRET_PARAMETER in params
+    assert params["max_run_minutes"] == MAX_RUN_MINUTES
     environment = launch["environment"]
-    assert environment["maxWorkers"] == 3
-    assert environment["serviceAccountEmail"] == SA_EMAIL
+    assert environment["numWorkers"] == environment["maxWorkers"] == 3
+    assert environment["autoscalingAlgorithm"] == "AUTOSCALING_ALGORITHM_NONE"
+    assert environment["additionalExperiments"] == [WALLTIME]
     assert environment["tempLocation"].startswith("gs://acme-backfill-bucket/")
     assert environment["sdkContainerImage"] == IMAGE
+    assert environment["machineType"] == "n1-standard-4"
 
     job = command(output, "gcloud", "scheduler", "jobs", "create", "http", "trade-backfill")
     assert flag(job, "--schedule") == "*/30 * * * *"
@@ -432,10 +570,133 @@ def test_schedule_posts_a_launch_body_every_30_minutes() -> None:
         "/flexTemplates:launch"
     )
     assert flag(job, "--http-method") == "POST"
-    assert flag(job, "--oauth-service-account-email") == SA_EMAIL
     assert flag(job, "--max-retry-attempts") == "0"
     assert flag(job, "--message-body-from-file")
     assert flag(job, "--headers") == "Content-Type=application/json"
+
+
+def budget(env: dict[str, str]) -> tuple[str, str, str]:
+    """(schedule, max_run_minutes, wall-time experiment) of the launches under env."""
+    result = run_script("schedule", "--dry-run", env={**POLYMARKET_ENV, **env})
+    assert result.returncode == 0, result.stderr
+    launch = launch_body(result.stdout)
+    job = command(result.stdout, "gcloud", "scheduler", "jobs", "create", "http", "trade-backfill")
+    (walltime,) = launch["environment"]["additionalExperiments"]
+    return flag(job, "--schedule"), launch["parameters"]["max_run_minutes"], walltime
+
+
+def test_the_run_budget_follows_the_schedule() -> None:
+    """max_run_minutes = period - start-up - commit; the wall-time cap 2 minutes under the period;
+    the schedule launches once a period."""
+    seconds = "max_workflow_runtime_walltime_seconds="
+    assert budget({}) == ("*/30 * * * *", "20", f"{seconds}1680")
+    assert budget({"SCHEDULE_MINUTES": "15"}) == ("*/15 * * * *", "5", f"{seconds}780")
+    assert budget({"SCHEDULE_MINUTES": "60"}) == ("0 */1 * * *", "50", f"{seconds}3480")
+    assert budget({"SCHEDULE_MINUTES": "120", "COMMIT_MINUTES": "10"}) == (
+        "0 */2 * * *",
+        "105",
+        f"{seconds}7080",
+    )
+    assert budget({"MAX_RUN_MINUTES": "12"})[1] == "12"
+    custom = {"SCHEDULE_MINUTES": "120", "SCHEDULE": "30 */2 * * *"}  # given: kept as is
+    assert budget(custom) == ("30 */2 * * *", "110", f"{seconds}7080")
+    for env, name in [
+        ({"SCHEDULE_MINUTES": "10"}, "SCHEDULE_MINUTES"),  # no time left to fetch
+        ({"SCHEDULE_MINUTES": "45"}, "SCHEDULE"),  # no */N form: SCHEDULE must be given
+        ({"MAX_RUN_MINUTES": "25"}, "MAX_RUN_MINUTES"),  # would overrun the next launch
+        ({"MAX_RUN_MINUTES": "0"}, "MAX_RUN_MINUTES"),
+        ({"STARTUP_MINUTES": "five"}, "STARTUP_MINUTES"),
+    ]:
+        result = run_script("run", "--dry-run", env={**POLYMARKET_ENV, **env})
+        assert result.returncode == 2 and f"{name}=" in result.stderr, (env, result.stderr)
+
+
+FAKE_CLOUD = r"""#!/usr/bin/env bash
+# A stand-in for gcloud and bq: logs each call; nothing exists yet; the first $FAKE_FAILURES
+# project role grants fail (as while IAM propagates a new service account).
+tool="$(basename "$0")"
+args="$*"
+printf '%s %s\n' "$tool" "$args" >>"$FAKE_LOG/calls"
+if [[ "$tool $args" == *" describe "* || "$args" == *"show --dataset"* ]]; then
+  exit 1
+elif [[ "$tool" == bq && "$args" == *"show --format=prettyjson"* ]]; then
+  cat "$FAKE_LOG/dataset.json"
+elif [[ "$tool" == bq && "$args" == *"update --source="* ]]; then
+  file="${args##*--source=}"
+  cp "${file%% *}" "$FAKE_LOG/updated-dataset.json"
+elif [[ "$args" == "storage buckets update "*"--lifecycle-file="* ]]; then
+  file="${args##*--lifecycle-file=}"
+  cp "${file%% *}" "$FAKE_LOG/lifecycle.json"
+elif [[ "$args" == "projects add-iam-policy-binding "* ]]; then
+  failures="$(cat "$FAKE_LOG/failures" 2>/dev/null || echo 0)"
+  if ((failures < FAKE_FAILURES)); then
+    echo $((failures + 1)) >"$FAKE_LOG/failures"
+    echo "ERROR: (gcloud.projects.add-iam-policy-binding) service account does not exist" >&2
+    exit 1
+  fi
+fi
+exit 0
+"""
+
+
+def fake_setup(tmp_path: Path, failures: int) -> tuple[subprocess.CompletedProcess, Path]:
+    """`setup` for real (not --dry-run) against fake gcloud and bq on PATH."""
+    bin_dir, log, scratch = tmp_path / "bin", tmp_path / "log", tmp_path / "tmp"
+    for folder in (bin_dir, log, scratch):
+        folder.mkdir()
+    for tool in ("gcloud", "bq"):
+        (bin_dir / tool).write_text(FAKE_CLOUD)
+        (bin_dir / tool).chmod(0o755)
+    owner = {"role": "OWNER", "specialGroup": "projectOwners"}
+    (log / "dataset.json").write_text(json.dumps({"id": "x", "access": [owner]}))
+    env = {
+        **POLYMARKET_ENV,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "TMPDIR": str(scratch),
+        "FAKE_LOG": str(log),
+        "FAKE_FAILURES": str(failures),
+        "GRANT_RETRY_SECONDS": "0",
+    }
+    return run_script("setup", env=env), log
+
+
+def test_setup_for_real_retries_grants_and_writes_its_documents(tmp_path: Path) -> None:
+    result, log = fake_setup(tmp_path, failures=2)
+    assert result.returncode == 0, result.stderr
+    calls = (log / "calls").read_text().splitlines()
+    first_grant = next(c for c in calls if "projects add-iam-policy-binding" in c)
+    assert calls.count(first_grant) == 3, "failed twice, then granted"
+    assert "retrying" in result.stderr
+    lifecycle = json.loads((log / "lifecycle.json").read_text())
+    assert lifecycle["rule"][0]["condition"]["age"] == 30
+    dataset = json.loads((log / "updated-dataset.json").read_text())
+    assert dataset["access"] == [
+        {"role": "OWNER", "specialGroup": "projectOwners"},
+        {"role": "WRITER", "userByEmail": WORKER_EMAIL},
+    ]
+    assert not list((tmp_path / "tmp").iterdir()), "temporary files left behind"
+
+
+def test_setup_for_real_gives_up_after_bounded_attempts(tmp_path: Path) -> None:
+    result, log = fake_setup(tmp_path, failures=1000)
+    assert result.returncode == 2 and "gave up after" in result.stderr, result.stderr
+    calls = (log / "calls").read_text().splitlines()
+    first_grant = next(c for c in calls if "projects add-iam-policy-binding" in c)
+    (attempts,) = re.findall(r"^readonly GRANT_ATTEMPTS=(\d+)$", SCRIPT.read_text(), re.M)
+    assert calls.count(first_grant) == int(attempts)
+
+
+def test_the_grant_retry_is_bounded() -> None:
+    text = SCRIPT.read_text()
+    (attempts,) = re.findall(r"^readonly GRANT_ATTEMPTS=(\d+)$", text, re.M)
+    assert 2 <= int(attempts) <= 10
+    body = text[text.index("grant() {") : text.index("\n}\n", text.index("grant() {"))]
+    assert "until run" in body and "GRANT_ATTEMPTS" in body and "sleep" in body
+    # Every role grant of setup goes through it.
+    setup = text[text.index("cmd_setup() {") : text.index("\n}\n", text.index("cmd_setup() {"))]
+    for line in setup.splitlines():
+        if "add-iam-policy-binding" in line:
+            assert line.strip().startswith("grant "), line
 
 
 def test_status_lists_jobs_and_points_at_the_status_command() -> None:
@@ -453,9 +714,8 @@ def test_polymarket_needs_no_secret_and_splits_the_limits_per_ip() -> None:
     assert not [c for c in commands(setup) if c[:2] == ["gcloud", "secrets"]], setup
     assert "secretmanager.googleapis.com" not in command(setup, "gcloud", "services", "enable")
     launch = command(dry_run("run", "polymarket"), "gcloud", "dataflow", "flex-template", "run")
-    lines = dry_run("schedule", "polymarket").splitlines()
-    body = json.loads("\n".join(lines[lines.index("# BEGIN BODY") + 1 : lines.index("# END BODY")]))
-    for params in [flex_parameters(launch), body["launchParameter"]["parameters"]]:
+    body = launch_body(dry_run("schedule", "polymarket"))
+    for params in [flex_parameters(launch), body["parameters"]]:
         params.pop("sdk_container_image", None)
         assert REQUIRED_PARAMETERS <= set(params) <= set(parameters())
         for name, value in params.items():
@@ -481,24 +741,28 @@ def test_polymarket_needs_no_secret_and_splits_the_limits_per_ip() -> None:
 
 
 def test_bad_configuration_is_refused_with_every_problem() -> None:
-    env = {**ENV, "TIER": "gold", "MAX_WORKERS": "0", "BUCKET": "Bad_Bucket!", "SOURCE": "x"}
+    env = {**ENV, "TIER": "gold", "WORKERS": "0", "BUCKET": "Bad_Bucket!", "SOURCE": "x"}
     del env["PROJECT"]
     result = run_script("run", "--dry-run", env=env)
     assert result.returncode == 2 and not result.stdout
-    for name in ["PROJECT", "TIER", "MAX_WORKERS", "BUCKET", "SOURCE"]:
+    for name in ["PROJECT", "TIER", "WORKERS", "BUCKET", "SOURCE"]:
         assert f"{name}=" in result.stderr, result.stderr
-    # Split so fine that each process gets under 0.1 request/s: the pipeline would refuse it too.
-    result = run_script("run", "--dry-run", env={**ENV, "TIER": "free", "MAX_WORKERS": "30"})
-    assert result.returncode == 2 and "0.1 request/s" in result.stderr
-    with pytest.raises(OptionsError, match=r"0\.1 request"):
-        resolve(PipelineOptions(["--source=dome", "--tier=free", "--rate_shares=120"]))
-    # Polymarket: the narrowest bucket is /trades, 200 per 10 s = 20/s per IP. 63 n1-standard-4
-    # workers behind one IP are 252 processes (under 0.1/s each); with their own IPs, 4 each.
-    many = {**POLYMARKET_ENV, "MAX_WORKERS": "63", "EGRESS": "shared"}
+    # More processes than the smallest window holds requests: a share would round up past the
+    # limit, so the pipeline refuses it too (Free: 10 per second; 3 n1-standard-4 workers are 12).
+    result = run_script("run", "--dry-run", env={**ENV, "TIER": "free", "WORKERS": "3"})
+    assert result.returncode == 2 and "run at most 10 processes" in result.stderr, result.stderr
+    assert (
+        run_script("run", "--dry-run", env={**ENV, "TIER": "free", "WORKERS": "2"}).returncode == 0
+    )
+    with pytest.raises(OptionsError, match="run at most 10 processes"):
+        resolve(PipelineOptions(["--source=dome", "--tier=free", "--rate_shares=11"]))
+    # Polymarket: the smallest bucket is /trades, 200 per 10 s per IP. 63 n1-standard-4 workers
+    # behind one IP are 252 processes; with their own IPs, 4 each.
+    many = {**POLYMARKET_ENV, "WORKERS": "63", "EGRESS": "shared"}
     result = run_script("run", "--dry-run", env=many)
-    assert result.returncode == 2 and "0.1 request/s" in result.stderr, result.stderr
+    assert result.returncode == 2 and "run at most 200 processes" in result.stderr, result.stderr
     assert run_script("run", "--dry-run", env={**many, "EGRESS": "per_worker"}).returncode == 0
-    with pytest.raises(OptionsError, match=r"0\.1 request"):
+    with pytest.raises(OptionsError, match="run at most 200 processes"):
         resolve(PipelineOptions(["--source=polymarket", "--rate_shares=250"]))
     resolve(PipelineOptions(["--source=polymarket", "--rate_shares=200"]))
     result = run_script("run", "--dry-run", env={**ENV, "EGRESS": "per_worker"})
@@ -507,6 +771,25 @@ def test_bad_configuration_is_refused_with_every_problem() -> None:
     )
     assert run_script("deploy", "--dry-run").returncode == 2
     assert run_script("run", "--force").returncode == 2
+
+
+def test_renamed_and_conflicting_settings_are_refused() -> None:
+    """MAX_WORKERS (the old name) still works alone; SERVICE_ACCOUNT (one account for all) is gone;
+    the launcher and the workers never share an account, nor the template the staging bucket."""
+    legacy = {k: v for k, v in ENV.items() if k != "WORKERS"} | {"MAX_WORKERS": "3"}
+    result = run_script("run", "--dry-run", env=legacy)
+    assert result.returncode == 0, result.stderr
+    launch = command(result.stdout, "gcloud", "dataflow", "flex-template", "run")
+    assert flag(launch, "--num-workers") == flag(launch, "--max-workers") == "3"
+    for extra, name in [
+        ({"MAX_WORKERS": "4"}, "MAX_WORKERS"),
+        ({"SERVICE_ACCOUNT": "trade-backfill"}, "SERVICE_ACCOUNT"),
+        ({"WORKER_ACCOUNT": "trade-backfill-launcher"}, "WORKER_ACCOUNT"),
+        ({"TEMPLATE_BUCKET": "acme-backfill-bucket"}, "TEMPLATE_BUCKET"),
+        ({"BUILD_ACCOUNT": "x"}, "BUILD_ACCOUNT"),
+    ]:
+        result = run_script("run", "--dry-run", env={**ENV, **extra})
+        assert result.returncode == 2 and name in result.stderr, (extra, result.stderr)
 
 
 def shellcheck() -> str | None:
@@ -559,29 +842,34 @@ def beam_pin() -> str:
     return pins[0]
 
 
-def test_image_is_the_launcher_base_plus_the_beam_worker_boot() -> None:
+LAUNCHER_BINARY = "/opt/google/dataflow/python_template_launcher"
+
+
+def test_image_is_the_beam_sdk_image_plus_the_template_launcher() -> None:
+    """As Google's pipeline_with_dependencies sample: a Beam SDK image at the pinned Beam version,
+    with the launcher binary copied from a pinned Flex Template launcher image."""
     steps, variables = dockerfile(), docker_vars()
     froms = [rest for instruction, rest in steps if instruction == "FROM"]
-    assert froms == ["apache/beam_python3.11_sdk:${BEAM_VERSION} AS beam_sdk", "${LAUNCHER_BASE}"]
-    assert variables["BEAM_VERSION"] == beam_pin(), "Beam's worker boot must match the SDK pin"
-    launcher = "gcr.io/dataflow-templates-base/python311-template-launcher-base:"
-    assert variables["LAUNCHER_BASE"].startswith(launcher)
-    assert ("COPY", "--from=beam_sdk /opt/apache/beam /opt/apache/beam") in steps
+    assert froms == ["${LAUNCHER_IMAGE} AS launcher", "apache/beam_python3.11_sdk:${BEAM_VERSION}"]
+    assert variables["BEAM_VERSION"] == beam_pin(), "the SDK image must match the SDK pin"
+    repository, _, tag = variables["LAUNCHER_IMAGE"].partition(":")
+    assert repository == "gcr.io/dataflow-templates-base/python311-template-launcher-base"
+    assert re.fullmatch(r"\d{8}_RC\d{2}", tag) or re.fullmatch(r"[^@]*@sha256:[0-9a-f]{64}", tag), (
+        f"pin the launcher image by a dated tag or a digest, not {tag!r}"
+    )
+    assert ("COPY", f"--from=launcher {LAUNCHER_BINARY} {LAUNCHER_BINARY}") in steps
     assert variables["WORKDIR"] == "/template" and ("COPY", ". ${WORKDIR}") in steps
 
 
 def test_image_sets_the_flex_template_files_to_real_files() -> None:
     variables = docker_vars()
-    for name, expected in [
-        ("FLEX_TEMPLATE_PYTHON_PY_FILE", "main.py"),
-        ("FLEX_TEMPLATE_PYTHON_SETUP_FILE", "setup.py"),
-    ]:
-        path = variables[name]
-        assert path.startswith("/template/"), f"{name}={path}: outside the copied repo"
-        assert path.removeprefix("/template/") == expected
-        assert (REPO / expected).is_file(), f"{name} names a file the repo lacks"
-    # The image already holds the requirements; staging them again would slow every launch.
+    path = variables["FLEX_TEMPLATE_PYTHON_PY_FILE"]
+    assert path == "/template/main.py" and (REPO / "main.py").is_file()
+    # The image already holds the requirements and the package: no requirements file to stage,
+    # and no setup file, which would have every worker build and install an sdist at boot.
     assert "FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE" not in variables
+    assert "FLEX_TEMPLATE_PYTHON_SETUP_FILE" not in variables
+    assert "FLEX_TEMPLATE_PYTHON_SETUP_FILE=" not in DOCKERFILE.read_text()
     source = (REPO / "main.py").read_text()
     assert "sys.path" not in source  # the entry file edits no import path
     assert "run_backfill(sys.argv[1:])" in source and "wait_until_finish" not in source
@@ -600,32 +888,13 @@ def test_image_installs_the_pinned_requirements_and_the_package_then_checks() ->
     assert "-e" not in steps[package[0]].split(), "workers import from site-packages"
 
 
-def test_entrypoint_starts_the_launcher_or_the_worker_boot() -> None:
+def test_entrypoint_is_the_worker_boot() -> None:
+    """The workers start the image's entrypoint; the launcher VM runs the template launcher
+    itself (Google's sample sets the same entrypoint)."""
     entrypoints = [
         json.loads(rest) for instruction, rest in dockerfile() if instruction == "ENTRYPOINT"
     ]
-    assert len(entrypoints) == 1
-    shell, flag_c, script, name = entrypoints[0]
-    assert (shell, flag_c) == ("/bin/sh", "-c")
-    assert "/opt/apache/beam/boot" in script and "python_template_launcher" in script
-    script = script.replace("/opt/apache/beam/boot", "echo boot").replace(
-        "/opt/google/dataflow/python_template_launcher", "echo launcher"
-    )
-    cases = {
-        (): "launcher",
-        ("--template_args=x",): "launcher",
-        (
-            "--id=sdk-0-0",
-            "--logging_endpoint=localhost:1",
-            "--control_endpoint=localhost:2",
-        ): "boot",
-        ("--provision_endpoint", "localhost:3"): "boot",
-    }
-    for args, program in cases.items():
-        out = subprocess.run(
-            ["sh", "-c", script, name, *args], capture_output=True, text=True, check=True
-        ).stdout
-        assert out.split() == [program, *args]
+    assert entrypoints == [["/opt/apache/beam/boot"]]
 
 
 # --- the package as a Dataflow worker installs it -----------------------------------------------
@@ -735,27 +1004,6 @@ def test_the_wheel_installs_and_runs_from_site_packages(tmp_path: Path) -> None:
     (line,) = unreachable.stdout.splitlines()
     assert line.startswith("the run could not start:") and "/v2/status" in line, line
     assert "Traceback" not in unreachable.stderr, unreachable.stderr
-
-
-def test_the_setup_file_sdist_that_dataflow_stages_installs(tmp_path: Path) -> None:
-    """FLEX_TEMPLATE_PYTHON_SETUP_FILE makes the launcher build an sdist with Beam's stager, and
-    every worker pip-installs it at start-up: it must build from the sdist alone."""
-    from apache_beam.runners.portability.stager import Stager
-
-    src = build_context(tmp_path / "src")
-    sdist = Stager._build_setup_package(str(src / "setup.py"), str(tmp_path / "sdist"))
-    result = subprocess.run(
-        [*PIP_WHEEL, sdist, "-w", str(tmp_path / "wheels")],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    output = (result.stdout + result.stderr)[-3000:]
-    assert result.returncode == 0, (
-        "the sdist that --setup_file stages does not build on a worker (setup.py reads "
-        f"requirements.txt: is it in the sdist? MANIFEST.in: include requirements.txt)\n{output}"
-    )
 
 
 def test_no_streaming_inserts_anywhere() -> None:

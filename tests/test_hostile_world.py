@@ -8,7 +8,7 @@ import pytest
 from pipeline.run import run_backfill
 from pipeline.status import show_status
 from pipeline.warehouse import TableNames
-from tests.support import query, run_argv, seed_traders, truth_markets_and_events
+from tests.support import query, truth_markets_and_events
 
 # Each source's endpoints that name markets and events, as the simulator's faults call them.
 LOOKUPS = {
@@ -18,17 +18,12 @@ LOOKUPS = {
 
 
 @pytest.mark.parametrize("source", ["polymarket", "dome"])
-def test_markets_and_events_down_for_a_run_are_fetched_by_the_next(
-    source, sim_server, tmp_path, monkeypatch
-):
-    server = sim_server(seed=5, wallets=10, max_trades=800)
-    monkeypatch.setenv("DOME_API_KEY", server.api_key)
-    wallets = server.simulator.wallet_addresses()
-    db, staging = tmp_path / "wh.duckdb", tmp_path / "staging"
-    seed_traders(db, wallets)
+@pytest.mark.world(seed=5, wallets=10, max_trades=800)
+def test_markets_and_events_down_for_a_run_are_fetched_by_the_next(source, world):
+    server, wallets, db, _staging = world
     markets, events = truth_markets_and_events(server, source)
     server.set_faults([{"kind": "http_5xx", "status": 503, "endpoint": e} for e in LOOKUPS[source]])
-    first = run_backfill(run_argv(db, staging, server, "--max_attempts=2", source=source))
+    first = run_backfill(world.argv("--max_attempts=2"))
     assert first.state == "DONE" and first.counters["wallets_fetched"] == len(wallets)
     assert first.counters.get("markets_failed", 0) > 0
     # The trades landed, their markets did not: status says so instead of looking finished.
@@ -37,7 +32,7 @@ def test_markets_and_events_down_for_a_run_are_fetched_by_the_next(
     assert f"markets {len(markets) + len(_missing(server, source))}" in report, report
 
     server.set_faults([])
-    second = run_backfill(run_argv(db, staging, server, source=source))
+    second = run_backfill(world.argv())
     assert second.counters.get("trades", 0) == 0  # no wallet was fetched again
     assert {r[0] for r in query(db, "SELECT condition_id FROM markets")} == markets
     assert {r[0] for r in query(db, "SELECT event_slug FROM events")} == events

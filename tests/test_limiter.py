@@ -7,7 +7,8 @@ from bisect import bisect_left
 import pytest
 
 from pipeline.sources.dome.client import RateLimit
-from pipeline.sources.limiter import RateLimiter, Window, share
+from pipeline.sources.limiter import RateLimiter, Window, max_shares, share
+from pipeline.sources.polymarket.source import windows as polymarket_windows
 
 
 def peak(stamps: list[float], window: float) -> int:
@@ -54,6 +55,33 @@ def test_shares_never_add_up_past_the_whole():
     assert whole.sustained == 50 and RateLimit.for_tier("free").sustained == 10
 
 
+PUBLISHED_LIMITS = {
+    **{f"dome {tier}": RateLimit.for_tier(tier).windows() for tier in ("free", "dev", "pro")},
+    "polymarket": polymarket_windows(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_LIMITS))
+def test_no_split_from_1_to_200_processes_rounds_past_any_window(name):
+    windows = PUBLISHED_LIMITS[name]
+    for parts in range(1, 201):
+        if parts > max_shares(windows):
+            with pytest.raises(ValueError, match="cannot share"):
+                share(windows, parts)
+            continue
+        capacities = RateLimiter(share(windows, parts)).capacities()
+        for window, (_, capacity, _) in zip(windows, capacities, strict=True):
+            assert capacity >= 1
+            assert parts * capacity <= window.limit, (parts, window)
+
+
+def test_a_split_finer_than_one_request_per_window_is_refused_with_the_ceiling():
+    free = RateLimit.for_tier("free").windows()  # 10 per second: eleven processes cannot share
+    assert max_shares(free) == 10
+    with pytest.raises(ValueError, match="run at most 10"):
+        share(free, 11)
+
+
 def test_throttle_pauses_everyone_then_capacity_recovers():
     limiter = RateLimiter(RateLimit(per_second=100, per_10s=1000).windows())
     limiter.throttled(None, 0.3)
@@ -76,3 +104,80 @@ def test_margins_cost_least_where_a_window_sets_the_sustained_rate():
     dev = RateLimiter(RateLimit.for_tier("dev").windows())
     assert [length for _, _, length in free.capacities()] == [1.04, 10.25]
     assert [length for _, _, length in dev.capacities()] == [1.25, 10.25]
+
+
+
+def _wait_for(predicate, what: str) -> None:
+    for _ in range(4000):
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+class _Clock:
+    """A clock the test moves by hand: the limiter sees time pass only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_deeper_pages_go_first_among_callers_of_the_same_buckets():
+    # One trades request per window, already taken; five callers queue with mixed priorities
+    # (a walk's page number). Each time the window frees a slot the deepest waiting page gets
+    # it, equal ones in their order of arrival; a caller of another bucket is not held behind.
+    clock = _Clock()
+    limiter = RateLimiter(
+        [Window("trades", 1, 0.01, margin_s=0.0), Window("markets", 1, 0.01, margin_s=0.0)],
+        clock=clock,
+    )
+    limiter.acquire(["trades"])
+    order: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def caller(priority: int, name: str) -> None:
+        limiter.acquire(["trades"], priority)
+        with lock:
+            order.append((priority, name))
+
+    threads = []
+    for priority, name in ((0, "a"), (3, "b"), (1, "c"), (3, "d"), (7, "e")):
+        threads.append(threading.Thread(target=caller, args=(priority, name)))
+        threads[-1].start()
+        _wait_for(lambda n=len(threads): limiter.waiting() == n, f"caller {name} queued")
+    limiter.acquire(["markets"])  # another bucket: served at once, the trades queue aside
+    assert order == []
+    for granted in range(1, 6):
+        clock.now += 1.0  # the window frees one slot
+        _wait_for(lambda n=granted: len(order) == n, f"grant {granted}")
+    for thread in threads:
+        thread.join()
+    assert order == [(7, "e"), (3, "b"), (3, "d"), (1, "c"), (0, "a")]
+    assert limiter.waiting() == 0
+
+
+def test_an_answered_request_frees_its_slot_a_window_after_the_answer_not_after_the_margin():
+    # The margin covers an arrival trailing the client's stamp; once the answer is in, the
+    # request has certainly arrived, so its slot frees one window after the answer.
+    clock = _Clock()
+    limiter = RateLimiter([Window("trades", 1, 10.0, margin_s=0.25)], clock=clock)
+    slots: list = []
+    limiter.acquire(taken=slots)
+    clock.now = 0.1
+    limiter.answered(slots)  # the answer came 0.1 s after the stamp
+    clock.now = 10.1
+    assert limiter.acquire() == 0.0  # free at 10.1, not at 10.25
+
+    # Unanswered (no answer yet, or none came): the margin holds it to stamp + 10.25.
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (limiter.acquire(), done.set()))
+    thread.start()
+    _wait_for(lambda: limiter.waiting() == 1, "the caller queued")
+    clock.now = 20.2
+    assert not done.wait(0.05)
+    clock.now = 20.35
+    thread.join()
+    assert done.is_set()

@@ -18,7 +18,7 @@ def test_defaults_resolve_to_polymarket_at_its_published_limits():
     assert config.source.name == "polymarket" and config.source.api_key_secret is None
     assert limits(config.source.windows)[("trades", 10.0)] == 200
     assert limits(config.source.windows)[("markets", 10.0)] == 300
-    assert config.run_id and config.run_staging.endswith(config.run_id)
+    assert config.run_id and config.staging.folder.endswith(config.run_id)
 
 
 def test_dome_resolves_its_tier(dome_key):
@@ -193,3 +193,12 @@ def test_a_staging_root_that_is_a_file_is_refused(tmp_path):
         resolve(PipelineOptions([f"--staging_root={blocker}"]))
     with pytest.raises(OptionsError, match="is not writable"):
         resolve(PipelineOptions([f"--staging_root={blocker}/below"]))
+
+
+def test_more_processes_than_a_window_can_be_split_between_is_an_options_error(dome_key):
+    # Free: 10 per second. Eleven processes would each round up to one request a second.
+    resolve(PipelineOptions(["--source=dome", "--tier=free", "--rate_shares=10"]))
+    with pytest.raises(OptionsError, match="run at most 10 processes"):
+        resolve(PipelineOptions(["--source=dome", "--tier=free", "--rate_shares=11"]))
+    with pytest.raises(OptionsError, match="run at most 200 processes"):
+        resolve(PipelineOptions(["--rate_shares=201"]))  # Polymarket: trades, 200 per 10 s

@@ -15,68 +15,32 @@ from pipeline.warehouse import TableNames, WarehouseRef
 from tests.support import (
     INVALID_TRADERS,
     TRADES_ENDPOINT,
+    assert_production_is_truth,
     checkpoint,
-    production_fills,
     production_trade_ids,
     query,
-    run_argv,
     run_subprocess,
     seed_traders,
     source_stats,
     trade_requests,
     trade_requests_by_wallet,
-    truth_counts,
-    truth_fills,
-    truth_markets_and_events,
-    truth_trade_ids,
 )
 
 WALLETS = 24
 
-
-class World:
-    """A simulator, a DuckDB warehouse whose traders are its wallets plus junk, a staging folder,
-    and the source the runs fetch from."""
-
-    def __init__(self, server, wallets, db, staging, source):
-        self.server, self.wallets, self.db, self.staging = server, wallets, db, staging
-        self.source = source
-
-    def __iter__(self):
-        return iter((self.server, self.wallets, self.db, self.staging))
-
-    def argv(self, db=None, *extra):
-        return run_argv(db or self.db, self.staging, self.server, *extra, source=self.source)
+# A simulator, a DuckDB warehouse whose traders are its wallets plus junk, a staging folder, and
+# the source the runs fetch from: each test runs against each source.
+pytestmark = pytest.mark.world(
+    seed=11,
+    wallets=WALLETS,
+    max_trades=2500,
+    traders=lambda wallets: [*wallets, wallets[0].upper().replace("0X", "0x"), *INVALID_TRADERS],
+)
 
 
 @pytest.fixture(params=["polymarket", "dome"])
-def world(request, tmp_path, sim_server, monkeypatch):
-    server = sim_server(seed=11, wallets=WALLETS, tier="unlimited", max_trades=2500)
-    wallets = server.simulator.wallet_addresses()
-    db = tmp_path / "wh.duckdb"
-    seed_traders(db, [*wallets, wallets[0].upper().replace("0X", "0x"), *INVALID_TRADERS])
-    monkeypatch.setenv("DOME_API_KEY", server.api_key)
-    return World(server, wallets, db, tmp_path / "staging", request.param)
-
-
-def assert_production_is_truth(world, db=None):
-    server, wallets, source = world.server, world.wallets, world.source
-    db = db or world.db
-    assert production_fills(db) == truth_fills(server, wallets, source)
-    assert query(db, "SELECT COUNT(*) - COUNT(DISTINCT id) FROM trades") == [(0,)]
-    if source == "dome":
-        assert production_trade_ids(db) == truth_trade_ids(server.simulator, wallets)
-    truth_markets, truth_events = truth_markets_and_events(server, source)
-    markets = {row[0] for row in query(db, "SELECT condition_id FROM markets")}
-    assert markets == truth_markets
-    assert query(db, "SELECT COUNT(*) - COUNT(DISTINCT condition_id) FROM markets") == [(0,)]
-    events = {row[0] for row in query(db, "SELECT event_slug FROM events")}
-    assert events == truth_events
-    marks = checkpoint(db)
-    assert set(marks) == set(wallets)
-    counts = truth_counts(server, wallets, source)
-    for wallet in wallets:
-        assert marks[wallet][:3] == (True, True, counts[wallet]), wallet
+def source(request):
+    return request.param
 
 
 def test_backfill_lands_truth_once_and_a_second_run_fetches_nothing(world):
@@ -150,7 +114,7 @@ def test_permanent_fault_marks_wallet_failed_then_next_run_completes_it(world):
 
 def test_same_result_with_multi_processing(world):
     _server, _wallets, _db, _staging = world
-    argv = world.argv(None, "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    argv = world.argv("--direct_running_mode=multi_processing", "--direct_num_workers=2")
     summary = run_backfill(argv)
     assert summary.state == "DONE"
     assert_production_is_truth(world)
@@ -163,7 +127,7 @@ def test_sigkill_at_a_random_point_then_rerun_is_exact(world, seed):
     # With slow limits and small pages the run takes ~6 s (start-up, ~3.5 s of fetching, staging,
     # commit), so a kill between 1 and 5.5 s lands in fetching, staging or committing.
     slow = ("--tier=free",) if world.source == "dome" else ("--bucket_limits=trades=20",)
-    slow_argv = world.argv(None, *slow, "--page_limit=100")
+    slow_argv = world.argv(*slow, "--page_limit=100")
     process = run_subprocess(slow_argv, server.api_key)
     time.sleep(random.Random(seed).uniform(1.0, 5.5))
     assert process.poll() is None, "the run ended before the kill: the test would prove nothing"
@@ -184,10 +148,12 @@ def test_start_up_commits_a_run_that_was_staged_but_not_committed(world, tmp_pat
     server, wallets, _db, staging = world
     summary = run_backfill(world.argv())
     (staging / summary.run_id / "_COMMITTED.json").unlink()
+    crashed = RunStaging(str(staging), summary.run_id)  # as a crash before the marker leaves it
+    crashed.write_manifest(crashed.read_manifest())
     fresh = tmp_path / "fresh.duckdb"
     seed_traders(fresh, wallets)
     server.reset_stats()
-    recovered = run_backfill(world.argv(fresh))
+    recovered = run_backfill(world.argv(db=fresh))
     assert [r.run_id for r in recovered.recovered] == [summary.run_id]
     # The recovered staging already completed every wallet: the new run fetched none of them.
     assert trade_requests(server, world.source) == 0
@@ -199,10 +165,12 @@ def test_a_staged_run_that_cannot_commit_does_not_block_later_runs(world, tmp_pa
     _server, wallets, _db, staging = world
     broken = run_backfill(world.argv())
     (staging / broken.run_id / "_COMMITTED.json").unlink()
+    crashed = RunStaging(str(staging), broken.run_id)  # as a crash before the marker leaves it
+    crashed.write_manifest(crashed.read_manifest())
     next(iter((staging / broken.run_id / "trades").glob("*.json"))).write_text("not json\n")
     fresh = tmp_path / "fresh.duckdb"
     seed_traders(fresh, wallets)
-    summary = run_backfill(world.argv(fresh))
+    summary = run_backfill(world.argv(db=fresh))
     assert summary.state == "DONE"
     assert [(r.run_id, r.failed) for r in summary.recovered] == [(broken.run_id, True)]
     assert "still fail to commit" in summary.render()

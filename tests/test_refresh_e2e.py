@@ -15,41 +15,31 @@ from tests.support import (
     production_fills,
     production_trade_ids,
     query,
-    run_argv,
     seed_traders,
     truth_fills,
     truth_trade_ids,
 )
 
-
-@pytest.fixture
-def world(tmp_path, sim_server, monkeypatch):
-    def make(wallets=16, traders=None, **sim):
-        server = sim_server(seed=23, wallets=wallets, tier="unlimited", max_trades=1500, **sim)
-        addresses = server.simulator.wallet_addresses()
-        db = tmp_path / "wh.duckdb"
-        seed_traders(db, addresses if traders is None else traders(addresses))
-        monkeypatch.setenv("DOME_API_KEY", server.api_key)
-        return server, addresses, db, tmp_path / "staging"
-
-    return make
+HALF = 10  # the wallets in `traders` before the backfill over settled markets
+pytestmark = pytest.mark.world(seed=23, wallets=16, max_trades=1500)
 
 
 def market_states(db):
     return dict(query(db, "SELECT condition_id, status FROM markets"))
 
 
+@pytest.mark.world(open_fraction=1.0)
 def test_refresh_lands_new_trades_once_and_an_unchanged_wallet_costs_one_request(world):
-    server, wallets, db, staging = world(open_fraction=1.0)
+    server, wallets, db, _staging = world
     simulator = server.simulator
-    run_backfill(run_argv(db, staging, server))
+    run_backfill(world.argv())
     assert production_trade_ids(db) == truth_trade_ids(simulator, wallets)
 
     changed = wallets[:4]
     server.add_trades({wallet: 5 for wallet in changed})
     settled = server.settle_markets(count=3)
     server.reset_stats()
-    summary = run_backfill(run_argv(db, staging, server, "--refresh_after=0s"))
+    summary = run_backfill(world.argv("--refresh_after=0s"))
 
     assert summary.state == "DONE"
     ids = production_trade_ids(db)
@@ -69,24 +59,22 @@ def test_refresh_lands_new_trades_once_and_an_unchanged_wallet_costs_one_request
     assert set(states) == set(simulator.traded_condition_ids())
 
 
+@pytest.mark.world(wallets=20, markets=6, open_fraction=0.0, traders=lambda w: w[:HALF])
 def test_a_backfill_over_settled_markets_in_production_requests_no_market(world):
-    half = 10
-    server, wallets, db, staging = world(
-        wallets=20, markets=6, open_fraction=0.0, traders=lambda w: w[:half]
-    )
+    server, wallets, db, _staging = world
     simulator = server.simulator
-    run_backfill(run_argv(db, staging, server))
+    run_backfill(world.argv())
     first_markets = set(market_states(db))
-    later = [w for w in wallets[half:] if simulator.orders(w)]
+    later = [w for w in wallets[HALF:] if simulator.orders(w)]
     needed = {o["condition_id"] for w in later for o in simulator.orders(w)}
     assert later and needed <= first_markets, (
         "test set-up: the later wallets must trade known markets"
     )
     assert all(status == "closed" for status in market_states(db).values())
 
-    seed_traders(db, wallets[half:])
+    seed_traders(db, wallets[HALF:])
     server.reset_stats()
-    run_backfill(run_argv(db, staging, server))
+    run_backfill(world.argv())
     requests = server.stats()["requests"]
     assert requests["orders"] >= len(later)
     assert requests.get("markets", 0) == 0 and requests.get("events", 0) == 0
@@ -94,9 +82,9 @@ def test_a_backfill_over_settled_markets_in_production_requests_no_market(world)
 
 
 def test_verify_finds_exactly_the_wallets_missing_trades_and_the_next_run_restores_them(world):
-    server, wallets, db, staging = world()
+    server, wallets, db, _staging = world
     simulator = server.simulator
-    run_backfill(run_argv(db, staging, server))
+    run_backfill(world.argv())
     damaged = sorted(w for w in wallets if simulator.orders(w))[:3]
     query(db, f"DELETE FROM trades WHERE wallet_address IN {tuple(damaged)!r}")
     # A partial loss too: one trade of another wallet.
@@ -120,17 +108,18 @@ def test_verify_finds_exactly_the_wallets_missing_trades_and_the_next_run_restor
     assert {w for w, mark in marks.items() if not mark[1]} == {*damaged, partial}
 
     server.reset_stats()
-    run_backfill(run_argv(db, staging, server))
+    run_backfill(world.argv())
     assert set(server.stats()["orders_requests_by_wallet"]) == {*damaged, partial}
     assert production_trade_ids(db) == truth_trade_ids(simulator, wallets)
     assert all(mark[:2] == (True, True) for mark in checkpoint(db).values())
 
 
+@pytest.mark.world(lag_seconds=0)
 def test_a_dome_backfill_refreshed_from_polymarket_lands_each_fill_once(world):
     """The users' tables were filled from Dome; a refresh from Polymarket overlaps them (the
     overlap window re-reads fills Dome landed, with other ids) and must not land any twice."""
-    server, wallets, db, staging = world(lag_seconds=0)
-    run_backfill(run_argv(db, staging, server, source="dome"))
+    server, wallets, db, _staging = world
+    run_backfill(world.argv(source="dome"))
     before = truth_fills(server, wallets, "dome")
     assert production_fills(db) == before
 
@@ -140,9 +129,7 @@ def test_a_dome_backfill_refreshed_from_polymarket_lands_each_fill_once(world):
     # The overlap is real: Polymarket serves fills Dome already landed, under other ids.
     assert sum((served & before).values()) > 0
     summary = run_backfill(
-        run_argv(
-            db, staging, server, "--refresh_after=0s", "--refresh_overlap=30d", source="polymarket"
-        )
+        world.argv("--refresh_after=0s", "--refresh_overlap=30d", source="polymarket")
     )
     assert summary.state == "DONE" and summary.counters.get("wallets_failed", 0) == 0
     # Every fill once: what Dome landed (dust included) plus the new ones Polymarket serves.

@@ -196,3 +196,83 @@ def test_the_trades_insert_reads_production_for_the_staged_wallets_only() -> Non
     for select in production:
         assert "upload_successful" in select.args["where"].sql("bigquery")
     assert "fill_ordinal" in sql and "ROUND(d.`price` * 1000000)" in sql
+
+
+def test_each_commit_attempt_gets_load_tables_of_its_own() -> None:
+    assert q.load_table("r1", "trades", "") == q.load_table("r1", "trades")
+    attempts = {q.load_table("r1", "trades", nonce) for nonce in ("", "00ff", "a1b2c3d4")}
+    assert len(attempts) == 3
+    assert all(name.startswith(q.LOAD_TABLE_PREFIX + "r1_") for name in attempts)
+    rendered = q.render(q.INSERT_TRADES, TableNames(), "r1", nonce="00ff")
+    assert q.load_table("r1", "trades", "00ff") in rendered
+    assert q.load_table("r1", "trades") not in rendered
+    for bad in ("XYZ", "0x1", "a" * 17, "; DROP"):
+        with pytest.raises(ValueError, match="nonce"):
+            q.load_table("r1", "trades", bad)
+
+
+def test_the_status_address_rule_is_the_pipelines() -> None:
+    """STATUS_TO_DO's SQL keeps exactly the values transforms.read_wallets normalises to an
+    address, and normalises them the same way (checked on DuckDB, statement by statement)."""
+    from transforms.read_wallets import normalize_wallet
+
+    raw = [
+        "0x" + "a" * 40,
+        "0X" + "A" * 40,
+        " 0x" + "b" * 40 + " ",
+        "c" * 40,
+        "0x" + "d" * 39,
+        "0x" + "e" * 41,
+        "f" * 41,
+        "0x" + "g" * 40,
+        "0x0x" + "1" * 38,
+        "",
+        "not-a-wallet",
+    ]
+    tables = TableNames()
+    with duckdb.connect() as conn:
+        conn.execute(q.render_duckdb(q.CREATE_TRADERS, tables))
+        conn.execute(q.render_duckdb(q.CREATE_CHECKPOINT, tables))
+        conn.executemany("INSERT INTO traders VALUES (?)", [[value] for value in raw])
+        valid, to_do = conn.execute(q.render_duckdb(q.STATUS_TO_DO, tables)).fetchone()
+    expected = {w for w in (normalize_wallet(value)[0] for value in raw) if w is not None}
+    assert (valid, to_do) == (len(expected), len(expected)) == (3, 3)
+
+
+def test_the_missing_log_holds_one_row_per_run_and_key_however_often_committed() -> None:
+    """INSERT_MISSING (statement by statement on DuckDB): a run's repeated sightings of a key, and
+    the same run committed again, add one row; SELECT_MISSING_AT_SOURCE counts distinct runs."""
+    tables = TableNames()
+    with duckdb.connect() as conn:
+        conn.execute(q.render_duckdb(q.CREATE_MISSING, tables))
+
+        def commit(run_id: str, keys: list[str]) -> None:
+            conn.execute(q.render_duckdb(q.CREATE_LOAD_TABLE["missing"], tables, run_id))
+            load = q.load_table(run_id, "missing")
+            rows = [["markets", key, "2026-11-23 12:00:00+00:00"] for key in keys]
+            conn.executemany(f'INSERT INTO "{load}" VALUES (?, ?, ?)', rows)
+            for _ in range(2):
+                conn.execute(q.render_duckdb(q.INSERT_MISSING, tables, run_id), {"run_id": run_id})
+
+        def missing_after(runs: int) -> list[str]:
+            sql = q.render_duckdb(q.SELECT_MISSING_AT_SOURCE, tables)
+            params = {"kind": q.MISSING_MARKETS, "missing_after": runs}
+            return sorted(key for (key,) in conn.execute(sql, params).fetchall())
+
+        commit("r1", ["0xa", "0xa", "0xb"])
+        commit("r2", ["0xa"])
+        count = conn.execute('SELECT COUNT(*) FROM "backfill_missing"').fetchone()
+        assert count == (3,)
+        assert (missing_after(1), missing_after(2), missing_after(3)) == (
+            ["0xa", "0xb"],
+            ["0xa"],
+            [],
+        )
+        assert (
+            conn.execute(
+                q.render_duckdb(q.SELECT_MISSING_AT_SOURCE, tables),
+                {"kind": q.MISSING_EVENTS, "missing_after": 1},
+            ).fetchall()
+            == []
+        )
+    assert "missing" in q.COMMITTED_KINDS and q.INSERT_MISSING in q.COMMIT_STATEMENTS

@@ -86,7 +86,9 @@ def test_fetch_markets_once_per_id_in_batches_then_events(setup):
         )
         events = fetched["event_slugs"] | FetchEvents(api, warehouse, policy, 1, threads)
         assert_that(
-            events | "Slugs" >> beam.Map(lambda e: e["event_slug"]), equal_to(slugs), label="events"
+            events["events"] | "Slugs" >> beam.Map(lambda e: e["event_slug"]),
+            equal_to(slugs),
+            label="events",
         )
     requests = server.stats()["requests"]
     assert requests["markets"] == -(-(len(ids) + 1) // 100)

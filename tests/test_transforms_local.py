@@ -14,7 +14,7 @@ from tests.support import query, seed_traders
 from transforms.dedup import DedupFirst
 from transforms.read_wallets import ReadWallets, normalize_wallet
 from transforms.select_wallets import NEW, REFRESH, RefreshPolicy, SelectWallets, plan_fetch
-from transforms.skip_known import needs_fetch
+from transforms.skip_known import SkipKnown, needs_fetch
 from transforms.stage import WriteStaging
 
 A = "0x" + "a" * 40
@@ -139,6 +139,41 @@ def test_plan_fetch(state, refresh_after, expected):
 def test_needs_fetch(wanted, known, refresh_after, expected):
     policy = RefreshPolicy(now=10_000.0, refresh_after_s=refresh_after, overlap_s=0.0)
     assert needs_fetch(wanted, known, policy) is expected
+
+
+def test_skip_known_drops_markets_missing_at_the_source_unless_production_holds_them(tmp_path):
+    """0xgone: three runs found it missing, so it is not asked again, whoever names it; 0xtwice:
+    two runs only, asked again; 0xback: missing three times but landed since, so it is known (an
+    open, stale market: refreshed); 0xnew: never seen."""
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, [])
+    found_missing = [("0xgone", r) for r in ("r1", "r2", "r3")]
+    found_missing += [("0xtwice", r) for r in ("r1", "r2")]
+    found_missing += [("0xback", r) for r in ("r1", "r2", "r3")]
+    for key, run in found_missing:
+        query(
+            db,
+            "INSERT INTO backfill_missing (kind, key, seen_at, run_id) "
+            f"VALUES ('markets', '{key}', to_timestamp(1), '{run}')",
+        )
+    query(db, "INSERT INTO backfill_missing VALUES ('events', '0xnew', to_timestamp(1), 'r1')")
+    query(
+        db,
+        "INSERT INTO markets (condition_id, status, run_id, updated_at) "
+        "VALUES ('0xback', 'open', 'r4', to_timestamp(1))",
+    )
+    policy = RefreshPolicy(now=time.time(), refresh_after_s=3600.0, overlap_s=0.0)
+    known = SkipKnown(
+        WarehouseRef(f"duckdb:{db}", TableNames()),
+        policy,
+        "read_known_markets",
+        "read_unlanded_markets",
+        "read_missing_markets",
+    )
+    wanted = [("0xgone", "gone-slug"), ("0xtwice", None), ("0xback", None), ("0xnew", "n")]
+    with TestPipeline() as p:
+        to_fetch = p | beam.Create(wanted) | known
+        assert_that(to_fetch, equal_to([("0xtwice", None), ("0xback", None), ("0xnew", "n")]))
 
 
 def test_max_wallets_picks_the_same_wallets_every_time(tmp_path):

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 from google.cloud import bigquery
 
-from pipeline.schema import CHECKPOINT_COLUMNS
+from pipeline.schema import CHECKPOINT_COLUMNS, Column
 from pipeline.status_report import render_status
 from pipeline.warehouse import CommitError, TableNames, Warehouse
+from pipeline.warehouse import sql as wsql
+from pipeline.warehouse.base import MISSING_AFTER
 from tests.bq_emulator import BigQueryEmulator
 from tests.support import (
     COMMITTED_AT,
@@ -42,6 +44,7 @@ from tests.support import (
     stage,
     trade,
     trade_ids,
+    ts,
     write_ndjson,
 )
 
@@ -97,6 +100,8 @@ def test_ensure_tables_is_idempotent_and_keeps_traders(db: Engine) -> None:
         "markets",
         "events",
         "backfill_runs",
+        "backfill_lease",
+        "backfill_missing",
     }
 
 
@@ -331,7 +336,8 @@ def test_a_staged_row_missing_a_required_column_fails_the_load(
 def test_empty_staging_kinds(db: Engine, wh: Warehouse, tmp_path: Path) -> None:
     report = wh.commit_run("r0", {}, committed_at=COMMITTED_AT)
     assert (report.trades_inserted, report.wallets_done, report.wallets_failed) == (0, 0, 0)
-    assert q(db, wh, "SELECT * FROM {runs}") == [("r0", COMMITTED_AT, 0, 0, 0, 0, 0)]
+    assert report.nothing_to_commit and not report.already_committed
+    assert q(db, wh, "SELECT * FROM {runs}") == []  # nothing to commit: not even a runs row
 
     files = stage(tmp_path, "r1", trades=[], outcomes=[outcome("0xz", "r1", True, 5)], events=[])
     files["markets"] = []
@@ -604,7 +610,7 @@ def test_verify_reports_and_resets_mismatched_done_wallets(
     assert wh.verify().mismatches == ()
     q(db, wh, "DELETE FROM {trades} WHERE id = 'a2'")
     report = wh.verify(reset=False)
-    assert report.mismatches == (("0xa", 2, 1),) and not report.reset
+    assert report.mismatches == (("0xa", 2, 1, 1),) and not report.reset
     assert checkpoint_rows(db, wh)["0xa"]["upload_successful"] is True
     report = wh.verify()
     assert report.reset and "0xa" in report.render()
@@ -621,6 +627,317 @@ def test_verify_does_not_alter_a_checkpoint_older_than_its_reset(db: Engine) -> 
     db.run_ddl(wh, old_ddl("checkpoint"))
     q(db, wh, "INSERT INTO {checkpoint} VALUES ('0xold', TRUE, TRUE, 3, 'gs://x', NULL)")
     report = wh.verify()
-    assert report.mismatches == (("0xold", 3, 0),) and not report.reset
-    assert "not reset: backfill_checkpoint lacks error" in report.render()
+    assert report.mismatches == (("0xold", 3, 0, 0),) and not report.reset
+    assert "not repaired: backfill_checkpoint lacks error" in report.render()
     assert list(checkpoint_rows(db, wh)["0xold"]) == list(OLD_CHECKPOINT)
+
+
+# -- verify: duplicate trade ids (issue 12) ------------------------------------------------------
+
+
+def _copy_rows_by_hand(db: Engine, wh: Warehouse, trade_id: str) -> None:
+    """What an operator's INSERT .. SELECT does: a second copy of a landed trade's row."""
+    q(db, wh, f"INSERT INTO {{trades}} SELECT * FROM {{trades}} WHERE id = '{trade_id}'")
+
+
+def _production_counts(db: Engine, wh: Warehouse) -> dict[str, int]:
+    return dict(q(db, wh, "SELECT wallet_address, COUNT(*) FROM {trades} GROUP BY wallet_address"))
+
+
+def test_verify_finds_a_copied_trade_and_the_repair_keeps_one(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1"), trade("0xb", "b1", "r1")],
+        outcomes=[outcome("0xa", "r1", True, 2), outcome("0xb", "r1", True, 1)],
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    _copy_rows_by_hand(db, wh, "a1")
+    before = snapshot(db, wh)
+
+    report = wh.verify(reset=False)  # only reads
+    assert report.duplicates == (("0xa", "a1", 2),)
+    assert report.mismatches == (("0xa", 2, 3, 2),)  # checkpoint 2, rows 3, distinct ids 2
+    assert not report.reset and not report.clean
+    assert "0xa  a1  copies 2" in report.render() and "not removed" in report.render()
+    assert snapshot(db, wh) == before
+
+    report = wh.verify()
+    assert report.reset and report.duplicates_removed == 1
+    assert report.reset_wallets == ()  # its only fault was the copy: it stays done
+    assert trade_ids(db, wh) == ["a1", "a2", "b1"]  # exactly one row of a1 left
+    assert sorted(wh.read_done_wallets()) == ["0xa", "0xb"]
+
+    again = wh.verify()
+    assert again.clean and again.render().startswith("verify: every done wallet")
+    counts = _production_counts(db, wh)
+    assert {w: r["trade_count"] for w, r in checkpoint_rows(db, wh).items()} == counts
+
+
+def test_a_checkpoint_that_took_the_count_of_copies_is_found_and_reset(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    """Issue 12: copies land in production, a later commit of the wallet counts them into the
+    checkpoint, and then checkpoint and production agree: a verify comparing counts alone says
+    clean forever. Copies are found by id, removed, and the wallet's count set right."""
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1")],
+        outcomes=[outcome("0xa", "r1", True, 2)],
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    _copy_rows_by_hand(db, wh, "a1")
+    _copy_rows_by_hand(db, wh, "a2")
+    _copy_rows_by_hand(db, wh, "a2")  # copies both rows: four in all
+    refetch = stage(
+        tmp_path, "r2", trades=[trade("0xa", "a1", "r2")], outcomes=[outcome("0xa", "r2", True, 50)]
+    )
+    wh.commit_run("r2", refetch, committed_at=COMMITTED_AT)
+    assert checkpoint_rows(db, wh)["0xa"]["trade_count"] == 6  # the copies, counted
+
+    report = wh.verify()
+    assert report.duplicates == (("0xa", "a1", 2), ("0xa", "a2", 4))
+    assert report.mismatches == (("0xa", 6, 6, 2),)
+    assert report.duplicates_removed == 4 and report.reset_wallets == ("0xa",)
+    assert "0xa  a2  copies 4" in report.render() and "1 reset" in report.render()
+    assert trade_ids(db, wh) == ["a1", "a2"]
+    a = checkpoint_rows(db, wh)["0xa"]
+    assert (a["upload_successful"], a["trade_count"]) == (False, 2)  # fetched again next run
+    assert a["error"].startswith("verify:")
+
+    again = wh.verify()
+    assert again.clean
+    assert a["trade_count"] == _production_counts(db, wh)["0xa"]
+
+
+def test_the_duplicate_repair_is_one_transaction(db: Engine, wh: Warehouse, tmp_path: Path) -> None:
+    """A reset that fails (a hand-made checkpoint whose `error` column is a number) undoes the
+    removal of the copies too: the repair is all or nothing."""
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1")],
+        outcomes=[outcome("0xa", "r1", True, 2)],
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    _copy_rows_by_hand(db, wh, "a1")
+    q(db, wh, "DELETE FROM {trades} WHERE id = 'a2'")  # and one trade lost: a reset is due
+    q(db, wh, "DROP TABLE {checkpoint}")
+    columns = tuple(Column(c.name, "INT64") if c.name == "error" else c for c in CHECKPOINT_COLUMNS)
+    db.run_ddl(wh, wsql._create("numeric_error_checkpoint", "checkpoint", columns))
+    q(
+        db,
+        wh,
+        "INSERT INTO {checkpoint} (wallet_address, completed, upload_successful, trade_count) "
+        "VALUES ('0xa', TRUE, TRUE, 2)",
+    )
+    assert wh.verify(reset=False).mismatches == (("0xa", 2, 2, 1),)
+    with pytest.raises(Exception):  # noqa: B017 - each engine raises its own error type
+        wh.verify()
+    assert trade_ids(db, wh) == ["a1", "a1"]  # the copy is still there: nothing half-done
+    assert checkpoint_rows(db, wh)["0xa"]["upload_successful"] is True
+
+
+# -- status: the true remaining work (issue 12) ---------------------------------------------------
+
+
+def test_status_counts_valid_distinct_wallets_left_beside_the_users_percentage(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    a, b, c = "0x" + "a" * 40, "0x" + "b" * 40, "0x" + "c" * 40
+    raw = [
+        a,
+        a.upper().replace("0X", "0x"),  # a case variant of a
+        " " + a + " ",  # a with spaces
+        "b" * 40,  # b without its 0x
+        b,
+        c,
+        c,  # a repeat
+        "0x123",
+        "not-a-wallet",
+        "0x" + "g" * 40,
+        "",
+    ]
+    values = ", ".join(f"('{v}')" for v in raw) + ", (NULL)"
+    q(db, wh, f"INSERT INTO {{traders}} VALUES {values}")
+    files = stage(
+        tmp_path, "r1", trades=[trade(a, "a1", "r1")], outcomes=[outcome(a, "r1", True, 1)]
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+
+    report = wh.status()
+    # The users' numbers, unchanged: 10 distinct non-null raw values, 1 done.
+    assert (report.done_wallets, report.total_wallets, report.progress_percent) == (1, 10, 10.0)
+    assert report.remaining_wallets == 9
+    # Beside them, the truth: a, b and c are the valid addresses; a is done.
+    assert (report.valid_wallets, report.wallets_to_do) == (3, 2)
+    text = render_status(report)
+    assert "1 of 10 (10.00 %), remaining 9" in text
+    assert "to do            2 of 3 valid distinct addresses" in text
+
+
+def test_status_to_do_of_an_empty_warehouse(wh: Warehouse) -> None:
+    report = wh.status()
+    assert (report.valid_wallets, report.wallets_to_do) == (0, 0)
+
+
+# -- a run with nothing to commit, and what killed commits left (issue 13) ------------------------
+
+
+def test_a_run_with_nothing_to_commit_touches_nothing(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    files = stage(tmp_path, "r1", trades=[], outcomes=[], markets=[], events=[], rejects=[])
+    before = snapshot(db, wh)
+    tables = db.table_names(wh)
+    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert report.nothing_to_commit and not report.already_committed
+    assert (report.trades_inserted, report.wallets_done, report.wallets_failed) == (0, 0, 0)
+    assert snapshot(db, wh) == before and db.table_names(wh) == tables
+    assert wh.committed_run_ids() == set()
+    assert q(db, wh, "SELECT commits FROM {lease}") == [(0,)]  # no commit transaction ran
+
+
+def test_a_run_with_only_rejects_staged_has_nothing_to_commit(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    files = stage(
+        tmp_path, "r1", rejects=[{"wallet_address": "x", "reason": "bad", "run_id": "r1"}]
+    )
+    assert wh.commit_run("r1", files, committed_at=COMMITTED_AT).nothing_to_commit
+    assert wh.committed_run_ids() == set()
+
+
+def test_load_tables_a_killed_commit_left_are_dropped_at_start_up(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    for kind in ("trades", "outcomes"):
+        statement = wsql.CREATE_LOAD_TABLE[kind]
+        if db.kind == "duckdb":
+            q(db, wh, wsql.render_duckdb(statement, wh.tables, "dead-run", "0badc0de"))
+        else:
+            db.client.query(
+                wsql.render(statement, wh.tables, "dead-run", wh.dataset, "0badc0de")
+            ).result()
+    left = load_tables_left(db, wh)
+    assert len(left) == 2
+    wh.commit_run("r1", busy_run(tmp_path), committed_at=COMMITTED_AT)  # others' commits go on
+    assert wh.drop_orphan_load_tables() == left
+    assert load_tables_left(db, wh) == []
+    assert wh.drop_orphan_load_tables() == []
+    assert "trades" in db.table_names(wh) and wh.committed_run_ids() == {"r1"}
+
+
+def test_dropping_orphans_creates_nothing(db: Engine) -> None:
+    wh = db.new()
+    assert wh.drop_orphan_load_tables() == []
+    assert not db.exists(wh)
+
+
+def test_only_load_tables_can_be_dropped_as_orphans() -> None:
+    with pytest.raises(ValueError, match="not a load table"):
+        wsql.drop_orphan_load_table("trades")
+    with pytest.raises(ValueError):
+        wsql.drop_orphan_load_table("_stg_x; DROP TABLE trades")
+
+
+# -- markets and events missing at the source (issue 12) -----------------------------------------
+
+
+def missing(kind: str, key: str, seen: float = 0.0) -> dict[str, Any]:
+    """A staged row of kind "missing": the run's lookup of `key` came back without it."""
+    return {"kind": kind, "key": key, "seen_at": ts(seen)}
+
+
+EVERY_MISSING = (("events", "storm"), ("markets", "0xc2"))
+
+
+def _missing_counts(wh: Warehouse) -> tuple[Any, ...]:
+    report = wh.status()
+    return (
+        report.markets_pending,
+        report.markets_missing,
+        report.events_pending,
+        report.events_missing,
+    )
+
+
+def test_a_key_found_missing_by_enough_runs_is_missing_at_the_source_and_not_read_again(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    """Production names markets 0xc2, 0xc3 and events storm, rain (unlanded_history); the source
+    has no 0xc2 and no storm. Each run that finds them missing counts once, however often it is
+    committed; after MISSING_AFTER runs they are missing at the source; a failed fetch (0xc3,
+    rain: no missing row) stays pending."""
+    assert MISSING_AFTER == 3
+    wh.commit_run("r1", stage(tmp_path, "r1", **unlanded_history()), committed_at=COMMITTED_AT)
+    assert _missing_counts(wh) == (2, 0, 2, 0)
+    found_missing = [
+        missing("markets", "0xc2", 1),
+        missing("markets", "0xc2", 2),  # asked twice in one run: still one run
+        missing("events", "storm", 1),
+    ]
+    for number in (2, 3):
+        run_id = f"r{number}"
+        files = stage(tmp_path, run_id, missing=found_missing)
+        report = wh.commit_run(run_id, files, committed_at=COMMITTED_AT)
+        assert not report.nothing_to_commit and not report.already_committed
+        assert wh.commit_run(run_id, files, committed_at=COMMITTED_AT).already_committed
+        # Two runs found them missing: still pending, still read (the next run asks again).
+        assert (list(wh.read_missing_markets()), list(wh.read_missing_events())) == ([], [])
+        assert _missing_counts(wh) == (2, 0, 2, 0)
+    rows = db.rows(wh, "SELECT kind, key, run_id FROM {missing} ORDER BY run_id, kind")
+    assert rows == [(kind, key, run) for run in ("r2", "r3") for kind, key in EVERY_MISSING]
+    first = db.rows(wh, "SELECT seen_at FROM {missing} WHERE run_id = 'r2' AND kind = 'markets'")
+    assert first == [(dt.datetime.fromtimestamp(T0 + 1, dt.UTC),)]  # the run's first sighting
+
+    wh.commit_run("r4", stage(tmp_path, "r4", missing=found_missing), committed_at=COMMITTED_AT)
+    assert list(wh.read_missing_markets()) == [("0xc2",)]
+    assert list(wh.read_missing_events()) == [("storm",)]
+    assert _missing_counts(wh) == (1, 1, 1, 1)
+    text = render_status(wh.status())
+    assert "pending          markets 1, events 1" in text
+    assert "missing          markets 1, events 1 (named by production, missing at the source" in (
+        text
+    )
+    # Still named, still not landed: read_unlanded_* keep them (the graph drops them, see
+    # transforms.skip_known), so status can tell them apart.
+    assert sorted(wh.read_unlanded_markets()) == [("0xc2", "m2"), ("0xc3", "m3")]
+
+    # The source has them after all (a run landed them): they are missing no more.
+    landed = {
+        "markets": [market("0xc2", "r5", 20)],
+        "events": [event("storm", "r5", 20)],
+    }
+    wh.commit_run("r5", stage(tmp_path, "r5", **landed), committed_at=COMMITTED_AT)
+    assert _missing_counts(wh) == (1, 0, 1, 0)
+
+
+def test_a_run_staged_before_missing_rows_existed_commits(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    """Its manifest lists no "missing" files at all: the commit loads none and counts nothing."""
+    files = busy_run(tmp_path)
+    assert "missing" not in files
+    report = wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    assert (report.trades_inserted, report.markets_merged, report.wallets_done) == (2, 1, 1)
+    assert db.rows(wh, "SELECT COUNT(*) FROM {missing}") == [(0,)]
+    assert load_tables_left(db, wh) == []
+
+
+def test_status_of_a_warehouse_from_before_the_missing_table(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    """Status only reads: the missing table is named, every unlanded key counts as pending."""
+    wh.commit_run("r1", stage(tmp_path, "r1", **unlanded_history()), committed_at=COMMITTED_AT)
+    q(db, wh, "DROP TABLE {missing}")
+    report = wh.status()
+    assert report.missing_tables == ("backfill_missing",)
+    assert _missing_counts(wh) == (2, None, 2, None)
+    text = render_status(report)
+    assert "pending          markets 2, events 2" in text
+    assert "missing          markets" not in text
+    assert "backfill_missing" not in db.table_names(wh)

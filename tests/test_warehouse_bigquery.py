@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import pickle
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -286,10 +287,14 @@ def test_both_warehouses_run_the_same_statements_to_the_same_result(
         for job in bq.list_jobs()
         if job.job_id.startswith("backfill_commit_r1_") and f"`{wh.dataset}." in job.query
     ]
+    # Each commit attempt loads into tables of its own (a nonce in their hash): compare the
+    # statements with that hash masked, in the script and in the rendering alike.
+    script = re.sub(r"_stg_r1_[0-9a-f]{8}_", "_stg_r1_HASH_", script)
     begin, end = script.index("BEGIN TRANSACTION;"), script.index("COMMIT TRANSACTION;")
     position = begin
     for statement in q.COMMIT_STATEMENTS:
         sent = q.render(statement, wh.tables, "r1", wh.dataset)
+        sent = re.sub(r"_stg_r1_[0-9a-f]{8}_", "_stg_r1_HASH_", sent)
         position = script.index(sent, position)
         assert position < end
         # ...and DuckDB runs exactly their translation: the same text without the dataset.
@@ -302,9 +307,10 @@ def test_both_warehouses_run_the_same_statements_to_the_same_result(
             pretty=True,
             unsupported_level=ErrorLevel.RAISE,
         )
-        assert translated == q.render_duckdb(statement, duck.tables, "r1")
+        local_translation = q.render_duckdb(statement, duck.tables, "r1")
+        assert translated == re.sub(r"_stg_r1_[0-9a-f]{8}_", "_stg_r1_HASH_", local_translation)
     for module_code in (
-        inspect.getsource(ddw.DuckDBWarehouse._transaction),
+        inspect.getsource(ddw.DuckDBWarehouse._transaction_once),
         inspect.getsource(bqw.commit_script),
     ):
         assert "q.COMMIT_STATEMENTS" in module_code
@@ -477,7 +483,10 @@ def test_load_tables_get_an_expiration(
         if method == "PATCH" and table.startswith(q.LOAD_TABLE_PREFIX):
             millis = int(json.loads(body)["expirationTime"])
             expirations[table] = dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
-    assert set(expirations) == {q.load_table("r-1", kind) for kind in q.COMMITTED_KINDS}
+    # One nonce for the attempt: its four load tables, one per committed kind.
+    assert {name.rpartition("_")[2] for name in expirations} == set(q.COMMITTED_KINDS)
+    assert len({name.rsplit("_", 1)[0] for name in expirations}) == 1
+    assert all(name.startswith("_stg_r_1_") for name in expirations)
     for expires in expirations.values():
         assert start + dt.timedelta(hours=2) - dt.timedelta(seconds=1) <= expires
         assert expires <= end + dt.timedelta(hours=2)
@@ -620,3 +629,56 @@ def test_relaxing_runs_only_for_a_required_column(
         f"ALTER TABLE `{old.dataset}.trades` ALTER COLUMN `{column}` DROP NOT NULL"
         for column in ("order_hash", "user")
     ]
+
+
+# -- every job in the dataset's location (issue 13) ------------------------------------------------
+
+
+def _job_locations(proxy: FaultyProxy) -> list[tuple[str, str | None]]:
+    """(kind of request, location) of every job the client inserted: query and load jobs
+    (`POST .../jobs`) and local-file loads (`POST /upload/.../jobs`, multipart: JSON first)."""
+    found = []
+    for method, path, body in proxy.requests:
+        if method != "POST" or not urlsplit(path).path.endswith("/jobs"):
+            continue
+        kind = "upload" if path.startswith("/upload/") else "job"
+        match = re.search(rb'"jobReference":\s*\{[^}]*\}', body)
+        reference = json.loads(match.group(0).split(b":", 1)[1]) if match else {}
+        found.append((kind, reference.get("location")))
+    return found
+
+
+def test_every_job_runs_in_the_datasets_location(
+    proxy: FaultyProxy, emulator: BigQueryEmulator, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    """A warehouse given no location sends its dataset's with every job: query, script, load
+    from gs:// and load from a local file alike (a job without one runs in the client's default
+    location, and fails on a dataset elsewhere)."""
+    wh = new_warehouse(proxy.endpoint)
+    dataset = bigquery.Dataset(wh.dataset)
+    dataset.location = "EU"
+    bq.create_dataset(dataset)
+    wh.ensure_tables()
+    files = busy_run(tmp_path, "r1")
+    files["trades"] = stage_gcs(
+        emulator, wh, "r1", trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1")]
+    )["trades"]
+    assert wh.acquire_lease("r1", ttl_seconds=60)
+    assert not wh.commit_run("r1", files, committed_at=COMMITTED_AT).already_committed
+    wh.status()
+    wh.verify()
+    wh.release_lease("r1")
+
+    locations = _job_locations(proxy)
+    kinds = {kind for kind, _ in locations}
+    assert kinds == {"job", "upload"} and len(locations) > 10  # loads from files were sent too
+    assert {location for _, location in locations} == {"EU"}, locations
+
+
+def test_the_commit_scripts_first_statement_writes_the_lease_row() -> None:
+    """So that BigQuery cancels one of two commit transactions running at once."""
+    script = bqw.commit_script(TableNames(), "r1", "my-project.ds", "00ff")
+    after_begin = script.split("BEGIN TRANSACTION;\n", 1)[1]
+    assert after_begin.startswith(q.render(q.COMMIT_LOCK, TableNames(), dataset="my-project.ds"))
+    check = after_begin.index(q.render(q.RUN_COMMITTED, TableNames(), dataset="my-project.ds"))
+    assert check < after_begin.index("ROLLBACK TRANSACTION") < after_begin.index("INSERT INTO")

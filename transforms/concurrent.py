@@ -4,12 +4,15 @@ Beam hands a DoFn one element at a time, but fetching is waiting on the network:
 time would use a small part of the rate limit. Subclasses implement `fetch(element, emit)`, which runs
 on a thread pool (at most `threads` at once); what it emits is queued (bounded, so memory stays flat)
 and yielded by `process`/`finish_bundle`, the only places Beam accepts outputs from.
+
+A subclass can stop starting elements (`should_start`): an element not started is dropped without
+any output (`not_started` sees it), so whatever it stands for stays pending for a later run.
 """
 
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -57,6 +60,17 @@ class ConcurrentFetchFn(beam.DoFn):
     def fetch(self, element: Any, emit: Emit) -> None:
         raise NotImplementedError
 
+    def should_start(self) -> bool:
+        """False once no new element may start (checked before each, on any thread)."""
+        return True
+
+    def not_started(self, element: Any) -> None:
+        """An element dropped because `should_start` said no (called on any thread)."""
+
+    def end_of_bundle(self) -> Iterable[tuple[str | None, Any]]:
+        """(tag, value) outputs to yield once every fetch of the bundle has ended."""
+        return ()
+
     def start_bundle(self) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=4 * self._threads)
         self._in_flight = 0
@@ -64,6 +78,10 @@ class ConcurrentFetchFn(beam.DoFn):
     def process(self, element: Any) -> Iterator[Any]:
         while self._in_flight >= self._threads:
             yield from self._take(block=True)
+        if not self.should_start():
+            self.not_started(element)
+            yield from self._take(block=False)
+            return
         self._in_flight += 1
         self._pool.submit(self._run, element, self._queue)
         yield from self._take(block=False)
@@ -75,6 +93,10 @@ class ConcurrentFetchFn(beam.DoFn):
                     yield TaggedOutput(output.tag, self._windowed(output.value))
                 else:
                     yield self._windowed(output)
+        for tag, value in self.end_of_bundle():
+            yield self._windowed(value) if tag is None else TaggedOutput(tag, self._windowed(value))
+        self.api.telemetry.counters.flush()
+        self.counters.flush()
 
     @staticmethod
     def _windowed(value: Any) -> WindowedValue:
@@ -85,7 +107,10 @@ class ConcurrentFetchFn(beam.DoFn):
             outputs.put((tag, value))
 
         try:
-            self.fetch(element, emit)
+            if self.should_start():  # the stop may have come while this one waited for a thread
+                self.fetch(element, emit)
+            else:
+                self.not_started(element)
         except BaseException as error:  # a bug of ours, not an API failure: fail the bundle
             outputs.put(_Crashed(error))
         finally:

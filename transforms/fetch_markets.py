@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import apache_beam as beam
 
+from pipeline.schema import format_timestamp
 from pipeline.sources.errors import SourceError
 from pipeline.warehouse import WarehouseRef
 from transforms.api import ApiHandle
@@ -19,11 +21,15 @@ from transforms.skip_known import SkipKnown
 log = logging.getLogger(__name__)
 
 EVENT_SLUGS = "event_slugs"
+MISSING = "missing"  # rows of the staged kind "missing" (pipeline.schema.MISSING_COLUMNS)
 
 
 class _LookupFn(ConcurrentFetchFn):
     """Looks one batch up; a failed batch is counted and logged, and later runs ask again (its
-    keys stay named by production trades and absent from production)."""
+    keys stay named by production trades and absent from production). A key the source answered
+    without is emitted as a `missing` row: the warehouse counts the runs that found it missing,
+    and after enough of them no run asks again. A failed batch emits none: a failure says nothing
+    about whether the source has the key."""
 
     def __init__(self, api: ApiHandle, threads: int, kind: str) -> None:
         super().__init__(api, threads)
@@ -42,6 +48,9 @@ class _LookupFn(ConcurrentFetchFn):
             return
         if found.missing:
             self.counters.add(f"{self._kind}_missing", len(found.missing))
+            seen_at = format_timestamp(time.time())
+            for key in found.missing:
+                emit(MISSING, {"kind": self._kind, "key": key, "seen_at": seen_at})
             log.warning(
                 "the source has no %s for %d keys, e.g. %s",
                 self._kind,
@@ -56,7 +65,8 @@ class _LookupFn(ConcurrentFetchFn):
 
 
 class FetchMarkets(beam.PTransform):
-    """(condition_id, slug) refs -> market rows (main) and the event slugs they name.
+    """(condition_id, slug) refs -> market rows (`markets`), the event slugs they name
+    (`event_slugs`) and a `missing` row per id the source has not got.
 
     Each id once per run, none that production holds settled or fresh, a source's batch per
     request (Dome 100, Polymarket 50).
@@ -76,7 +86,11 @@ class FetchMarkets(beam.PTransform):
 
     def expand(self, refs):
         known = SkipKnown(
-            self._warehouse, self._policy, "read_known_markets", "read_unlanded_markets"
+            self._warehouse,
+            self._policy,
+            "read_known_markets",
+            "read_unlanded_markets",
+            "read_missing_markets",
         )
         fetched = (
             refs
@@ -85,13 +99,18 @@ class FetchMarkets(beam.PTransform):
             # One key: batches stay full; markets are few next to trades.
             | "OneKey" >> beam.WithKeys(lambda _: "markets")
             | "Batch" >> BatchPerKey(self._batch_size)
-            | "Fetch" >> beam.ParDo(self._fn).with_outputs(EVENT_SLUGS, main="markets")
+            | "Fetch" >> beam.ParDo(self._fn).with_outputs(EVENT_SLUGS, MISSING, main="markets")
         )
-        return {"markets": fetched.markets, EVENT_SLUGS: fetched[EVENT_SLUGS]}
+        return {
+            "markets": fetched.markets,
+            EVENT_SLUGS: fetched[EVENT_SLUGS],
+            MISSING: fetched[MISSING],
+        }
 
 
 class FetchEvents(beam.PTransform):
-    """Event slugs (from trades and from markets) -> event rows, each slug once per run."""
+    """Event slugs (from trades and from markets) -> event rows (`events`), each slug once per
+    run, and a `missing` row per slug the source has not got."""
 
     def __init__(
         self,
@@ -107,9 +126,13 @@ class FetchEvents(beam.PTransform):
 
     def expand(self, slugs):
         known = SkipKnown(
-            self._warehouse, self._policy, "read_known_events", "read_unlanded_events"
+            self._warehouse,
+            self._policy,
+            "read_known_events",
+            "read_unlanded_events",
+            "read_missing_events",
         )
-        return (
+        fetched = (
             slugs
             | "Keyed" >> beam.Map(lambda slug: (slug, None))
             | "FirstPerSlug" >> DedupFirst()
@@ -117,5 +140,6 @@ class FetchEvents(beam.PTransform):
             | "SlugOnly" >> beam.Map(lambda pair: pair[0])
             | "OneKey" >> beam.WithKeys(lambda _: "events")
             | "Batch" >> BatchPerKey(self._batch_size)
-            | "Fetch" >> beam.ParDo(self._fn)
+            | "Fetch" >> beam.ParDo(self._fn).with_outputs(MISSING, main="events")
         )
+        return {"events": fetched.events, MISSING: fetched[MISSING]}

@@ -10,6 +10,9 @@ and are fetched by the next run. One instance per worker process, shared by its 
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 import threading
 from typing import Any
 
@@ -25,11 +28,21 @@ class RunHealth:
         self._streak = 0
         self._held: list[Any] = []
         self._reason: str | None = None
+        self._announced = False
 
     @property
     def stopped(self) -> str | None:
         """Why the run stopped (the last failure, which names its cause), or None."""
         return self._reason
+
+    def announce(self) -> str | None:
+        """The stop reason to report, to exactly one caller: several threads may see the trip,
+        but the run's failure output must carry it once per instance."""
+        with self._lock:
+            if self._reason is None or self._announced:
+                return None
+            self._announced = True
+            return self._reason
 
     def succeeded(self) -> list[Any]:
         """A wallet fetched whole: the source works; returns the held outcomes to emit now."""
@@ -63,3 +76,47 @@ class RunHealth:
         with self._lock:
             held, self._held = self._held, []
             return [] if self._reason is not None else held
+
+
+class RunStopped(RuntimeError):
+    """Raised by the commit, after it landed what was complete, so that the job fails.
+
+    The runner wraps an exception raised in a DoFn (in-process it is re-raised with more text; with
+    multi_processing only its traceback survives, as text inside a RuntimeError), so the message
+    carries its facts once more as an opaque token, which `find` reads back from any wrapping
+    (base64: no quoting or escaping of a traceback can alter it).
+    """
+
+    _TOKEN = re.compile(r"\[run-stopped:([A-Za-z0-9_=-]+)\]")
+
+    def __init__(self, run_id: str, reason: str, wallets_done: int) -> None:
+        self.run_id, self.reason, self.wallets_done = run_id, reason, wallets_done
+        facts = json.dumps({"run_id": run_id, "reason": reason, "wallets_done": wallets_done})
+        token = base64.urlsafe_b64encode(facts.encode()).decode()
+        super().__init__(f"{self.line()} [run-stopped:{token}]")
+
+    def __reduce__(self) -> tuple:  # pickled across processes with its facts, not its message
+        return (type(self), (self.run_id, self.reason, self.wallets_done))
+
+    def line(self) -> str:
+        """The one line a person reads: what stopped the run, and what it left."""
+        return (
+            f"run {self.run_id} stopped: the source looks gone: {self.reason}; committed what was "
+            f"complete ({self.wallets_done} wallets done); the wallets it stopped on stay pending, "
+            "none marked failed"
+        )
+
+    @classmethod
+    def find(cls, error: BaseException | None) -> RunStopped | None:
+        """The RunStopped inside `error` (itself, a cause, or its text), or None."""
+        seen: set[int] = set()
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            if isinstance(error, RunStopped):
+                return error
+            match = cls._TOKEN.search(str(error))
+            if match:
+                facts = json.loads(base64.urlsafe_b64decode(match.group(1)))
+                return cls(facts["run_id"], facts["reason"], int(facts["wallets_done"]))
+            error = error.__cause__ or error.__context__
+        return None

@@ -4,8 +4,10 @@ A settled market never changes again, so it is never requested twice; an open on
 at most once per `--refresh_after` (never, when refresh is off). With refresh on, stale open ones
 are added even if no trade of this run names them, so open markets stay current. Keys production's
 trades name but production lacks (a fetch that failed, a market the source did not have) are added
-every run, so nothing named stays missing for good. The anti-join with production happens in the
-graph (CoGroupByKey), not in a Python set.
+every run, so a failed fetch is retried until it lands; but a key that enough runs found missing at
+the source (the warehouse's missing table) is dropped, whoever names it: asking again would cost a
+request every run, forever, for an answer already given. The anti-joins with production happen in
+the graph (CoGroupByKey), not in a Python set.
 """
 
 from __future__ import annotations
@@ -40,13 +42,18 @@ def _to_fetch(
 ) -> Iterator[tuple[str, Any]]:
     key, groups = element
     values = [value for value in groups["wanted"] if value is not None]
-    if needs_fetch(bool(groups["wanted"]), groups["known"], policy):
+    known = list(groups["known"])
+    if not known and groups["missing"]:
+        return  # missing at the source: not asked again (if it lands some day, it is known)
+    if needs_fetch(bool(groups["wanted"]), known, policy):
         yield key, values[0] if values else None
 
 
 class SkipKnown(beam.PTransform):
     """(key, value) pairs this run wants, plus what production names but lacks, minus what
-    production holds final or fresh, plus stale open ones; each key once."""
+    production holds final or fresh and what is missing at the source, plus stale open ones;
+    each key once. The `*_method`s name the Warehouse reads of production's known, unlanded and
+    missing-at-the-source keys."""
 
     def __init__(
         self,
@@ -54,10 +61,12 @@ class SkipKnown(beam.PTransform):
         policy: RefreshPolicy,
         known_method: str,
         unlanded_method: str,
+        missing_method: str,
     ) -> None:
         super().__init__()
         self._warehouse, self._policy = warehouse, policy
         self._known_method, self._unlanded_method = known_method, unlanded_method
+        self._missing_method = missing_method
 
     def expand(self, pairs):
         def read(label: str, method: str):
@@ -69,9 +78,12 @@ class SkipKnown(beam.PTransform):
         unlanded = read("ReadUnlanded", self._unlanded_method) | "KeyUnlanded" >> beam.Map(
             lambda row: (row[0], row[1] if len(row) > 1 else None)
         )
+        missing = read("ReadMissing", self._missing_method) | "KeyMissing" >> beam.Map(
+            lambda row: (row[0], True)
+        )
         wanted = (pairs, unlanded) | "AllWanted" >> beam.Flatten()
         return (
-            {"wanted": wanted, "known": known}
+            {"wanted": wanted, "known": known, "missing": missing}
             | "AntiJoin" >> beam.CoGroupByKey()
             | "ToFetch" >> beam.FlatMap(_to_fetch, self._policy)
         )

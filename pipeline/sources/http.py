@@ -31,7 +31,7 @@ from pipeline.sources.errors import (
     SourceUnavailable,
     TransientError,
 )
-from pipeline.sources.limiter import RateLimiter
+from pipeline.sources.limiter import RateLimiter, Slot
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +168,16 @@ class HttpClient:
         buckets: Sequence[str],
         where: str,
         parse_float: Callable[[str], Any] | None,
+        priority: int = 0,
     ) -> Any:
-        self.limiter.acquire(buckets)
+        slots: list[Slot] = []
+        self.limiter.acquire(buckets, priority, slots)
         self.telemetry.request(endpoint)
         timeout = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
         started = time.monotonic()
         try:
             response = self._session.get(url, params=params, timeout=timeout)
+            self.limiter.answered(slots)  # it arrived by now: its slots may free sooner
         except requests.Timeout:
             raise TransientError(f"{where}: no answer within {timeout[1]:g} s") from None
         except requests.RequestException as exc:
@@ -226,8 +229,12 @@ class HttpClient:
         buckets: Sequence[str],
         where: str,
         parse_float: Callable[[str], Any] | None = None,
+        priority: int = 0,
     ) -> Any:
-        """One GET, retried while transient; raises SourceError naming `where` when it gives up."""
+        """One GET, retried while transient; raises SourceError naming `where` when it gives up.
+
+        `priority`: the limiter serves higher first among requests for the same buckets (a
+        walk's page number: see RateLimiter.acquire)."""
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -243,7 +250,9 @@ class HttpClient:
             reraise=True,
         )
         try:
-            return retrying(self._attempt, url, params, endpoint, buckets, where, parse_float)
+            return retrying(
+                self._attempt, url, params, endpoint, buckets, where, parse_float, priority
+            )
         except TransientError as exc:
             attempts = self.settings.max_attempts
             raise SourceUnavailable(f"gave up after {attempts} attempts: {exc}") from None

@@ -13,12 +13,14 @@ per window under one condition variable, which the simulator's window counters c
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,28 @@ class Window:
         return self.limit / self.seconds
 
 
+def max_shares(windows: Iterable[Window]) -> int:
+    """The most processes that can share these limits without any of them rounding up.
+
+    A process's share is floored to whole requests per window (`_WindowState`), so `parts`
+    shares of `limit` together allow `parts * floor(limit / parts) <= limit`; below one request
+    per window a share would round up to one, and processes that cannot see each other cannot
+    space their requests apart, so such a split is refused rather than stretched.
+    """
+    return min((math.floor(w.limit) for w in windows), default=1_000_000)
+
+
 def share(windows: Iterable[Window], parts: int) -> tuple[Window, ...]:
     """One of `parts` equal shares, so that the shares together never exceed the whole."""
+    windows = tuple(windows)
     if parts < 1:
         raise ValueError(f"cannot split a rate limit into {parts} parts")
+    for w in windows:
+        if w.limit / parts < 1:
+            raise ValueError(
+                f"bucket {w.bucket}: {parts} processes cannot share {w.limit:g} requests per "
+                f"{w.seconds:g} s (each would get under one); run at most {max_shares(windows)}"
+            )
     return tuple(replace(w, limit=w.limit / parts) for w in windows)
 
 
@@ -62,17 +82,38 @@ class _WindowState:
         # Fractional shares are floored: a share must never round up past the whole.
         self.capacity = max(1, math.floor(window.limit))
         self.length = window.seconds + window.margin_s
-        self.stamps: deque[float] = deque(maxlen=self.capacity)
+        # One entry per request in the window, in the order sent: [when its slot frees].
+        self.slots: deque[list[float]] = deque()
         self.factor = 1.0
 
     def allowed(self) -> int:
         return max(1, math.floor(self.capacity * self.factor))
 
     def wait(self, now: float) -> float:
-        allowed = self.allowed()
-        if len(self.stamps) >= allowed:
-            return self.stamps[-allowed] + self.length - now
+        slots = self.slots
+        while slots and slots[0][0] <= now:
+            slots.popleft()
+        excess = len(slots) - self.allowed() + 1
+        if excess > 0:
+            # The oldest `excess` must free (an answered one can free before an older one that
+            # is still out: waiting for the latest of them is exact or early-safe).
+            return max(slots[i][0] for i in range(excess)) - now
         return 0.0
+
+    def take(self, now: float) -> list[float]:
+        slot = [now + self.length]
+        self.slots.append(slot)
+        return slot
+
+
+Slot = tuple[_WindowState, list[float]]  # a window and one request's entry in it
+
+
+@dataclass(order=True)
+class _Waiter:
+    rank: int  # -priority: the smallest goes first
+    arrival: int
+    cond: threading.Condition = field(compare=False)
 
 
 class RateLimiter:
@@ -96,8 +137,12 @@ class RateLimiter:
         for state in self._states:
             self._by_bucket.setdefault(state.window.bucket, []).append(state)
         self._clock = clock
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._paused_until: dict[str, float] = {}
+        # Callers waiting, one queue per set of buckets, best priority first (then first come).
+        # Only the head of a queue waits for room; the others wait to become the head.
+        self._queues: dict[tuple[str, ...], list[_Waiter]] = {}
+        self._arrivals = itertools.count()
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -109,39 +154,89 @@ class RateLimiter:
         except KeyError as exc:
             raise ValueError(f"unknown rate bucket {exc.args[0]!r}") from None
 
-    def acquire(self, buckets: Sequence[str] | None = None) -> float:
+    def waiting(self) -> int:
+        """Callers waiting for a slot now."""
+        with self._lock:
+            return sum(len(queue) for queue in self._queues.values())
+
+    def acquire(
+        self,
+        buckets: Sequence[str] | None = None,
+        priority: int = 0,
+        taken: list[Slot] | None = None,
+    ) -> float:
         """Waits for a slot in every window of `buckets` (default: all) and takes them; returns
-        the seconds waited."""
+        the seconds waited. Among callers waiting for the same buckets, the highest `priority`
+        goes first (a wallet's later pages before other wallets' first ones, so the long
+        histories that would end the run last are not starved by the short ones). `taken`
+        receives the slots, for `answered`."""
         names = self.buckets if buckets is None else tuple(buckets)
         states = self._states_of(names)
         start = self._clock()
-        with self._cond:
-            while True:
-                now = self._clock()
-                wait = max(self._paused_until.get(b, 0.0) for b in names) - now
-                for state in states:
-                    wait = max(wait, state.wait(now))
-                if wait <= 0:
+        with self._lock:
+            queue = self._queues.setdefault(names, [])
+            me = _Waiter(-priority, next(self._arrivals), threading.Condition(self._lock))
+            heapq.heappush(queue, me)
+            try:
+                while True:
+                    if queue[0] is not me:
+                        me.cond.wait()  # until the head leaves
+                        continue
+                    now = self._clock()
+                    wait = max(self._paused_until.get(b, 0.0) for b in names) - now
                     for state in states:
-                        state.stamps.append(now)
-                    return now - start
-                self._cond.wait(wait)
+                        wait = max(wait, state.wait(now))
+                    if wait <= 0:
+                        slots = [(state, state.take(now)) for state in states]
+                        if taken is not None:
+                            taken.extend(slots)
+                        return now - start
+                    me.cond.wait(wait)
+            finally:
+                if queue[0] is me:
+                    heapq.heappop(queue)
+                else:  # rare: left from the middle (an exception while waiting)
+                    queue.remove(me)
+                    heapq.heapify(queue)
+                if queue:
+                    queue[0].cond.notify()
+
+    def answered(self, taken: Sequence[Slot]) -> None:
+        """The server has answered the request that took these slots, so it arrived by now: its
+        slots free one window from now, if that is sooner than the margin allows (the margin
+        covers an arrival trailing the stamp; an answer bounds it)."""
+        with self._lock:
+            now = self._clock()
+            freed = False
+            for state, slot in taken:
+                sooner = now + state.window.seconds
+                if sooner < slot[0]:
+                    slot[0] = sooner
+                    freed = True
+            if freed:
+                self._wake_heads()
+
+    def _wake_heads(self) -> None:
+        """Every queue's head looks at the windows again (called with the lock held)."""
+        for queue in self._queues.values():
+            if queue:
+                queue[0].cond.notify()
 
     def throttled(self, buckets: Sequence[str] | None, pause_s: float) -> None:
         """The server refused: pause every caller of these buckets and shrink their capacity."""
         names = self.buckets if buckets is None else tuple(buckets)
-        with self._cond:
+        with self._lock:
             until = self._clock() + pause_s
             for name in names:
                 self._paused_until[name] = max(self._paused_until.get(name, 0.0), until)
             for state in self._states_of(names):
                 if state.window.backoff:
                     state.factor = max(0.25, state.factor * state.window.backoff_factor)
-            self._cond.notify_all()
+            self._wake_heads()
 
     def slowed(self, buckets: Sequence[str]) -> None:
         """An answer came back far slower than usual: ease off a little, without a pause."""
-        with self._cond:
+        with self._lock:
             for state in self._states_of(buckets):
                 if state.window.backoff:
                     state.factor = max(0.25, state.factor * 0.9)
@@ -150,10 +245,10 @@ class RateLimiter:
         """A request went through: regain capacity step by step after a refusal."""
         states = self._states if buckets is None else self._states_of(buckets)
         if any(state.factor < 1.0 for state in states):
-            with self._cond:
+            with self._lock:
                 for state in states:
                     state.factor = min(1.0, state.factor + 0.02)
-                self._cond.notify_all()
+                self._wake_heads()
 
     def factor(self, bucket: str) -> float:
         """The smallest capacity factor among the bucket's windows (1.0 = full speed)."""

@@ -13,6 +13,7 @@ from pipeline.warehouse.base import (
     FAILED_WALLETS_LISTED,
     CommitError,
     CommitReport,
+    Lease,
     VerifyReport,
     Warehouse,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "FAILED_WALLETS_LISTED",
     "CommitError",
     "CommitReport",
+    "Lease",
     "TableNames",
     "VerifyReport",
     "Warehouse",

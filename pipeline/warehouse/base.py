@@ -4,48 +4,82 @@ The commit's skeleton (validate, check the files, skip a run already committed, 
 transaction, clean up, report), `status`, `verify` and the typed reads live here once; an engine
 (`DuckDBWarehouse`, `BigQueryWarehouse`) supplies only what differs: running a statement, streaming
 its rows, listing a table's columns, loading the run's files into its load tables and running the
-commit transaction. A run's *load tables* (`_stg_<run>_<hash>_<kind>`) are the warehouse's copy of
-its staging files for the length of one commit; "staging" is the files.
+commit transaction. A run's *load tables* (`_stg_<run>_<hash>_<kind>`, one set per commit attempt)
+are the warehouse's copy of its staging files for the length of one commit; "staging" is the files.
+The lease (one row of the lease table) is how one backfill at a time holds a warehouse: taken at
+start-up, given back after the commit, and written first by every commit transaction, so that two
+commits at once conflict instead of both landing.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import datetime as dt
+import logging
+import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pipeline import failpoints
 from pipeline.schema import STAGED_KINDS
 from pipeline.status_report import FailedWallet, RunSummary, StatusReport
 from pipeline.warehouse import sql
 from pipeline.warehouse.sql import TableNames, validate_run_id
 
+log = logging.getLogger(__name__)
+
 # How many failed wallets `status` lists (the total is always reported).
 FAILED_WALLETS_LISTED = 50
 # Addresses per INSERT of `add_traders` (one array parameter each).
 TRADERS_BATCH = 10_000
+# How many runs must find a market or event missing at the source before it counts as missing for
+# good and no run asks for it again: one answer without it could be a lookup's bad moment (an index
+# lagging behind), three in a row, 30 minutes apart, are the source's word. A failed lookup never
+# counts: it is an error, retried until it lands or is found missing.
+MISSING_AFTER = 3
+# The most wallets a commit lists in its @wallets array parameter (sql.WALLETS), the filter that
+# lets BigQuery prune production's blocks by clustering. BigQuery takes a query request of up to
+# 10 MB "including additional properties like query parameters" (quotas, query jobs): one address
+# is about 57 bytes of request JSON (`{"value": "0x..."}`, 42 characters), so 50,000 of them are
+# about 2.9 MB, beside a commit script of some 40 KB. A run with more successful wallets than this
+# commits with sql.COMMIT_STATEMENTS_UNPRUNED: the same rows land, but production is read whole
+# (its filters are subqueries, which BigQuery cannot prune with). Runs are bounded by their
+# budget (`--max_wallets`, `--max_run_minutes`), so that is the exception, logged when it happens.
+WALLETS_LISTED_AT_MOST = 50_000
 
 # What each status statement reads: table (a TableNames field) -> the columns it needs that a
 # table made before they existed may lack. Status runs only the statements whose tables exist.
 STATUS_READS: dict[str, dict[str, tuple[str, ...]]] = {
     sql.STATUS_PROGRESS.name: {"checkpoint": (), "traders": ()},
+    sql.STATUS_TO_DO.name: {"checkpoint": (), "traders": ()},
     sql.STATUS_FAILED_WALLETS.name: {"checkpoint": ()},
     sql.STATUS_TOTALS.name: {"trades": (), "markets": (), "events": ()},
     sql.STATUS_LAST_RUNS.name: {"runs": ()},
     sql.STATUS_PENDING.name: {"trades": ("event_slug",), "markets": ("event_slug",), "events": ()},
+    sql.STATUS_MISSING.name: {
+        "trades": ("event_slug",),
+        "markets": ("event_slug",),
+        "events": (),
+        "missing": (),
+    },
     sql.STATUS_TRADES_BY_SOURCE.name: {"trades": ("source",)},
+    sql.STATUS_LEASE.name: {"lease": ()},
 }
 STATUS_STATEMENTS: tuple[sql.Statement, ...] = (
     sql.STATUS_PROGRESS,
+    sql.STATUS_TO_DO,
     sql.STATUS_FAILED_WALLETS,
     sql.STATUS_TOTALS,
     sql.STATUS_LAST_RUNS,
     sql.STATUS_PENDING,
+    sql.STATUS_MISSING,
     sql.STATUS_TRADES_BY_SOURCE,
+    sql.STATUS_LEASE,
 )
 # The checkpoint columns `verify`'s reset writes that a checkpoint table older than them lacks.
 VERIFY_RESET_COLUMNS = ("error", "last_trade_at", "last_refreshed_at")
@@ -61,6 +95,9 @@ class CommitReport:
 
     `trades_inserted`, `markets_merged` and `events_merged` are rows the statements changed;
     `wallets_done` / `wallets_failed` are the run's staged outcomes, as its runs row records.
+    `nothing_to_commit`: every staging file was empty, so the warehouse was not touched at all
+    (no load table, no job, no transaction, no runs row; the run is not in `committed_run_ids`,
+    and its staging marker is what records that it is done).
     """
 
     run_id: str
@@ -70,18 +107,53 @@ class CommitReport:
     events_merged: int = 0
     wallets_done: int = 0
     wallets_failed: int = 0
+    nothing_to_commit: bool = False
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The warehouse's lease row as read: who holds it, since and until when (UTC), and whether
+    it is held now by the warehouse's own clock (`held` is False once it has expired)."""
+
+    holder: str | None
+    acquired_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    held: bool
+
+    def describe(self) -> str:
+        """One line for an operator: who holds the backfill's lease, and until when."""
+        if not self.held:
+            return "the backfill lease is free"
+        until = self.expires_at.isoformat() if self.expires_at else "?"
+        since = self.acquired_at.isoformat() if self.acquired_at else "?"
+        return f"the backfill lease is held by {self.holder} since {since}, until {until}"
 
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """(wallet, checkpoint trade_count, production trade count) of each mismatch, and whether
-    those wallets were reset to be fetched again. `missing_tables`: what verify could not read
-    (it creates nothing); `notes`: why a reset was not done."""
+    """What `verify` found, and what it repaired.
 
-    mismatches: tuple[tuple[str, int | None, int], ...]
+    `duplicates`: (wallet, trade id, copies) of each id production holds more than once.
+    `mismatches`: (wallet, checkpoint trade_count, production rows, production distinct ids) of
+    each done wallet whose count differs from production's or whose rows repeat an id.
+    `reset`: whether the repair ran (one transaction): `duplicates_removed` rows deleted so that
+    each id is held once, and `reset_wallets` made pending (their checkpoint count differed from
+    production's after that), with their trade_count set to production's. `missing_tables`: what
+    verify could not read (it creates nothing); `notes`: why a repair was not done.
+    """
+
+    mismatches: tuple[tuple[str, int | None, int, int], ...]
     reset: bool
     missing_tables: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    duplicates: tuple[tuple[str, str, int], ...] = ()
+    duplicates_removed: int = 0
+    reset_wallets: tuple[str, ...] = ()
+
+    @property
+    def clean(self) -> bool:
+        """Nothing found: every id once, every done wallet's count is production's."""
+        return not self.mismatches and not self.duplicates and not self.missing_tables
 
     def render(self) -> str:
         if self.missing_tables:
@@ -89,13 +161,40 @@ class VerifyReport:
                 f"verify: nothing to check, missing tables {', '.join(self.missing_tables)} "
                 "(verify creates nothing; the next run does)"
             )
-        if not self.mismatches:
-            return "verify: every done wallet's trades are in production"
-        action = "reset, the next run fetches them again" if self.reset else "not reset"
-        lines = [f"verify: {len(self.mismatches)} done wallets differ from production ({action}):"]
-        lines += [f"  {w}  checkpoint {c}  production {p}" for w, c, p in self.mismatches[:50]]
-        if len(self.mismatches) > 50:
-            lines.append(f"  ... and {len(self.mismatches) - 50} more")
+        if self.clean:
+            return "verify: every done wallet's trades are in production, each trade once"
+        lines: list[str] = []
+        if self.duplicates:
+            copies = sum(n - 1 for _, _, n in self.duplicates)
+            action = (
+                f"removed {self.duplicates_removed} copies, each id is held once now"
+                if self.reset
+                else "not removed"
+            )
+            lines.append(
+                f"verify: {len(self.duplicates)} trade ids are held more than once in production "
+                f"({copies} extra rows; {action}):"
+            )
+            lines += [f"  {w}  {i}  copies {n}" for w, i, n in self.duplicates[:50]]
+            if len(self.duplicates) > 50:
+                lines.append(f"  ... and {len(self.duplicates) - 50} more")
+        if self.mismatches:
+            if self.reset:
+                action = (
+                    f"{len(self.reset_wallets)} reset, the next run fetches them again; "
+                    "the others only held copies"
+                )
+            else:
+                action = "not reset"
+            lines.append(
+                f"verify: {len(self.mismatches)} done wallets differ from production ({action}):"
+            )
+            lines += [
+                f"  {w}  checkpoint {c}  production rows {r}  distinct ids {i}"
+                for w, c, r, i in self.mismatches[:50]
+            ]
+            if len(self.mismatches) > 50:
+                lines.append(f"  ... and {len(self.mismatches) - 50} more")
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -138,6 +237,16 @@ def check_files(
             raise CommitError(f"run {run_id}: {kind} staging files are missing: {missing}")
         checked[kind] = LoadFiles(remote, paths)
     return checked
+
+
+def nothing_to_commit(files: Mapping[str, LoadFiles]) -> bool:
+    """True when every committed kind's files are local and empty (or there are none): the run
+    fetched nothing and failed nothing, and committing it would change nothing. Remote files
+    are not looked at (that would cost a request each): they count as something to commit."""
+    return all(
+        not load.uris and all(Path(path).stat().st_size == 0 for path in load.paths)
+        for load in files.values()
+    )
 
 
 def load_failed(run_id: str, kind: str, exc: BaseException) -> CommitError:
@@ -207,6 +316,10 @@ def status_plan(tables: TableNames, columns: Mapping[str, set[str] | None]) -> S
 
 
 def status_params(statement: sql.Statement, last_runs: int) -> dict[str, Any]:
+    if statement.name == sql.STATUS_LEASE.name:
+        return {"lease_name": sql.LEASE_NAME}
+    if statement.name == sql.STATUS_MISSING.name:
+        return {"missing_after": MISSING_AFTER}
     limits = {
         sql.STATUS_FAILED_WALLETS.name: FAILED_WALLETS_LISTED,
         sql.STATUS_LAST_RUNS.name: last_runs,
@@ -231,28 +344,45 @@ def status_report(plan: StatusPlan, results: Mapping[str, Sequence[Sequence[Any]
         return tuple(rows[0]) if rows else (None,) * width
 
     done, failed, total, percent, remaining = one(sql.STATUS_PROGRESS, 5)
+    valid, to_do = one(sql.STATUS_TO_DO, 2)
     trades, markets, events = one(sql.STATUS_TOTALS, 3)
-    markets_pending, events_pending = one(sql.STATUS_PENDING, 2)
+    markets_unlanded, events_unlanded = one(sql.STATUS_PENDING, 2)
+    # A warehouse from before the missing table: every unlanded key is pending, none is missing.
+    markets_missing, events_missing = one(sql.STATUS_MISSING, 2)
+    lease_holder, lease_expires_at = one(sql.STATUS_LEASE, 2)
     return StatusReport(
         done_wallets=_int(done),
         failed_wallets=_int(failed),
         total_wallets=_int(total),
         progress_percent=None if percent is None else float(percent),
         remaining_wallets=_int(remaining),
+        valid_wallets=_int(valid),
+        wallets_to_do=_int(to_do),
         failed=tuple(FailedWallet(*row) for row in results.get(sql.STATUS_FAILED_WALLETS.name, ())),
         trades_rows=_int(trades),
         markets_rows=_int(markets),
         events_rows=_int(events),
         last_runs=tuple(RunSummary(*row) for row in results.get(sql.STATUS_LAST_RUNS.name, ())),
-        markets_pending=_int(markets_pending),
-        events_pending=_int(events_pending),
+        markets_pending=_minus(markets_unlanded, markets_missing),
+        events_pending=_minus(events_unlanded, events_missing),
+        markets_missing=_int(markets_missing),
+        events_missing=_int(events_missing),
         trades_by_source=tuple(
             (source, int(rows))
             for source, rows in results.get(sql.STATUS_TRADES_BY_SOURCE.name, ())
         ),
+        lease_holder=lease_holder,
+        lease_expires_at=lease_expires_at,
         missing_tables=plan.missing_tables,
         notes=plan.notes,
     )
+
+
+def _minus(unlanded: Any, missing: Any) -> int | None:
+    """Unlanded keys still pending: those not missing at the source (all, if that is unknown)."""
+    if unlanded is None:
+        return None
+    return int(unlanded) - (0 if missing is None else int(missing))
 
 
 def _epoch(value: dt.datetime | None) -> float | None:
@@ -272,6 +402,8 @@ class Warehouse(abc.ABC):
 
     # File names starting with one of these are loaded by the engine from where they are.
     remote_schemes: tuple[str, ...] = ()
+    # A run with more successful wallets commits without listing them (WALLETS_LISTED_AT_MOST).
+    wallets_listed_at_most: int = WALLETS_LISTED_AT_MOST
     _tables: TableNames
 
     @property
@@ -283,8 +415,8 @@ class Warehouse(abc.ABC):
 
     @abc.abstractmethod
     def ensure_tables(self) -> None:
-        """Create every missing table (traders too, but it is never written otherwise) and add
-        the columns an older table lacks."""
+        """Create every missing table (traders too, but it is never written otherwise), add
+        the columns an older table lacks, and make the lease row if it is missing."""
 
     @abc.abstractmethod
     def _ensure_traders_table(self) -> None:
@@ -297,8 +429,11 @@ class Warehouse(abc.ABC):
         params: Mapping[str, Any] | None = None,
         *,
         session: Any = None,
+        run_id: str | None = None,
+        nonce: str = "",
     ) -> Iterable[Sequence[Any]]:
-        """One statement's result rows (paged where the engine pages), run when called."""
+        """One statement's result rows (paged where the engine pages), run when called;
+        `run_id` and `nonce` name the load tables it reads, if any."""
 
     @abc.abstractmethod
     def _run(self, statement: sql.Statement, params: Mapping[str, Any] | None = None) -> None:
@@ -310,20 +445,44 @@ class Warehouse(abc.ABC):
         Only reads: creates nothing (no database file, no dataset)."""
 
     @abc.abstractmethod
-    def _load(self, session: Any, run_id: str, files: Mapping[str, LoadFiles]) -> None:
-        """(Re)create the run's load tables, empty, and load its files into them; CommitError
-        (nothing committed) when a file cannot be loaded."""
+    def _load(self, session: Any, run_id: str, files: Mapping[str, LoadFiles], nonce: str) -> None:
+        """(Re)create the run's load tables (named by run_id and this attempt's `nonce`), empty,
+        and load its files into them; CommitError (nothing committed) when a file cannot be
+        loaded."""
 
     @abc.abstractmethod
     def _transaction(
-        self, session: Any, run_id: str, committed_at: dt.datetime
-    ) -> tuple[int, int, int]:
-        """Run sql.COMMIT_STATEMENTS on the load tables in one transaction; return the rows
-        inserted/merged into trades, markets and events. CommitError after a rollback."""
+        self,
+        session: Any,
+        run_id: str,
+        committed_at: dt.datetime,
+        nonce: str,
+        wallets: Sequence[str] | None = None,
+    ) -> tuple[int, int, int] | None:
+        """In one transaction: sql.COMMIT_LOCK first, then sql.RUN_COMMITTED; if the run is
+        committed already (a twin got there first) roll back and return None, else run
+        sql.commit_statements on the load tables, commit and return the rows inserted/merged
+        into trades, markets and events. `wallets`: the run's successful wallets, the @wallets
+        that production trades are read for (None: too many to list, read by subquery). A
+        conflict with a concurrent commit is retried (the retry then finds the twin's run).
+        CommitError after a rollback."""
 
     @abc.abstractmethod
-    def _drop_load_tables(self, session: Any, run_id: str) -> None:
+    def _drop_load_tables(self, session: Any, run_id: str, nonce: str) -> None:
         """Drop the run's load tables; best effort (a failure is logged, never raised)."""
+
+    @abc.abstractmethod
+    def _in_transaction(self, steps: Sequence[tuple[sql.Statement, Mapping[str, Any]]]) -> None:
+        """Run the statements, each with its parameters, in one transaction (all or nothing)."""
+
+    @abc.abstractmethod
+    def _load_table_names(self) -> list[str]:
+        """The names of every table with the load table prefix (empty if there is no warehouse
+        yet; creates nothing)."""
+
+    @abc.abstractmethod
+    def _drop_table(self, name: str) -> None:
+        """Drop one load table found by `_load_table_names` (sql.drop_orphan_load_table)."""
 
     @contextlib.contextmanager
     def _commit_session(self) -> Iterator[Any]:
@@ -385,6 +544,19 @@ class Warehouse(abc.ABC):
         its events table lacks."""
         yield from ((event_slug,) for (event_slug,) in self._stream(sql.SELECT_UNLANDED_EVENTS))
 
+    def read_missing_markets(self) -> Iterator[tuple[str]]:
+        """(condition_id,) of each market MISSING_AFTER runs found missing at the source (landed
+        or not: the graph drops only those production does not hold)."""
+        yield from self._missing_at_source(sql.MISSING_MARKETS)
+
+    def read_missing_events(self) -> Iterator[tuple[str]]:
+        """(event_slug,) of each event MISSING_AFTER runs found missing at the source."""
+        yield from self._missing_at_source(sql.MISSING_EVENTS)
+
+    def _missing_at_source(self, kind: str) -> Iterator[tuple[str]]:
+        params = {"kind": kind, "missing_after": MISSING_AFTER}
+        yield from ((key,) for (key,) in self._stream(sql.SELECT_MISSING_AT_SOURCE, params))
+
     # -- writes ----------------------------------------------------------------------------------
 
     def add_traders(self, wallets: Iterable[str]) -> int:
@@ -419,22 +591,41 @@ class Warehouse(abc.ABC):
 
         `files` maps a staging kind to that run's NDJSON files; `committed_at` (default: now,
         UTC) is recorded in the runs table. Idempotent: a run already in the runs table is
-        skipped, and the statements themselves land nothing twice. Raises CommitError after a
-        rollback; the run's load tables are dropped either way.
+        skipped, and the transaction checks that again after its first statement (a write to
+        the lease row, so that two commits at once conflict): of two commits of one run racing,
+        one lands and the other changes nothing and reports `already_committed`. A run whose
+        staging files are all empty changes nothing at all (`nothing_to_commit`). Raises
+        CommitError after a rollback; the load tables of this attempt are dropped either way.
         """
         validate_run_id(run_id)
         checked = check_files(run_id, files, self.remote_schemes)
         committed_at = commit_time(committed_at)
+        if nothing_to_commit(checked):
+            return CommitReport(run_id, already_committed=False, nothing_to_commit=True)
+        # One name per attempt for the load tables: a twin committing the same run at the same
+        # time loads into its own, and never replaces this attempt's half-loaded rows.
+        nonce = secrets.token_hex(4)
         with self._commit_session() as session:
             if self._run_row(session, run_id) is not None:
                 return CommitReport(run_id, already_committed=True)
             try:
-                self._load(session, run_id, checked)
-                inserted, markets, events = self._transaction(session, run_id, committed_at)
+                self._load(session, run_id, checked, nonce)
+                failpoints.reached(failpoints.LOADED)
+                wallets = self._landing_wallets(session, run_id, nonce)
+                try:
+                    counts = self._transaction(session, run_id, committed_at, nonce, wallets)
+                except CommitError:
+                    if not self._committed_meanwhile(session, run_id):
+                        raise
+                    counts = None  # a twin committed the run while this attempt failed
+                if counts is None:
+                    return CommitReport(run_id, already_committed=True)
+                failpoints.reached(failpoints.TRANSACTION_COMMITTED)
                 run_row = self._run_row(session, run_id)
             finally:
-                self._drop_load_tables(session, run_id)
-        assert run_row is not None  # the transaction just inserted it (or a twin did)
+                self._drop_load_tables(session, run_id, nonce)
+        inserted, markets, events = counts
+        assert run_row is not None  # the transaction just inserted it
         _, _, wallets_done, wallets_failed, *_ = run_row
         return CommitReport(
             run_id,
@@ -446,11 +637,95 @@ class Warehouse(abc.ABC):
             wallets_failed=wallets_failed or 0,
         )
 
+    def _landing_wallets(self, session: Any, run_id: str, nonce: str) -> list[str] | None:
+        """The loaded run's successful wallets, sorted: those whose trades the commit lands, and
+        the only ones it reads production trades for. None when there are more than
+        `wallets_listed_at_most` (then the commit reads production for them by subquery)."""
+        limit = self.wallets_listed_at_most
+        rows = self._stream(
+            sql.SELECT_LANDING_WALLETS,
+            {"limit": limit + 1},
+            session=session,
+            run_id=run_id,
+            nonce=nonce,
+        )
+        wallets = sorted(row[0] for row in rows)
+        if len(wallets) > limit:
+            log.warning(
+                "run %s: more than %d successful wallets, too many to list in the commit's "
+                "query: it reads production trades whole (no block pruning) this time",
+                run_id,
+                limit,
+            )
+            return None
+        return wallets
+
+    def _committed_meanwhile(self, session: Any, run_id: str) -> bool:
+        """After a failed transaction: whether the run is committed now (by a twin whose
+        transaction won). A failure to read says no: the original error is the one to report."""
+        try:
+            return self._run_row(session, run_id) is not None
+        except Exception as exc:  # the transaction's error matters more than this one
+            log.warning("run %s: could not read whether a twin committed it: %s", run_id, exc)
+            return False
+
     def _run_row(self, session: Any, run_id: str) -> tuple[Any, ...] | None:
         rows = [
             tuple(row) for row in self._stream(sql.SELECT_RUN, {"run_id": run_id}, session=session)
         ]
         return rows[0] if rows else None
+
+    # -- one backfill at a time: the lease -------------------------------------------------------
+
+    def acquire_lease(self, holder: str, ttl_seconds: float) -> bool:
+        """Take the warehouse's lease for `holder` (e.g. the run id) for `ttl_seconds`, if it is
+        free, expired or already `holder`'s (then it is renewed); True if `holder` holds it now.
+
+        One MERGE decides, by the warehouse's clock, so two callers cannot both win. On False,
+        `read_lease()` says who holds it and until when (`Lease.describe()` for a message).
+        """
+        if not isinstance(holder, str) or not holder:
+            raise ValueError(f"lease holder must be a non-empty string, got {holder!r}")
+        if isinstance(ttl_seconds, bool) or not ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
+        params = {
+            "lease_name": sql.LEASE_NAME,
+            "holder": holder,
+            "ttl_ms": round(ttl_seconds * 1000),
+        }
+        self._run(sql.LEASE_ACQUIRE, params)
+        lease = self.read_lease()
+        return lease is not None and lease.held and lease.holder == holder
+
+    def read_lease(self) -> Lease | None:
+        """The lease row, or None before `ensure_tables` made it."""
+        rows = [
+            tuple(row) for row in self._stream(sql.SELECT_LEASE, {"lease_name": sql.LEASE_NAME})
+        ]
+        if not rows:
+            return None
+        holder, acquired_at, expires_at, held = rows[0]
+        return Lease(holder, acquired_at, expires_at, bool(held))
+
+    def has_lease_table(self) -> bool:
+        """Whether the lease table exists (a warehouse made before it lacks it until the next
+        `ensure_tables`). Only reads."""
+        return self._table_columns().get("lease") is not None
+
+    def release_lease(self, holder: str) -> None:
+        """Give the lease back, if `holder` holds it; a lease someone else took since (after it
+        expired) is left alone."""
+        self._run(sql.LEASE_RELEASE, {"lease_name": sql.LEASE_NAME, "holder": holder})
+
+    def drop_orphan_load_tables(self) -> list[str]:
+        """Drop every load table (`_stg_...`) and return their names: what commits killed
+        before their cleanup left behind. Call it at start-up while holding the lease, so that
+        no other backfill's commit is using one. Creates nothing."""
+        names = sorted(self._load_table_names())
+        for name in names:
+            log.warning("dropping load table %s, left by a commit that did not finish", name)
+            self._drop_table(name)
+        return names
 
     # -- monitoring: only reads ------------------------------------------------------------------
 
@@ -465,34 +740,56 @@ class Warehouse(abc.ABC):
         return status_report(plan, results)
 
     def verify(self, reset: bool = True) -> VerifyReport:
-        """Done wallets whose production trade count differs from the checkpoint's; with
-        `reset`, they are made pending so that the next run fetches them whole again.
+        """Trade ids production holds more than once, and done wallets whose trade count in
+        production differs from the checkpoint's; with `reset`, both are repaired in one
+        transaction: each duplicated id is kept once (its earliest fetch), then the done wallets
+        whose count still differs are made pending (so the next run fetches them whole again)
+        with production's count. Without `reset` it only reads.
 
         Creates and alters no table: with the checkpoint or trades missing there is nothing to
-        verify, and a checkpoint older than the reset's columns is reported, not reset."""
+        verify, and a checkpoint older than the reset's columns is reported, not repaired."""
         columns = self._table_columns()
         names = self.tables.as_dict()
         missing = tuple(names[key] for key in ("checkpoint", "trades") if columns.get(key) is None)
         if missing:
             return VerifyReport(mismatches=(), reset=False, missing_tables=missing)
-        mismatches = tuple(
-            (wallet, checkpoint_count, int(production_count))
-            for wallet, checkpoint_count, production_count in self._stream(sql.VERIFY_MISMATCHES)
+        found = self._read_all(
+            {
+                "duplicates": (sql.VERIFY_DUPLICATES, {}),
+                "mismatches": (sql.VERIFY_MISMATCHES, {}),
+            }
         )
+        duplicates = tuple((w, i, int(n)) for w, i, n in found["duplicates"])
+        mismatches = tuple(
+            (w, _int(c), int(rows), int(ids)) for w, c, rows, ids in found["mismatches"]
+        )
+        report = VerifyReport(mismatches=mismatches, reset=False, duplicates=duplicates)
+        if not reset or report.clean:
+            return report
         lacking = [c for c in VERIFY_RESET_COLUMNS if c not in (columns["checkpoint"] or set())]
-        if reset and mismatches and lacking:
+        if lacking:
             note = (
-                f"not reset: {names['checkpoint']} lacks {', '.join(lacking)} "
+                f"not repaired: {names['checkpoint']} lacks {', '.join(lacking)} "
                 "(the next run adds the columns; verify again after it)"
             )
-            return VerifyReport(mismatches=mismatches, reset=False, notes=(note,))
-        if reset and mismatches:
+            return dataclasses.replace(report, notes=(note,))
+        # After the dedup, production holds `ids` rows of each wallet: those whose checkpoint
+        # count differs from that are reset (the statement checks again, in the transaction).
+        to_reset = tuple(w for w, c, _, ids in mismatches if c != ids)
+        steps: list[tuple[sql.Statement, Mapping[str, Any]]] = []
+        if duplicates:
+            steps.append((sql.VERIFY_DEDUPLICATE, {}))
+        if to_reset:
             reason = "verify: production's trade count differed from the checkpoint's; refetching"
-            self._run(
-                sql.VERIFY_RESET,
-                {"reason": reason, "wallets": [wallet for wallet, _, _ in mismatches]},
-            )
-        return VerifyReport(mismatches=mismatches, reset=reset and bool(mismatches))
+            steps.append((sql.VERIFY_RESET, {"reason": reason, "wallets": list(to_reset)}))
+        if steps:
+            self._in_transaction(steps)
+        return dataclasses.replace(
+            report,
+            reset=True,
+            duplicates_removed=sum(n - 1 for _, _, n in duplicates),
+            reset_wallets=to_reset,
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook: implementations may hold nothing
         """Release resources; implementations that keep no connection need not override."""

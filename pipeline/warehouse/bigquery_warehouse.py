@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -184,26 +184,44 @@ _COUNT_CHANGES = q.Statement(
     params=(q.Param("run_id", "STRING"),),
 )
 _BEFORE, _AFTER = "_backfill_counts_before", "_backfill_counts_after"
+_ALREADY = "_backfill_already_committed"
+# Zero counts, the value both snapshots keep when the transaction rolls back (run committed).
+_NO_COUNTS = "STRUCT(0 AS `trades`, 0 AS `markets`, 0 AS `events`)"
 
 
-def commit_script(tables: TableNames, run_id: str, dataset: str) -> str:
+def commit_script(tables: TableNames, run_id: str, dataset: str, nonce: str = "") -> str:
     """The one multi-statement query of a commit: sql.COMMIT_STATEMENTS in one transaction.
 
+    The transaction's first statement writes the lease row (sql.COMMIT_LOCK), so BigQuery
+    cancels one of two commit transactions running at once ("concurrent update", retried);
+    the next reads whether the run is committed already (a twin got there first): then the
+    transaction rolls back, changing nothing, and the final row says `already_committed`.
     Its only values are the named parameters the statements declare (plus `run_id` for the
-    counts); the final SELECT reports what the transaction changed.
+    counts); the final SELECT reports what the transaction changed. `nonce` names this
+    attempt's load tables.
     """
-    counts = q.render(_COUNT_CHANGES, tables, run_id, dataset)
-    body = [q.render(s, tables, run_id, dataset) for s in q.COMMIT_STATEMENTS]
+    counts = q.render(_COUNT_CHANGES, tables, run_id, dataset, nonce)
+    body = [q.render(s, tables, run_id, dataset, nonce) for s in q.COMMIT_STATEMENTS]
     statements = [
-        f"DECLARE {_BEFORE} {_COUNTS_TYPE}",
-        f"DECLARE {_AFTER} {_COUNTS_TYPE}",
+        f"DECLARE {_BEFORE} {_COUNTS_TYPE} DEFAULT {_NO_COUNTS}",
+        f"DECLARE {_AFTER} {_COUNTS_TYPE} DEFAULT {_NO_COUNTS}",
+        f"DECLARE {_ALREADY} BOOL DEFAULT FALSE",
         q.render(q.BEGIN_TRANSACTION, tables),
-        f"SET {_BEFORE} = {counts}",
-        *body,
-        f"SET {_AFTER} = {counts}",
-        q.render(q.COMMIT_TRANSACTION, tables),
+        q.render(q.COMMIT_LOCK, tables, dataset=dataset),
+        f"SET {_ALREADY} = (\n{q.render(q.RUN_COMMITTED, tables, dataset=dataset)}\n)",
+        f"IF {_ALREADY} THEN\n{q.render(q.ROLLBACK_TRANSACTION, tables)};\nELSE\n"
+        + ";\n".join(
+            [
+                f"SET {_BEFORE} = {counts}",
+                *body,
+                f"SET {_AFTER} = {counts}",
+                q.render(q.COMMIT_TRANSACTION, tables),
+            ]
+        )
+        + ";\nEND IF",
         (
-            f"SELECT\n  {_AFTER}.`trades` - {_BEFORE}.`trades` AS `trades_inserted`,\n"
+            f"SELECT\n  {_ALREADY} AS `already_committed`,\n"
+            f"  {_AFTER}.`trades` - {_BEFORE}.`trades` AS `trades_inserted`,\n"
             f"  {_AFTER}.`markets` - {_BEFORE}.`markets` AS `markets_merged`,\n"
             f"  {_AFTER}.`events` - {_BEFORE}.`events` AS `events_merged`"
         ),
@@ -211,14 +229,19 @@ def commit_script(tables: TableNames, run_id: str, dataset: str) -> str:
     return ";\n".join(statements) + ";\n"
 
 
-def _commit_params() -> tuple[q.Param, ...]:
-    """Every parameter the commit script uses, each declared once."""
+def _script_params(statements: Sequence[q.Statement]) -> tuple[q.Param, ...]:
+    """Every parameter a script of these statements uses, each declared once."""
     seen: dict[str, q.Param] = {}
-    for statement in (*q.COMMIT_STATEMENTS, _COUNT_CHANGES):
+    for statement in statements:
         for param in statement.params:
             if seen.setdefault(param.name, param) != param:
                 raise TypeError(f"parameter @{param.name} is declared with two types")
     return tuple(seen.values())
+
+
+def _commit_params() -> tuple[q.Param, ...]:
+    """Every parameter the commit script uses, each declared once."""
+    return _script_params((q.COMMIT_LOCK, q.RUN_COMMITTED, *q.COMMIT_STATEMENTS, _COUNT_CHANGES))
 
 
 def query_parameter(
@@ -279,6 +302,7 @@ class BigQueryWarehouse(Warehouse):
         self._retry_wait = retry_wait
         self._client: bigquery.Client | None = None
         self._client_lock = threading.Lock()
+        self._dataset_location: str | None = None
 
     @property
     def dataset(self) -> str:
@@ -322,6 +346,19 @@ class BigQueryWarehouse(Warehouse):
     def _table_id(self, name: str) -> str:
         return f"{self._dataset}.{name}"
 
+    def job_location(self) -> str | None:
+        """The location every job of this warehouse runs in: the one given, else the dataset's
+        (looked up once; None while the dataset does not exist). A job sent without it runs in
+        the client's default location and fails, or reads nothing, on a dataset elsewhere."""
+        if self._location:
+            return self._location
+        if self._dataset_location is None:
+            try:
+                self._dataset_location = self.client.get_dataset(self._dataset).location
+            except gexc.NotFound:
+                return None
+        return self._dataset_location
+
     def _query(
         self,
         statement: q.Statement,
@@ -333,7 +370,7 @@ class BigQueryWarehouse(Warehouse):
             query_parameters=[query_parameter(p, params[p.name]) for p in statement.params]
         )
         text = q.render(statement, self._tables, dataset=self._dataset)
-        return self.client.query(text, job_config=config)
+        return self.client.query(text, job_config=config, location=self.job_location())
 
     def _retrying(self, what: str, step: Callable[[], _T]) -> _T:
         """Run `step`, again after a backoff while it fails transiently (3 attempts in all)."""
@@ -371,12 +408,15 @@ class BigQueryWarehouse(Warehouse):
         one. An existing table whose partitioning or clustering differs is reported, not
         changed (BigQuery cannot re-partition a table in place). Columns once REQUIRED that
         schema.py makes nullable now (sql.RELAXED_COLUMNS) are relaxed where still REQUIRED.
+        Last, the lease row is made if missing (one small DML job), so that every commit
+        transaction updates the same existing row.
         """
         self._ensure_dataset()
         for statement in q.ENSURE_TABLES:
             existing = self._ensure_table(statement)
             self._relax_required_columns(_TABLE_KEYS[statement.name], existing)
             self._add_missing_columns(_TABLE_KEYS[statement.name], existing)
+        self._run(q.ENSURE_LEASE_ROW, {"lease_name": q.LEASE_NAME})
 
     def _ensure_dataset(self) -> None:
         client = self.client
@@ -387,6 +427,7 @@ class BigQueryWarehouse(Warehouse):
             if self._location:  # unset: BigQuery's default location (and the client's)
                 dataset.location = self._location
             client.create_dataset(dataset, exists_ok=True)
+            self._dataset_location = None  # looked up again, as BigQuery made it
 
     def _ensure_table(self, statement: q.Statement) -> bigquery.Table:
         """The table a CREATE statement describes: looked up, created only when missing."""
@@ -461,17 +502,17 @@ class BigQueryWarehouse(Warehouse):
 
     # -- the commit: load jobs, then one script, each step retried as a whole --------------------
 
-    def _load(self, session: None, run_id: str, files: Mapping[str, LoadFiles]) -> None:
+    def _load(self, session: None, run_id: str, files: Mapping[str, LoadFiles], nonce: str) -> None:
         # Each step is idempotent as a whole (the load tables are replaced), so a transient
         # failure repeats the step, never a part of it.
         try:
-            self._retrying(f"run {run_id}: loading", lambda: self._load_once(run_id, files))
+            self._retrying(f"run {run_id}: loading", lambda: self._load_once(run_id, files, nonce))
         except gexc.GoogleAPICallError as exc:
             raise CommitError(
                 f"run {run_id}: staging its files failed, nothing was committed: {exc}"
             ) from exc
 
-    def _load_once(self, run_id: str, files: Mapping[str, LoadFiles]) -> None:
+    def _load_once(self, run_id: str, files: Mapping[str, LoadFiles], nonce: str) -> None:
         """(Re)create the run's load tables, empty, then load its files into them.
 
         The tables come from sql.CREATE_LOAD_TABLE, the same statements DuckDB runs, in one
@@ -479,20 +520,22 @@ class BigQueryWarehouse(Warehouse):
         schema.py and start together; BigQuery runs them in parallel.
         """
         script = ";\n".join(
-            q.render(q.CREATE_LOAD_TABLE[kind], self._tables, run_id, self._dataset)
+            q.render(q.CREATE_LOAD_TABLE[kind], self._tables, run_id, self._dataset, nonce)
             for kind in q.COMMITTED_KINDS
         )
-        self.client.query(script).result()
+        self.client.query(script, location=self.job_location()).result()
         expires = dt.datetime.now(dt.UTC) + self._load_table_expiration
         for kind in q.COMMITTED_KINDS:
-            table = bigquery.Table(self._table_id(q.load_table(run_id, kind)))
+            table = bigquery.Table(self._table_id(q.load_table(run_id, kind, nonce)))
             table.expires = expires
             self.client.update_table(table, ["expires"])
 
         jobs: list[tuple[str, bigquery.LoadJob]] = []
         for kind in q.COMMITTED_KINDS:
             try:
-                jobs.extend((kind, job) for job in self._start_loads(run_id, kind, files[kind]))
+                jobs.extend(
+                    (kind, job) for job in self._start_loads(run_id, kind, files[kind], nonce)
+                )
             except gexc.GoogleAPICallError as exc:
                 self._load_failed(run_id, kind, exc)
         for kind, job in jobs:
@@ -506,9 +549,12 @@ class BigQueryWarehouse(Warehouse):
             raise exc
         raise load_failed(run_id, kind, exc) from exc
 
-    def _start_loads(self, run_id: str, kind: str, files: LoadFiles) -> list[bigquery.LoadJob]:
+    def _start_loads(
+        self, run_id: str, kind: str, files: LoadFiles, nonce: str
+    ) -> list[bigquery.LoadJob]:
         """Load jobs for one kind: one for all its gs:// URIs, one per non-empty local file."""
-        destination = self._table_id(q.load_table(run_id, kind))
+        destination = self._table_id(q.load_table(run_id, kind, nonce))
+        location = self.job_location()
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
             schema=schema_fields(STAGED_KINDS[kind]),
@@ -521,7 +567,11 @@ class BigQueryWarehouse(Warehouse):
         if files.uris:
             jobs.append(
                 self.client.load_table_from_uri(
-                    list(files.uris), destination, job_config=config, job_id_prefix=prefix
+                    list(files.uris),
+                    destination,
+                    job_config=config,
+                    job_id_prefix=prefix,
+                    location=location,
                 )
             )
         for path in files.paths:
@@ -530,18 +580,22 @@ class BigQueryWarehouse(Warehouse):
             with open(path, "rb") as handle:
                 jobs.append(
                     self.client.load_table_from_file(
-                        handle, destination, job_config=config, job_id_prefix=prefix
+                        handle,
+                        destination,
+                        job_config=config,
+                        job_id_prefix=prefix,
+                        location=location,
                     )
                 )
         return jobs
 
     def _transaction(
-        self, session: None, run_id: str, committed_at: dt.datetime
-    ) -> tuple[int, int, int]:
+        self, session: None, run_id: str, committed_at: dt.datetime, nonce: str
+    ) -> tuple[int, int, int] | None:
         try:
             return self._retrying(
                 f"run {run_id}: commit transaction",
-                lambda: self._transaction_once(run_id, committed_at),
+                lambda: self._transaction_once(run_id, committed_at, nonce),
             )
         except gexc.GoogleAPICallError as exc:
             raise CommitError(
@@ -549,39 +603,86 @@ class BigQueryWarehouse(Warehouse):
                 f"was rolled back (production and checkpoint untouched): {exc}"
             ) from exc
 
-    def _transaction_once(self, run_id: str, committed_at: dt.datetime) -> tuple[int, int, int]:
-        """Run `commit_script` as one query job; return rows inserted/merged per table.
+    def _transaction_once(
+        self, run_id: str, committed_at: dt.datetime, nonce: str
+    ) -> tuple[int, int, int] | None:
+        """Run `commit_script` as one query job; return rows inserted/merged per table, or
+        None when the run was committed already (the script rolled back).
 
         A script that fails leaves its transaction rolled back by BigQuery: production and the
         checkpoint are as they were. `job_retry=None`: the caller's retry is the only one.
         """
-        values = {"run_id": run_id, "committed_at": committed_at}
+        values = {"run_id": run_id, "committed_at": committed_at, "lease_name": q.LEASE_NAME}
         config = bigquery.QueryJobConfig(
             query_parameters=[query_parameter(p, values[p.name]) for p in _commit_params()]
         )
-        script = commit_script(self._tables, run_id, self._dataset)
+        script = commit_script(self._tables, run_id, self._dataset, nonce)
         try:
             job = self.client.query(
                 script,
                 job_config=config,
                 job_id_prefix=f"backfill_commit_{run_id}_",
                 job_retry=None,
+                location=self.job_location(),
             )
             (row,) = list(job.result(job_retry=None))
         except gexc.GoogleAPICallError as exc:
             if is_transient(exc):
                 raise
             raise transaction_failed(run_id, exc) from exc
+        if row["already_committed"]:
+            return None
         return (
             int(row["trades_inserted"]),
             int(row["markets_merged"]),
             int(row["events_merged"]),
         )
 
-    def _drop_load_tables(self, session: None, run_id: str) -> None:
+    def _drop_load_tables(self, session: None, run_id: str, nonce: str) -> None:
         for kind in q.COMMITTED_KINDS:
-            table_id = self._table_id(q.load_table(run_id, kind))
+            table_id = self._table_id(q.load_table(run_id, kind, nonce))
             try:
                 self.client.delete_table(table_id, not_found_ok=True)
             except gexc.GoogleAPICallError as exc:  # best effort: the expiration cleans up
                 log.warning("run %s: could not drop load table %s: %s", run_id, table_id, exc)
+
+    # -- verify's repair, and what killed commits left ------------------------------------------
+
+    def _in_transaction(self, steps: Sequence[tuple[q.Statement, Mapping[str, Any]]]) -> None:
+        """One script, BEGIN .. COMMIT: BigQuery rolls it back whole if a statement fails, and
+        it is sent again (whole) while it fails transiently, e.g. cancelled by a commit
+        transaction that touched the same table at the same time."""
+        statements = [statement for statement, _ in steps]
+        values: dict[str, Any] = {}
+        for statement, params in steps:
+            values.update(check_params(statement, params))
+        config = bigquery.QueryJobConfig(
+            query_parameters=[
+                query_parameter(p, values[p.name]) for p in _script_params(statements)
+            ]
+        )
+        script = ";\n".join(
+            [
+                q.render(q.BEGIN_TRANSACTION, self._tables),
+                *(q.render(s, self._tables, dataset=self._dataset) for s in statements),
+                q.render(q.COMMIT_TRANSACTION, self._tables),
+            ]
+        )
+
+        def run_once() -> None:
+            self.client.query(
+                script + ";\n", job_config=config, location=self.job_location(), job_retry=None
+            ).result(job_retry=None)
+
+        self._retrying("verify's repair", run_once)
+
+    def _load_table_names(self) -> list[str]:
+        try:
+            tables = list(self.client.list_tables(self._dataset))
+        except gexc.NotFound:  # no dataset yet: nothing left behind
+            return []
+        return [t.table_id for t in tables if t.table_id.startswith(q.LOAD_TABLE_PREFIX)]
+
+    def _drop_table(self, name: str) -> None:
+        q.drop_orphan_load_table(name)  # validates: a load table, never a production one
+        self.client.delete_table(self._table_id(name), not_found_ok=True)

@@ -7,12 +7,13 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from pipeline import failpoints
 from pipeline.warehouse import sql as q
 from pipeline.warehouse.base import (
     FAILED_WALLETS_LISTED,
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 __all__ = ["FAILED_WALLETS_LISTED", "DuckDBWarehouse"]
 
 _LOCK_MESSAGE = "Could not set lock on file"
+# Two transactions of one process writing one row: DuckDB fails the second writer.
+_CONFLICT_MESSAGE = "Conflict"
+CONFLICT_ATTEMPTS = 5
 
 
 class DuckDBWarehouse(Warehouse):
@@ -105,13 +109,14 @@ class DuckDBWarehouse(Warehouse):
         params: Mapping[str, Any] | None = None,
         *,
         run_id: str | None = None,
+        nonce: str = "",
     ) -> duckdb.DuckDBPyConnection:
         """Run one statement from sql.py with exactly the parameters it declares.
 
-        `run_id` is the run whose load tables the statement refers to, if any.
+        `run_id` and `nonce` name the load tables the statement refers to, if any.
         """
         params = check_params(statement, params)
-        text = q.render_duckdb(statement, self._tables, run_id)
+        text = q.render_duckdb(statement, self._tables, run_id, nonce)
         return conn.execute(text, params) if params else conn.execute(text)
 
     # -- tables ----------------------------------------------------------------------------------
@@ -133,6 +138,7 @@ class DuckDBWarehouse(Warehouse):
                     if have.get(column_name) is False:
                         log.warning("table %s: making column %s nullable", name, column_name)
                         self._execute(conn, q.relax_column(table, column_name))
+            self._execute(conn, q.ENSURE_LEASE_ROW, {"lease_name": q.LEASE_NAME})
 
     def _columns(self, conn: duckdb.DuckDBPyConnection, name: str) -> dict[str, bool] | None:
         """A table's columns and whether each is nullable; None if there is no such table."""
@@ -160,13 +166,15 @@ class DuckDBWarehouse(Warehouse):
         params: Mapping[str, Any] | None = None,
         *,
         session: duckdb.DuckDBPyConnection | None = None,
+        run_id: str | None = None,
+        nonce: str = "",
     ) -> list[tuple]:
         # Fetched whole, then the connection closes: holding the file lock while a slow
         # consumer iterates would lock every other worker out.
         if session is not None:
-            return self._execute(session, statement, params).fetchall()
+            return self._execute(session, statement, params, run_id=run_id, nonce=nonce).fetchall()
         with self._connection() as conn:
-            return self._execute(conn, statement, params).fetchall()
+            return self._execute(conn, statement, params, run_id=run_id, nonce=nonce).fetchall()
 
     def _run(self, statement: q.Statement, params: Mapping[str, Any] | None = None) -> None:
         with self._connection() as conn:
@@ -188,44 +196,117 @@ class DuckDBWarehouse(Warehouse):
         return self._connection()
 
     def _load(
-        self, session: duckdb.DuckDBPyConnection, run_id: str, files: Mapping[str, LoadFiles]
+        self,
+        session: duckdb.DuckDBPyConnection,
+        run_id: str,
+        files: Mapping[str, LoadFiles],
+        nonce: str,
     ) -> None:
         for kind in q.COMMITTED_KINDS:
             try:
-                self._execute(session, q.CREATE_LOAD_TABLE[kind], run_id=run_id)
+                self._execute(session, q.CREATE_LOAD_TABLE[kind], run_id=run_id, nonce=nonce)
                 if files[kind].paths:
                     load = q.DUCKDB_LOAD_FILES[kind]
-                    self._execute(session, load, {"files": files[kind].paths}, run_id=run_id)
+                    params = {"files": files[kind].paths}
+                    self._execute(session, load, params, run_id=run_id, nonce=nonce)
             except duckdb.Error as exc:
                 raise load_failed(run_id, kind, exc) from exc
 
     def _transaction(
-        self, session: duckdb.DuckDBPyConnection, run_id: str, committed_at: dt.datetime
-    ) -> tuple[int, int, int]:
-        values = {"run_id": run_id, "committed_at": committed_at}
+        self,
+        session: duckdb.DuckDBPyConnection,
+        run_id: str,
+        committed_at: dt.datetime,
+        nonce: str,
+        wallets: Sequence[str] | None = None,
+    ) -> tuple[int, int, int] | None:
+        # Across processes the file lock already makes the commit exclusive; two threads of one
+        # process share the database, and the second writer of the lease row gets a conflict:
+        # it rolls back and tries again, and then finds the run its twin committed.
+        delay = 0.05
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return self._transaction_once(session, run_id, committed_at, nonce, wallets)
+            except duckdb.TransactionException as exc:
+                if _CONFLICT_MESSAGE not in str(exc) or attempt == CONFLICT_ATTEMPTS:
+                    raise transaction_failed(run_id, exc) from exc
+                log.warning("run %s: commit conflicted with another, retrying: %s", run_id, exc)
+                time.sleep(delay * random.uniform(1, 2))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _transaction_once(
+        self,
+        session: duckdb.DuckDBPyConnection,
+        run_id: str,
+        committed_at: dt.datetime,
+        nonce: str,
+        wallets: Sequence[str] | None = None,
+    ) -> tuple[int, int, int] | None:
+        values = {
+            "run_id": run_id,
+            "committed_at": committed_at,
+            "lease_name": q.LEASE_NAME,
+            "wallets": list(wallets or ()),
+        }
         counts: dict[str, int] = {}
         self._execute(session, q.BEGIN_TRANSACTION)
         try:
-            for statement in q.COMMIT_STATEMENTS:
+            self._execute(session, q.COMMIT_LOCK, {"lease_name": q.LEASE_NAME, "run_id": run_id})
+            (committed,) = self._execute(session, q.RUN_COMMITTED, {"run_id": run_id}).fetchone()
+            if committed:
+                self._execute(session, q.ROLLBACK_TRANSACTION)
+                return None
+            for statement in q.commit_statements(wallets_listed=wallets is not None):
                 params = {name: values[name] for name in statement.param_names}
-                row = self._execute(session, statement, params, run_id=run_id).fetchone()
+                row = self._execute(
+                    session, statement, params, run_id=run_id, nonce=nonce
+                ).fetchone()
                 counts[statement.name] = row[0] if row else 0
+            failpoints.reached(failpoints.IN_TRANSACTION)
             self._execute(session, q.COMMIT_TRANSACTION)
         except BaseException as exc:
             with contextlib.suppress(duckdb.Error):  # a failed COMMIT has rolled back already
                 self._execute(session, q.ROLLBACK_TRANSACTION)
+            if isinstance(exc, duckdb.TransactionException):
+                raise  # the caller decides: a conflict is tried again
             if isinstance(exc, duckdb.Error):
                 raise transaction_failed(run_id, exc) from exc
             raise
         return (
-            counts[q.INSERT_TRADES.name],
+            counts[q.INSERT_TRADES.name if wallets is not None else q.INSERT_TRADES_UNPRUNED.name],
             counts[q.MERGE_MARKETS.name],
             counts[q.MERGE_EVENTS.name],
         )
 
-    def _drop_load_tables(self, session: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    def _drop_load_tables(
+        self, session: duckdb.DuckDBPyConnection, run_id: str, nonce: str
+    ) -> None:
         for kind in q.COMMITTED_KINDS:
             try:
-                self._execute(session, q.DROP_LOAD_TABLE[kind], run_id=run_id)
-            except duckdb.Error as exc:  # best effort: the next commit replaces it anyway
+                self._execute(session, q.DROP_LOAD_TABLE[kind], run_id=run_id, nonce=nonce)
+            except duckdb.Error as exc:  # best effort: the next start-up drops it
                 log.warning("run %s: could not drop its %s load table: %s", run_id, kind, exc)
+
+    # -- verify's repair, and what killed commits left ------------------------------------------
+
+    def _in_transaction(self, steps: Sequence[tuple[q.Statement, Mapping[str, Any]]]) -> None:
+        with self._connection() as conn:
+            self._execute(conn, q.BEGIN_TRANSACTION)
+            try:
+                for statement, params in steps:
+                    self._execute(conn, statement, params)
+                self._execute(conn, q.COMMIT_TRANSACTION)
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    self._execute(conn, q.ROLLBACK_TRANSACTION)
+                raise
+
+    def _load_table_names(self) -> list[str]:
+        if not Path(self._path).is_file():  # connecting would create the file
+            return []
+        rows = self._stream(q.DUCKDB_LOAD_TABLES, {"prefix": q.LOAD_TABLE_PREFIX})
+        return [name for (name,) in rows]
+
+    def _drop_table(self, name: str) -> None:
+        self._run(q.drop_orphan_load_table(name))

@@ -25,7 +25,9 @@ from sqlglot.errors import ErrorLevel
 from pipeline.schema import (
     CHECKPOINT_COLUMNS,
     EVENT_COLUMNS,
+    LEASE_COLUMNS,
     MARKET_COLUMNS,
+    MISSING_TABLE_COLUMNS,
     RUN_COLUMNS,
     STAGED_KINDS,
     TRADE_COLUMNS,
@@ -39,7 +41,7 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DATASET = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]\.[A-Za-z0-9_]{1,1024}")
 
 # The staged kinds the commit transaction reads; rejects are staged for inspection only.
-COMMITTED_KINDS: tuple[str, ...] = ("trades", "markets", "events", "outcomes")
+COMMITTED_KINDS: tuple[str, ...] = ("trades", "markets", "events", "outcomes", "missing")
 
 
 def validate_identifier(name: str, what: str = "identifier") -> str:
@@ -87,6 +89,8 @@ class TableNames:
     markets: str = "markets"
     events: str = "events"
     runs: str = "backfill_runs"
+    lease: str = "backfill_lease"
+    missing: str = "backfill_missing"
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -96,22 +100,31 @@ class TableNames:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-# The physical prefix of load tables. It predates the name "load table" and is kept, so that a
-# load table a crashed commit left behind is still the one the next commit of that run replaces.
+# The physical prefix of load tables (it predates the name "load table"). Each commit attempt
+# loads into tables of its own, so what a killed commit left behind is found by this prefix and
+# dropped at start-up (`Warehouse.drop_orphan_load_tables`); BigQuery also lets them expire.
 LOAD_TABLE_PREFIX = "_stg_"
 
 
-def load_table(run_id: str, kind: str) -> str:
+_NONCE = re.compile(r"[0-9a-f]{0,16}")
+
+
+def load_table(run_id: str, kind: str, nonce: str = "") -> str:
     """The name of one run's load table for one kind: `_stg_<run>_<hash>_<kind>`.
 
     A load table holds one kind of a run's staging files inside the warehouse for the length of
     its commit. `-` is not allowed in identifiers, so it becomes `_`; the short hash of the raw
-    run id keeps run ids that differ only in `-` versus `_` from sharing load tables.
+    run id keeps run ids that differ only in `-` versus `_` from sharing load tables. `nonce`
+    (lowercase hex, one per commit attempt) goes into the hash too: two commits of the same run
+    at once then load into tables of their own, and neither replaces the other's half-loaded rows.
     """
     validate_run_id(run_id)
     if kind not in STAGED_KINDS:
         raise ValueError(f"unknown staging kind {kind!r}: expected one of {sorted(STAGED_KINDS)}")
-    digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+        raise ValueError(f"load table nonce {nonce!r} must be up to 16 lowercase hex digits")
+    key = f"{run_id}/{nonce}" if nonce else run_id
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     return validate_identifier(f"{LOAD_TABLE_PREFIX}{run_id.replace('-', '_')}_{digest}_{kind}")
 
 
@@ -194,6 +207,8 @@ CREATE_TRADES = _create(
 CREATE_MARKETS = _create("create_markets", "markets", MARKET_COLUMNS)
 CREATE_EVENTS = _create("create_events", "events", EVENT_COLUMNS)
 CREATE_RUNS = _create("create_runs", "runs", RUN_COLUMNS)
+CREATE_LEASE = _create("create_lease", "lease", LEASE_COLUMNS)
+CREATE_MISSING = _create("create_missing", "missing", MISSING_TABLE_COLUMNS)
 
 ENSURE_TABLES: tuple[Statement, ...] = (
     CREATE_TRADERS,
@@ -202,6 +217,8 @@ ENSURE_TABLES: tuple[Statement, ...] = (
     CREATE_MARKETS,
     CREATE_EVENTS,
     CREATE_RUNS,
+    CREATE_LEASE,
+    CREATE_MISSING,
 )
 
 # Each managed table's columns, so that `ensure_tables` can add the ones an existing table lacks
@@ -212,6 +229,8 @@ TABLE_COLUMNS: dict[str, tuple[Column, ...]] = {
     "markets": MARKET_COLUMNS,
     "events": EVENT_COLUMNS,
     "runs": RUN_COLUMNS,
+    "lease": LEASE_COLUMNS,
+    "missing": MISSING_TABLE_COLUMNS,
 }
 
 
@@ -255,7 +274,7 @@ def add_column(table: str, column: Column) -> Statement:
 
 
 # ---------------------------------------------------------------------------------------------
-# DDL: one run's load tables (non-partitioned; replaced if a crashed commit left them behind).
+# DDL: one commit attempt's load tables (non-partitioned).
 
 CREATE_LOAD_TABLE: dict[str, Statement] = {
     kind: Statement(
@@ -269,6 +288,16 @@ DROP_LOAD_TABLE: dict[str, Statement] = {
     kind: Statement(f"drop_load_table_{kind}", f"DROP TABLE IF EXISTS {{load_{kind}}}")
     for kind in STAGED_KINDS
 }
+
+
+def drop_orphan_load_table(name: str) -> Statement:
+    """DROP TABLE IF EXISTS for a load table found by its prefix (a commit killed before its
+    cleanup left it). Only names with the load table prefix are accepted: this never drops
+    a production table, whatever a listing returned."""
+    if not validate_identifier(name, "load table").startswith(LOAD_TABLE_PREFIX):
+        raise ValueError(f"{name!r} is not a load table (no {LOAD_TABLE_PREFIX} prefix)")
+    return Statement("drop_orphan_load_table", f"DROP TABLE IF EXISTS {_q(name)}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Reads.
@@ -358,6 +387,26 @@ WHERE NOT EXISTS (
 SELECT_UNLANDED_MARKETS = Statement("select_unlanded_markets", _UNLANDED_MARKETS)
 SELECT_UNLANDED_EVENTS = Statement("select_unlanded_events", _UNLANDED_EVENTS)
 
+
+# The keys of one kind that at least @missing_after runs found missing at the source: "missing at
+# the source", asked for no more (transforms.skip_known drops them unless production holds them).
+# One text, shared by the graph's reads (`kind` a parameter) and by `status` (a schema constant).
+def _missing_at_source(kind: str) -> str:
+    return f"""
+SELECT `key`
+FROM {{missing}}
+WHERE `kind` = {kind}
+GROUP BY `key`
+HAVING COUNT(DISTINCT `run_id`) >= @missing_after
+"""
+
+
+SELECT_MISSING_AT_SOURCE = Statement(
+    "select_missing_at_source",
+    _missing_at_source("@kind"),
+    params=(Param("kind", "STRING"), Param("missing_after", "INT64")),
+)
+
 SELECT_COMMITTED_RUN_IDS = Statement(
     "select_committed_run_ids",
     """
@@ -378,6 +427,90 @@ WHERE `run_id` = @run_id
 )
 
 # ---------------------------------------------------------------------------------------------
+# The lease: one row of the lease table says which backfill may run against this warehouse and
+# until when. Times are the warehouse's own clock (CURRENT_TIMESTAMP), never a caller's, so hosts
+# with skewed clocks agree on whether a lease has expired. Each statement is one DML, atomic on
+# its own: BigQuery runs two DML statements on one table one after the other, DuckDB's file lock
+# lets one process write at a time.
+
+LEASE_NAME = "backfill"  # the lease row's key, passed as @lease_name
+
+# The lease row, made by `ensure_tables` when missing (never a second one): every commit
+# transaction then updates one existing row, and two at once conflict. Two inserts would not.
+ENSURE_LEASE_ROW = Statement(
+    "ensure_lease_row",
+    """
+INSERT INTO {lease} (`lease_name`, `commits`)
+SELECT s.`lease_name`, 0
+FROM (SELECT @lease_name AS `lease_name`) AS s
+WHERE NOT EXISTS (
+    SELECT 1
+    FROM {lease} AS t
+    WHERE t.`lease_name` = s.`lease_name`
+  )
+""",
+    params=(Param("lease_name", "STRING"),),
+)
+
+LEASE_ACQUIRE = Statement(
+    "lease_acquire",
+    """
+MERGE INTO {lease} AS t
+USING (SELECT @lease_name AS `lease_name`) AS s
+ON t.`lease_name` = s.`lease_name`
+WHEN MATCHED
+  AND (
+    t.`holder` IS NULL
+    OR t.`holder` = @holder
+    OR t.`expires_at` IS NULL
+    OR t.`expires_at` <= CURRENT_TIMESTAMP()
+  ) THEN
+  UPDATE SET
+    `holder` = @holder,
+    `acquired_at` = IF(t.`holder` = @holder, t.`acquired_at`, CURRENT_TIMESTAMP()),
+    `expires_at` = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL @ttl_ms MILLISECOND)
+WHEN NOT MATCHED THEN
+  INSERT (`lease_name`, `holder`, `acquired_at`, `expires_at`, `commits`)
+  VALUES (
+    s.`lease_name`,
+    @holder,
+    CURRENT_TIMESTAMP(),
+    TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL @ttl_ms MILLISECOND),
+    0
+  )
+""",
+    params=(Param("lease_name", "STRING"), Param("holder", "STRING"), Param("ttl_ms", "INT64")),
+)
+
+LEASE_RELEASE = Statement(
+    "lease_release",
+    """
+UPDATE {lease}
+SET
+  `holder` = NULL,
+  `expires_at` = NULL
+WHERE `lease_name` = @lease_name
+  AND `holder` = @holder
+""",
+    params=(Param("lease_name", "STRING"), Param("holder", "STRING")),
+)
+
+# The holder, when it took the lease, until when, and whether that is still in the future.
+SELECT_LEASE = Statement(
+    "select_lease",
+    """
+SELECT
+  `holder`,
+  `acquired_at`,
+  `expires_at`,
+  IFNULL(`holder` IS NOT NULL AND `expires_at` > CURRENT_TIMESTAMP(), FALSE) AS `held`
+FROM {lease}
+WHERE `lease_name` = @lease_name
+""",
+    params=(Param("lease_name", "STRING"),),
+)
+
+# ---------------------------------------------------------------------------------------------
 # The commit transaction (design.md, run lifecycle step 3). Timestamps come from staging or from
 # parameters, never CURRENT_TIMESTAMP(), so committing the same staging gives the same result.
 # BigQuery requires QUALIFY to come with a WHERE, GROUP BY or HAVING clause: hence `WHERE TRUE`.
@@ -389,7 +522,16 @@ ROLLBACK_TRANSACTION = Statement("rollback_transaction", "ROLLBACK TRANSACTION")
 # The source of rows landed before trades had a `source` column (they all came from the Dome API).
 # A schema constant, not a value: the one string literal the statements may contain.
 LEGACY_SOURCE = "dome"
-SQL_CONSTANTS: frozenset[str] = frozenset({LEGACY_SOURCE})
+# How `status` recognises a wallet address in `traders`, as transforms.read_wallets does.
+ADDRESS_PREFIX = "0x"
+ADDRESS_PATTERN = r"^0x[0-9a-f]+$"  # and ADDRESS_LENGTH long: 0x + 40 hex (no braces in SQL)
+ADDRESS_LENGTH = 42
+# The `kind` of the missing table's rows (schema constants, as transforms.fetch_markets stages them).
+MISSING_MARKETS = "markets"
+MISSING_EVENTS = "events"
+SQL_CONSTANTS: frozenset[str] = frozenset(
+    {LEGACY_SOURCE, ADDRESS_PREFIX, ADDRESS_PATTERN, MISSING_MARKETS, MISSING_EVENTS}
+)
 _SOURCE = f"IFNULL({{alias}}`source`, '{LEGACY_SOURCE}')"
 
 
@@ -429,16 +571,41 @@ _SUCCESSFUL_WALLETS = """(
     WHERE o.`upload_successful` = TRUE
   )"""
 
-# Only wallets whose fetch completed land trades: a failed wallet's partial pages land nothing and
-# the wallet is fetched whole again by the next run. A staged row is skipped when production has
-# its id (the same source landed it), or when production holds more than k rows of its fill key
-# from another source, k being its rank among the staged rows of that fill key from its own source
-# (Polymarket's `fill_ordinal`; else by id): identical rows are distinct fills, so two Dome rows
-# of one key stop the first two Polymarket ones and let a third land. Production is read for the
-# staged wallets only, which the clustering on `wallet_address` prunes to.
-INSERT_TRADES = Statement(
-    "insert_trades",
-    f"""
+# The run's wallets whose fetch succeeded: the only wallets whose trades the commit lands. Read
+# from the outcomes load table after loading (one small query), and passed to the commit as the
+# array parameter @wallets (WALLETS), so that every read of production trades in the transaction
+# filters `wallet_address IN UNNEST(@wallets)`: a constant filter on the clustering column, which
+# BigQuery can prune blocks with. A filter by subquery (`IN (SELECT ... FROM load_outcomes)`) is
+# not a constant expression: BigQuery resolves it only while the query runs, and reads every
+# block of the column it filters. Null addresses are left out: they never match `IN` either.
+# @limit: one more than the commit lists, so that a run with too many is told apart cheaply.
+SELECT_LANDING_WALLETS = Statement(
+    "select_landing_wallets",
+    """
+SELECT DISTINCT o.`wallet_address`
+FROM {load_outcomes} AS o
+WHERE o.`upload_successful` = TRUE
+  AND o.`wallet_address` IS NOT NULL
+LIMIT @limit
+""",
+    params=(Param("limit", "INT64"),),
+)
+
+WALLETS = Param("wallets", "ARRAY<STRING>")
+_LISTED_WALLETS = "UNNEST(@wallets)"
+
+
+def _insert_trades(name: str, wallets: str, params: tuple[Param, ...]) -> Statement:
+    """INSERT_TRADES reading production for `wallets`: the @wallets array (pruned), or the
+    successful wallets' subquery (the form for a run with too many wallets to list, which reads
+    every block of production's `id`, `wallet_address` and fill key columns)."""
+    # A production row with the staged row's id is of the staged row's wallet (the id is derived
+    # from the wallet), which is one of `wallets`: the NOT EXISTS may read those wallets only.
+    # The subquery form keeps the id lookup unfiltered, as it always was.
+    id_filter = f"t.`wallet_address` IN {wallets}\n      AND " if params else ""
+    return Statement(
+        name,
+        f"""
 INSERT INTO {{trades}} (
 {_names(TRADE_COLUMNS)}
 )
@@ -471,7 +638,7 @@ LEFT JOIN (
     {_fill_key("t", named=True, indent="    ")},
     COUNT(*) AS `_landed`
   FROM {{trades}} AS t
-  WHERE t.`wallet_address` IN {_SUCCESSFUL_WALLETS}
+  WHERE t.`wallet_address` IN {wallets}
   GROUP BY {", ".join(f"`_fk_{n}`" for n, _ in _FILL_KEY)}
 ) AS every_source
   ON {_fill_key_equal("every_source", "r")}
@@ -481,7 +648,7 @@ LEFT JOIN (
     {_source("t")} AS `_source`,
     COUNT(*) AS `_landed`
   FROM {{trades}} AS t
-  WHERE t.`wallet_address` IN {_SUCCESSFUL_WALLETS}
+  WHERE t.`wallet_address` IN {wallets}
   GROUP BY {", ".join(f"`_fk_{n}`" for n, _ in _FILL_KEY)}, `_source`
 ) AS own_source
   ON {_fill_key_equal("own_source", "r")}
@@ -489,11 +656,25 @@ LEFT JOIN (
 WHERE NOT EXISTS (
     SELECT 1
     FROM {{trades}} AS t
-    WHERE t.`id` = r.`id`
+    WHERE {id_filter}t.`id` = r.`id`
   )
   AND IFNULL(every_source.`_landed`, 0) - IFNULL(own_source.`_landed`, 0) <= r.`_rank`
 """,
-)
+        params=params,
+    )
+
+
+# Only wallets whose fetch completed land trades: a failed wallet's partial pages land nothing and
+# the wallet is fetched whole again by the next run. A staged row is skipped when production has
+# its id (the same source landed it), or when production holds more than k rows of its fill key
+# from another source, k being its rank among the staged rows of that fill key from its own source
+# (Polymarket's `fill_ordinal`; else by id): identical rows are distinct fills, so two Dome rows
+# of one key stop the first two Polymarket ones and let a third land. Production is read for the
+# run's successful wallets only (@wallets), which the clustering on `wallet_address` prunes to.
+INSERT_TRADES = _insert_trades("insert_trades", _LISTED_WALLETS, (WALLETS,))
+# The same statement for a run with more wallets than a parameter may carry (see
+# base.WALLETS_LISTED_AT_MOST): the same rows land, but production is read whole.
+INSERT_TRADES_UNPRUNED = _insert_trades("insert_trades_unpruned", _SUCCESSFUL_WALLETS, ())
 
 
 def _merge_newest(name: str, table: str, key: str, columns: tuple[Column, ...]) -> Statement:
@@ -527,6 +708,36 @@ WHEN NOT MATCHED THEN
 MERGE_MARKETS = _merge_newest("merge_markets", "markets", "condition_id", MARKET_COLUMNS)
 MERGE_EVENTS = _merge_newest("merge_events", "events", "event_slug", EVENT_COLUMNS)
 
+# The keys the run's lookups found missing at the source, one row per key for this run (its
+# earliest sighting). The NOT EXISTS makes a recommit, or an older run committed late, add
+# nothing twice: how many runs found a key missing is a count of distinct runs, never inflated.
+INSERT_MISSING = Statement(
+    "insert_missing",
+    """
+INSERT INTO {missing} (
+  `kind`,
+  `key`,
+  `seen_at`,
+  `run_id`
+)
+SELECT
+  s.`kind`,
+  s.`key`,
+  MIN(s.`seen_at`) AS `seen_at`,
+  @run_id AS `run_id`
+FROM {load_missing} AS s
+WHERE NOT EXISTS (
+    SELECT 1
+    FROM {missing} AS m
+    WHERE m.`kind` = s.`kind`
+      AND m.`key` = s.`key`
+      AND m.`run_id` = @run_id
+  )
+GROUP BY s.`kind`, s.`key`
+""",
+    params=(Param("run_id", "STRING"),),
+)
+
 # One outcome per wallet (a success beats a failure, then the newest). A successful wallet's
 # trade_count is what production holds for it after this transaction's INSERT (so a refresh, which
 # fetches only the newest trades, still records the total); a failed one keeps the outcome's.
@@ -534,10 +745,12 @@ MERGE_EVENTS = _merge_newest("merge_events", "events", "event_slug", EVENT_COLUM
 # in production is never turned back into a failed one (a failed refresh records only its error,
 # and its unchanged last_refreshed_at makes the next run try again); last_trade_at never moves back.
 # `source` is the source of the last successful fetch: a failure leaves it as it was.
-MERGE_CHECKPOINT = Statement(
-    "merge_checkpoint",
-    """
-MERGE INTO {checkpoint} AS t
+def _merge_checkpoint(name: str, wallets: str, params: tuple[Param, ...]) -> Statement:
+    """MERGE_CHECKPOINT counting production's trades of `wallets` (see `_insert_trades`)."""
+    return Statement(
+        name,
+        f"""
+MERGE INTO {{checkpoint}} AS t
 USING (
   SELECT
     o.`wallet_address`,
@@ -560,7 +773,7 @@ USING (
       `error`,
       `last_trade_at`,
       `source`
-    FROM {load_outcomes}
+    FROM {{load_outcomes}}
     WHERE TRUE
     QUALIFY ROW_NUMBER() OVER (
       PARTITION BY `wallet_address`
@@ -571,8 +784,8 @@ USING (
     SELECT
       `wallet_address`,
       COUNT(*) AS `trade_count`
-    FROM {trades}
-    WHERE `wallet_address` IN (SELECT `wallet_address` FROM {load_outcomes})
+    FROM {{trades}}
+    WHERE `wallet_address` IN {wallets}
     GROUP BY `wallet_address`
   ) AS p
     ON p.`wallet_address` = o.`wallet_address`
@@ -643,6 +856,16 @@ WHEN NOT MATCHED THEN
     IF(s.`upload_successful`, s.`source`, NULL)
   )
 """,
+        params=params,
+    )
+
+
+# Production's trade count is read for the successful wallets (@wallets) only: a failed wallet's
+# outcome keeps its own count, and a wallet with any successful outcome is one of @wallets.
+MERGE_CHECKPOINT = _merge_checkpoint("merge_checkpoint", _LISTED_WALLETS, (WALLETS,))
+# For a run with too many wallets to list: every outcome's wallet, by subquery (not pruned).
+MERGE_CHECKPOINT_UNPRUNED = _merge_checkpoint(
+    "merge_checkpoint_unpruned", "(SELECT `wallet_address` FROM {load_outcomes})", ()
 )
 
 # The row that marks the run committed; its NOT EXISTS makes a repeated insert a no-op too.
@@ -690,53 +913,184 @@ WHERE NOT EXISTS (
     params=(Param("run_id", "STRING"), Param("committed_at", "TIMESTAMP")),
 )
 
+# The commit transaction's FIRST statement: a write to the lease row. Two commit transactions at
+# once then both write one row of one table: BigQuery cancels one of two concurrent transactions
+# that mutate the same table ("concurrent update"), DuckDB fails the second writer of a row
+# ("Conflict on update"); the loser retries and finds the run committed (RUN_COMMITTED). It bumps
+# a counter, a real change: DuckDB sees no conflict in an update that sets a value to itself.
+COMMIT_LOCK = Statement(
+    "commit_lock",
+    """
+MERGE INTO {lease} AS t
+USING (SELECT @lease_name AS `lease_name`) AS s
+ON t.`lease_name` = s.`lease_name`
+WHEN MATCHED THEN
+  UPDATE SET
+    `commits` = IFNULL(t.`commits`, 0) + 1,
+    `last_run_id` = @run_id
+WHEN NOT MATCHED THEN
+  INSERT (`lease_name`, `commits`, `last_run_id`)
+  VALUES (s.`lease_name`, 1, @run_id)
+""",
+    params=(Param("lease_name", "STRING"), Param("run_id", "STRING")),
+)
+
+# Read inside the transaction, after COMMIT_LOCK: a twin that committed the run first makes this
+# transaction roll back, changing nothing.
+RUN_COMMITTED = Statement(
+    "run_committed",
+    """
+SELECT COUNT(*) > 0 AS `committed`
+FROM {runs}
+WHERE `run_id` = @run_id
+""",
+    params=(Param("run_id", "STRING"),),
+)
+
 # The statements between BEGIN and COMMIT, in order. BigQuery sends them as one script.
+# Production trades are read for the run's successful wallets, given as @wallets.
 COMMIT_STATEMENTS: tuple[Statement, ...] = (
     INSERT_TRADES,
     MERGE_MARKETS,
     MERGE_EVENTS,
+    INSERT_MISSING,
     MERGE_CHECKPOINT,
     INSERT_RUN,
 )
+# The same transaction for a run whose wallets are too many to list: the same result, with
+# production trades filtered by subquery (read whole: no block pruning).
+COMMIT_STATEMENTS_UNPRUNED: tuple[Statement, ...] = tuple(
+    {INSERT_TRADES: INSERT_TRADES_UNPRUNED, MERGE_CHECKPOINT: MERGE_CHECKPOINT_UNPRUNED}.get(s, s)
+    for s in COMMIT_STATEMENTS
+)
+
+
+def commit_statements(wallets_listed: bool) -> tuple[Statement, ...]:
+    """The commit transaction's statements: reading production for the @wallets listed, or (a
+    run with too many wallets to list) for the load tables' wallets by subquery."""
+    return COMMIT_STATEMENTS if wallets_listed else COMMIT_STATEMENTS_UNPRUNED
 
 # ---------------------------------------------------------------------------------------------
-# Verification: done wallets whose trade count in production differs from the checkpoint's
-# (a dropped partition, a table restored from an old snapshot, a hand-edited checkpoint). One
-# grouped query over the trades' wallet column, not one per wallet.
+# Verification: production's trades against the checkpoint, with one grouped query each.
+# Two faults: a trade id held more than once (a hand-made copy of rows: the commit never lands an
+# id twice), and a done wallet whose trade count differs from production's (a dropped partition,
+# a table restored from an old snapshot, a hand-edited checkpoint, or a count the checkpoint took
+# from production while production held copies).
 
+VERIFY_DUPLICATES = Statement(
+    "verify_duplicates",
+    """
+SELECT
+  MIN(`wallet_address`) AS `wallet_address`,
+  `id`,
+  COUNT(*) AS `copies`
+FROM {trades}
+GROUP BY `id`
+HAVING COUNT(*) > 1
+ORDER BY `wallet_address`, `id`
+""",
+)
+
+# Done wallets whose checkpoint count differs from production's rows, or whose rows hold an id
+# more than once: (wallet, checkpoint count, production rows, production distinct ids).
 VERIFY_MISMATCHES = Statement(
     "verify_mismatches",
     """
 SELECT
   c.`wallet_address`,
   c.`trade_count`,
-  IFNULL(p.`trade_count`, 0) AS `production_count`
+  IFNULL(p.`trade_rows`, 0) AS `production_rows`,
+  IFNULL(p.`trade_ids`, 0) AS `production_ids`
 FROM {checkpoint} AS c
 LEFT JOIN (
-  SELECT `wallet_address`, COUNT(*) AS `trade_count`
+  SELECT
+    `wallet_address`,
+    COUNT(*) AS `trade_rows`,
+    COUNT(DISTINCT `id`) AS `trade_ids`
   FROM {trades}
   GROUP BY `wallet_address`
 ) AS p
   ON p.`wallet_address` = c.`wallet_address`
 WHERE c.`completed` = TRUE
   AND c.`upload_successful` = TRUE
-  AND IFNULL(c.`trade_count`, -1) != IFNULL(p.`trade_count`, 0)
+  AND (
+    IFNULL(c.`trade_count`, -1) != IFNULL(p.`trade_rows`, 0)
+    OR IFNULL(p.`trade_rows`, 0) != IFNULL(p.`trade_ids`, 0)
+  )
 ORDER BY c.`wallet_address`
 """,
 )
 
-# Resetting makes the wallet pending again: the next run fetches its whole history, and the
-# commit's id dedup lands only what production is missing.
+# The repair of duplicate ids, one statement: per duplicated id, every copy is deleted and the
+# earliest fetched one (as the commit's own dedup picks) inserted again. The source is read from
+# the table as it was when the statement started, so it is its own snapshot. Copies that differ
+# in other columns collapse to that one row too: an id is one fill, whatever else a copy says.
+VERIFY_DEDUPLICATE = Statement(
+    "verify_deduplicate",
+    f"""
+MERGE INTO {{trades}} AS t
+USING (
+  SELECT
+{_names(TRADE_COLUMNS, indent="    ")}
+  FROM {{trades}}
+  WHERE `id` IN (
+      SELECT `id`
+      FROM {{trades}}
+      GROUP BY `id`
+      HAVING COUNT(*) > 1
+    )
+  QUALIFY ROW_NUMBER() OVER (PARTITION BY `id` ORDER BY `fetched_at`, `run_id`) = 1
+) AS s
+ON FALSE
+WHEN NOT MATCHED BY SOURCE
+  AND t.`id` IN (
+    SELECT `id`
+    FROM {{trades}}
+    GROUP BY `id`
+    HAVING COUNT(*) > 1
+  ) THEN
+  DELETE
+WHEN NOT MATCHED THEN
+  INSERT (
+{_names(TRADE_COLUMNS, indent="    ")}
+  )
+  VALUES (
+{_names(TRADE_COLUMNS, "s", indent="    ")}
+  )
+""",
+)
+
+# Resetting makes a wallet pending again: the next run fetches its whole history, and the
+# commit's id dedup lands only what production is missing. Runs after VERIFY_DEDUPLICATE in the
+# same transaction, and resets only the given wallets still done whose checkpoint count differs
+# from production's (so a wallet whose only fault was a copied row stays done); their trade_count
+# becomes what production holds, so the checkpoint tells the truth until the next run lands them.
 VERIFY_RESET = Statement(
     "verify_reset",
     """
-UPDATE {checkpoint}
+UPDATE {checkpoint} AS c
 SET
   `upload_successful` = FALSE,
   `error` = @reason,
   `last_trade_at` = NULL,
-  `last_refreshed_at` = NULL
-WHERE `wallet_address` IN UNNEST(@wallets)
+  `last_refreshed_at` = NULL,
+  `trade_count` = p.`production_count`
+FROM (
+  SELECT
+    w.`wallet_address`,
+    COUNT(t.`id`) AS `production_count`
+  FROM (
+    SELECT DISTINCT x AS `wallet_address`
+    FROM UNNEST(@wallets) AS x
+  ) AS w
+  LEFT JOIN {trades} AS t
+    ON t.`wallet_address` = w.`wallet_address`
+  GROUP BY w.`wallet_address`
+) AS p
+WHERE c.`wallet_address` = p.`wallet_address`
+  AND c.`completed` = TRUE
+  AND c.`upload_successful` = TRUE
+  AND IFNULL(c.`trade_count`, -1) != p.`production_count`
 """,
     params=(Param("reason", "STRING"), Param("wallets", "ARRAY<STRING>")),
 )
@@ -771,6 +1125,60 @@ CROSS JOIN (
   WHERE `wallet_address` IS NOT NULL
 ) AS traders
 """,
+)
+
+# The true remaining work, beside the users' percentage (which counts raw `traders` values, so
+# case variants, repeats and strings that are no address never leave it): the distinct valid
+# addresses of `traders`, normalised as the graph normalises them (transforms.read_wallets:
+# trimmed, lowercased, 0x added to 40 bare hex digits), and how many of those are not done.
+_NORMALISED_TRADER = f"""
+  SELECT DISTINCT n.`wallet_address`
+  FROM (
+    SELECT
+      IF(
+        STARTS_WITH(a.`address`, '{ADDRESS_PREFIX}'),
+        a.`address`,
+        CONCAT('{ADDRESS_PREFIX}', a.`address`)
+      ) AS `wallet_address`
+    FROM (
+      SELECT LOWER(TRIM(`wallet_address`)) AS `address`
+      FROM {{traders}}
+    ) AS a
+  ) AS n
+  WHERE REGEXP_CONTAINS(n.`wallet_address`, r'{ADDRESS_PATTERN}')
+    AND CHAR_LENGTH(n.`wallet_address`) = {ADDRESS_LENGTH}
+"""
+
+STATUS_TO_DO = Statement(
+    "status_to_do",
+    f"""
+SELECT
+  COUNT(*) AS `valid_wallets`,
+  IFNULL(COUNTIF(c.`wallet_address` IS NULL), 0) AS `wallets_to_do`
+FROM ({_NORMALISED_TRADER}) AS w
+LEFT JOIN (
+  SELECT DISTINCT `wallet_address`
+  FROM {{checkpoint}}
+  WHERE `completed` = TRUE
+    AND `upload_successful` = TRUE
+) AS c
+  ON c.`wallet_address` = w.`wallet_address`
+""",
+)
+
+# Who holds the backfill's lease now, and until when; no row when it is free or expired.
+STATUS_LEASE = Statement(
+    "status_lease",
+    """
+SELECT
+  `holder`,
+  `expires_at`
+FROM {lease}
+WHERE `lease_name` = @lease_name
+  AND `holder` IS NOT NULL
+  AND `expires_at` > CURRENT_TIMESTAMP()
+""",
+    params=(Param("lease_name", "STRING"),),
 )
 
 STATUS_FAILED_WALLETS = Statement(
@@ -822,6 +1230,40 @@ SELECT
     ) AS unlanded_events
   ) AS `events_pending`
 """,
+)
+
+
+def _declared(kind: str) -> str:
+    """The keys of `kind` (a schema constant) missing at the source, as a subquery's text."""
+    return _indented(_missing_at_source(f"'{kind}'"), "      ")
+
+
+# Of the unlanded markets and events (STATUS_PENDING's), those missing at the source: no run asks
+# for them any more. `status` shows the rest as pending (asked again by the next run).
+STATUS_MISSING = Statement(
+    "status_missing",
+    f"""
+SELECT
+  (
+    SELECT COUNT(*)
+    FROM (
+{_indented(_UNLANDED_MARKETS, "      ")}
+    ) AS unlanded_markets
+    WHERE unlanded_markets.`condition_id` IN (
+{_declared(MISSING_MARKETS)}
+    )
+  ) AS `markets_missing`,
+  (
+    SELECT COUNT(*)
+    FROM (
+{_indented(_UNLANDED_EVENTS, "      ")}
+    ) AS unlanded_events
+    WHERE unlanded_events.`event_slug` IN (
+{_declared(MISSING_EVENTS)}
+    )
+  ) AS `events_missing`
+""",
+    params=(Param("missing_after", "INT64"),),
 )
 
 STATUS_TRADES_BY_SOURCE = Statement(
@@ -878,6 +1320,14 @@ DUCKDB_TABLE_COLUMNS = Statement(
     "SELECT column_name, is_nullable = 'YES' FROM information_schema.columns "
     "WHERE table_name = $table",
     params=(Param("table", "STRING"),),
+    dialect="duckdb",
+)
+
+# Every load table of the warehouse, by prefix (what a killed commit left behind).
+DUCKDB_LOAD_TABLES = Statement(
+    "duckdb_load_tables",
+    "SELECT table_name FROM information_schema.tables WHERE starts_with(table_name, $prefix)",
+    params=(Param("prefix", "STRING"),),
     dialect="duckdb",
 )
 
@@ -951,25 +1401,41 @@ ALL_STATEMENTS: tuple[Statement, ...] = (
     SELECT_KNOWN_EVENTS,
     SELECT_UNLANDED_MARKETS,
     SELECT_UNLANDED_EVENTS,
+    SELECT_MISSING_AT_SOURCE,
     SELECT_COMMITTED_RUN_IDS,
     SELECT_RUN,
+    VERIFY_DUPLICATES,
     VERIFY_MISMATCHES,
+    VERIFY_DEDUPLICATE,
     VERIFY_RESET,
+    ENSURE_LEASE_ROW,
+    LEASE_ACQUIRE,
+    LEASE_RELEASE,
+    SELECT_LEASE,
     BEGIN_TRANSACTION,
+    COMMIT_LOCK,
+    RUN_COMMITTED,
+    SELECT_LANDING_WALLETS,
     *COMMIT_STATEMENTS,
+    INSERT_TRADES_UNPRUNED,
+    MERGE_CHECKPOINT_UNPRUNED,
     COMMIT_TRANSACTION,
     ROLLBACK_TRANSACTION,
     STATUS_PROGRESS,
+    STATUS_TO_DO,
     STATUS_FAILED_WALLETS,
     STATUS_TOTALS,
     STATUS_LAST_RUNS,
     STATUS_PENDING,
+    STATUS_MISSING,
     STATUS_TRADES_BY_SOURCE,
+    STATUS_LEASE,
     INSERT_TRADERS,
     *RELAX_COLUMNS,
     DUCKDB_SET_UTC,
     *DUCKDB_LIMIT_MEMORY,
     DUCKDB_TABLE_COLUMNS,
+    DUCKDB_LOAD_TABLES,
     *DUCKDB_LOAD_FILES.values(),
 )
 
@@ -977,10 +1443,10 @@ ALL_STATEMENTS: tuple[Statement, ...] = (
 # Rendering.
 
 
-def _table_map(tables: TableNames, run_id: str | None) -> dict[str, str]:
+def _table_map(tables: TableNames, run_id: str | None, nonce: str = "") -> dict[str, str]:
     names = tables.as_dict()
     if run_id is not None:
-        names.update({f"load_{kind}": load_table(run_id, kind) for kind in STAGED_KINDS})
+        names.update({f"load_{kind}": load_table(run_id, kind, nonce) for kind in STAGED_KINDS})
     return names
 
 
@@ -998,26 +1464,30 @@ def render(
     tables: TableNames,
     run_id: str | None = None,
     dataset: str | None = None,
+    nonce: str = "",
 ) -> str:
-    """The statement as BigQuery SQL, table names backtick-quoted (and prefixed with `dataset`)."""
+    """The statement as BigQuery SQL, table names backtick-quoted (and prefixed with `dataset`);
+    `run_id` and `nonce` name the load tables (see `load_table`)."""
     if statement.dialect != "bigquery":
         raise ValueError(f"statement {statement.name} is {statement.dialect}-only")
     prefix = f"{validate_dataset(dataset)}." if dataset is not None else ""
-    names = {key: f"`{prefix}{name}`" for key, name in _table_map(tables, run_id).items()}
+    names = {key: f"`{prefix}{name}`" for key, name in _table_map(tables, run_id, nonce).items()}
     text = _fill(statement, names)
     return f"{text}\n{statement.storage}" if statement.storage else text
 
 
 @functools.lru_cache(maxsize=512)
-def render_duckdb(statement: Statement, tables: TableNames, run_id: str | None = None) -> str:
+def render_duckdb(
+    statement: Statement, tables: TableNames, run_id: str | None = None, nonce: str = ""
+) -> str:
     """The statement as DuckDB SQL: sqlglot's translation of the BigQuery text, cached.
 
     The BigQuery-only storage clause is left out here, deliberately; anything else sqlglot
     cannot translate raises instead of being dropped with a warning.
     """
     if statement.dialect == "duckdb":
-        return _fill(statement, _table_map(tables, run_id))
-    names = {key: f"`{name}`" for key, name in _table_map(tables, run_id).items()}
+        return _fill(statement, _table_map(tables, run_id, nonce))
+    names = {key: f"`{name}`" for key, name in _table_map(tables, run_id, nonce).items()}
     (translated,) = sqlglot.transpile(
         _fill(statement, names),
         read="bigquery",

@@ -7,6 +7,7 @@ request draws from.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,8 @@ class DomeClient:
     def _pages(self, endpoint: str, params: Params, fields: Any, where: str) -> Iterator[Page]:
         """Walks `pagination_key` until has_more is false, refusing any loop the server could cause."""
 
+        pages = itertools.count()  # deeper pages first: a long walk is not starved by new ones
+
         def get_page(key: str | None, page_where: str) -> Page:
             page_params = [*params, ("pagination_key", key)] if key else params
             body = self._http.get_json(
@@ -136,6 +139,7 @@ class DomeClient:
                 endpoint=endpoint,
                 buckets=(BUCKET,),
                 where=page_where,
+                priority=next(pages),
             )
             page = parse_page(body, endpoint, fields, page_where)
             if page.unknown_fields:

@@ -12,10 +12,12 @@ covers it (`ROUTES`). No key: none is sent.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -58,6 +60,7 @@ MARKETS_PER_REQUEST = 50  # condition_ids per keyset call: the cap is undocument
 EVENTS_PER_REQUEST = 50
 KEYSET_LIMIT = 100  # Gamma's documented maximum page size for markets (two clients quote it)
 RESOLUTIONS_PER_REQUEST = 20
+LOOKUP_THREADS = 8  # a market batch's follow-ups (slug lookups, resolutions) in flight at once
 END_MARGIN_S = 120  # the run's `end` trails the feed's own lag by this much more
 
 
@@ -82,7 +85,7 @@ class PolymarketClient:
         self.page_limit = spec.page_limit
         self.max_pages = spec.max_pages
 
-    def _get(self, url: str, params: Params, endpoint: str, where: str) -> Any:
+    def _get(self, url: str, params: Params, endpoint: str, where: str, priority: int = 0) -> Any:
         return self._http.get_json(
             url,
             params,
@@ -90,6 +93,7 @@ class PolymarketClient:
             buckets=ROUTES[endpoint],
             where=where,
             parse_float=Decimal,
+            priority=priority,
         )
 
     def _unknown(self, kind: str, unknown: Any) -> None:
@@ -120,10 +124,12 @@ class PolymarketClient:
             ("limit", self.page_limit),
         ]
         raws: dict[int, list[dict[str, Any]]] = {}
+        pages = itertools.count()  # deeper pages first: a long walk is not starved by new ones
 
         def get_page(cursor: str | None, where: str) -> Page:
             page_params = [*params, ("cursor", cursor)] if cursor else params
-            body = self._get(f"{self._data}/v2/trades", page_params, "trades", where)
+            url = f"{self._data}/v2/trades"
+            body = self._get(url, page_params, "trades", where, priority=next(pages))
             page, raw = parse.trades_page(body, where)
             self._unknown("trades", page.unknown_fields)
             raws[id(page)] = raw
@@ -235,9 +241,13 @@ def _look_up(
     keyset: Callable[[list[str], bool], list[Pair]],
     key_of: Callable[[dict[str, Any]], str],
     one: Callable[[str], Pair | None],
+    pool: Executor,
+    closed_found: Callable[[dict[str, Pair]], None] = lambda pairs: None,
 ) -> dict[str, Pair]:
     """Keys found by Gamma's keyset, closed ones first then open ones (its `closed` default
-    drops resolved ones; for events it is undocumented), then one by one; the rest is missing."""
+    drops resolved ones; for events it is undocumented), then one by one (at once, on `pool`);
+    the rest is missing. `closed_found` hears of the closed pass's keys as soon as it ends, so
+    that their follow-ups (resolutions) overlap the open pass."""
     found: dict[str, Pair] = {}
     asked = set(wanted)
     for closed in (True, False):
@@ -247,11 +257,12 @@ def _look_up(
         for item, raw in keyset(missing, closed):
             if key_of(item) in asked:
                 found[key_of(item)] = (item, raw)
-    for key in wanted:
-        if key not in found:
-            pair = one(key)
-            if pair is not None and key_of(pair[0]) == key:
-                found[key] = pair
+        if closed:
+            closed_found(dict(found))
+    rest = [key for key in wanted if key not in found]
+    for key, pair in zip(rest, pool.map(one, rest), strict=True):
+        if pair is not None and key_of(pair[0]) == key:
+            found[key] = pair
     return found
 
 
@@ -268,6 +279,9 @@ class PolymarketSource(Source):
         self._run_id = spec.run_id
         self._end = spec.trades_end
         self._end_lock = threading.Lock()
+        # A batch's follow-up requests go out together, not one after another. Submitted to only
+        # from a batch's own thread and never from the pool's, so it cannot deadlock.
+        self._pool = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="polymarket-lookup")
 
     def trades_end(self) -> int:
         """The run's fixed `end` (set at launch; asked of /v2/status once if not)."""
@@ -297,17 +311,35 @@ class PolymarketSource(Source):
 
     def markets(self, refs: Sequence[MarketRef]) -> Lookup:
         slugs = {cid.lower(): slug for cid, slug in refs}
+        asked: list[Future] = []  # resolutions, 20 closed markets a request
+        asked_ids: set[str] = set()
+
+        def resolve(pairs: dict[str, Pair], last: bool) -> None:
+            """Asks the resolutions of closed markets not asked yet, all at once: full requests
+            only, until `last` (the closed pass overlaps the open one and the slug lookups)."""
+            closed_ids = sorted(
+                cid for cid, (item, _) in pairs.items() if item["closed"] and cid not in asked_ids
+            )
+            step = RESOLUTIONS_PER_REQUEST
+            for start in range(0, len(closed_ids), step):
+                chunk = closed_ids[start : start + step]
+                if len(chunk) == step or last:
+                    asked_ids.update(chunk)
+                    asked.append(self._pool.submit(self.client.resolutions, chunk))
+
         found = _look_up(
             sorted(slugs),
             self.client.markets,
             lambda item: item["conditionId"].lower(),
             lambda cid: self.client.market_by_slug(slugs[cid]) if _has_slug(slugs[cid]) else None,
+            self._pool,
+            closed_found=lambda pairs: resolve(pairs, last=False),
         )
-        wanted = sorted(slugs)
-        closed_ids = sorted(cid for cid, (item, _) in found.items() if item["closed"])
+        resolve(found, last=True)
         payouts: dict[str, list[int] | None] = {}
-        for start in range(0, len(closed_ids), RESOLUTIONS_PER_REQUEST):
-            payouts.update(self.client.resolutions(closed_ids[start : start + 20]))
+        for future in asked:
+            payouts.update(future.result())
+        wanted = sorted(slugs)
         fetched_at = format_timestamp(time.time())
         lookup = Lookup(missing=[cid for cid in wanted if cid not in found])
         for cid in sorted(found):
@@ -325,6 +357,7 @@ class PolymarketSource(Source):
             self.client.events,
             lambda item: item["slug"],
             lambda slug: self.client.event_by_slug(slug) if _has_slug(slug) else None,
+            self._pool,
         )
         fetched_at = format_timestamp(time.time())
         lookup = Lookup(missing=[slug for slug in wanted if slug not in found])
@@ -334,4 +367,5 @@ class PolymarketSource(Source):
         return lookup
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()

@@ -1,0 +1,319 @@
+"""A run's staging in a local folder: state files written whole, torn ones never a crash, staging that
+contradicts itself refused and parked, `commit --run_id` in one line, and a run id claimed once.
+
+Real parts throughout: files on disk, Beam's FileSystems, a DuckDB warehouse, `prepare` and the
+`python -m pipeline commit` entry point; the end-to-end case runs the graph against the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipeline.__main__ import main as cli
+from pipeline.lifecycle import prepare
+from pipeline.options import BackfillConfig, OptionsError, resolve_command_argv
+from pipeline.run import run_backfill
+from pipeline.staging import (
+    COMMITTED,
+    INDEX,
+    MANIFEST,
+    REFUSED,
+    RunIdTaken,
+    RunStaging,
+    commit_staged_run,
+    parked_runs,
+    runs_to_recover,
+)
+from pipeline.warehouse import CommitReport, TableNames, WarehouseRef, open_warehouse
+from tests.support import (
+    assert_production_is_truth,
+    outcome,
+    query,
+    seed_traders,
+    stage,
+    trade,
+)
+
+TORN_MANIFESTS = {
+    "empty": "",
+    "cut short": '{"files": {"trades": ["/x/trades/part-0',
+    "garbage": "\x00\x01 not json",
+    "not an object": "[1, 2]",
+    "another run's": json.dumps({"run_id": "r9", "files": {}}),
+    "no files": json.dumps({"run_id": "r1"}),
+    "files not lists": json.dumps({"run_id": "r1", "files": {"trades": "part-0.json"}}),
+}
+
+
+def staged_run(root: Path, run_id: str = "r1") -> RunStaging:
+    """A whole staged run by hand, as the graph leaves it: wallet 0xa fetched 3 trades, 0xb 1,
+    0xc failed after staging 1; manifest written, not committed."""
+    files = stage(
+        root,
+        run_id,
+        trades=[
+            trade("0xa", "a1", run_id),
+            trade("0xa", "a2", run_id),
+            trade("0xb", "b1", run_id),
+            trade("0xa", "a3", run_id),
+            trade("0xc", "c1", run_id),
+        ],
+        outcomes=[
+            outcome("0xa", run_id, True, 10, trade_count=3),
+            outcome("0xb", run_id, True, 10, trade_count=1),
+            outcome("0xc", run_id, False, 10, trade_count=1, error="HTTP 500 after 5 attempts"),
+        ],
+    )
+    staging = RunStaging(str(root), run_id)
+    staging.write_manifest(files)
+    return staging
+
+
+def config_for(db: Path, root: Path | str, run_id: str = "now") -> BackfillConfig:
+    return resolve_command_argv(
+        [f"--warehouse=duckdb:{db}", f"--staging_root={root}", f"--run_id={run_id}"]
+    )
+
+
+def commit_cli(db: Path, root: Path | str, run_id: str, capsys) -> tuple[int, list[str]]:
+    """`python -m pipeline commit --run_id`, in process: its exit code and stdout lines."""
+    code = cli(
+        ["commit", f"--warehouse=duckdb:{db}", f"--staging_root={root}", f"--run_id={run_id}"]
+    )
+    return code, capsys.readouterr().out.strip().splitlines()
+
+
+def production(db: Path) -> tuple[list[tuple], list[tuple]]:
+    return (
+        query(db, "SELECT wallet_address, id FROM trades ORDER BY id"),
+        query(db, "SELECT wallet_address, upload_successful FROM backfill_checkpoint"),
+    )
+
+
+def new_warehouse(path: Path) -> WarehouseRef:
+    with open_warehouse(f"duckdb:{path}") as warehouse:
+        warehouse.ensure_tables()
+    return WarehouseRef(f"duckdb:{path}", TableNames())
+
+
+# -- state files: written whole, torn ones never a crash ------------------------------------------
+
+
+def test_state_files_are_replaced_whole_and_a_killed_writes_temporary_is_ignored(tmp_path, caplog):
+    staging = staged_run(tmp_path / "staging")
+    staging.mark_committed(CommitReport("r1", already_committed=False, trades_inserted=4))
+    marker = Path(staging.marker)
+    with marker.open("rb") as reader:  # a reader that opened the marker before a rewrite ...
+        staging.mark_committed(CommitReport("r1", already_committed=True))
+        assert json.loads(reader.read())["trades_inserted"] == 4  # ... still reads it whole
+    assert json.loads(marker.read_text())["already_committed"] is True
+    names = {p.name for p in Path(staging.folder).iterdir()}
+    assert names == {"trades", "outcomes", MANIFEST, COMMITTED}  # no temporary left behind
+
+    # A write killed between its temporary file and the rename leaves only the temporary:
+    # start-up sees a run without a manifest (fetched again), never a torn one.
+    killed = tmp_path / "staging" / "r2"
+    stage(tmp_path / "staging", "r2", trades=[trade("0xd", "d1", "r2")])
+    (killed / f"{MANIFEST}.0123abcd.tmp").write_text('{"run_id": "r2", "fi')
+    db = tmp_path / "wh.duckdb"
+    with caplog.at_level(logging.WARNING):
+        assert [r.run_id for r in prepare(config_for(db, tmp_path / "staging"))] == []
+    assert "r2" not in caplog.text
+
+
+@pytest.mark.parametrize("content", TORN_MANIFESTS.values(), ids=TORN_MANIFESTS.keys())
+def test_a_torn_manifest_is_not_staged_at_start_up_nor_for_commit(
+    tmp_path, caplog, capsys, content
+):
+    root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
+    staging = staged_run(root)
+    Path(staging.manifest).write_text(content)
+    with caplog.at_level(logging.WARNING):
+        recovered = prepare(config_for(db, root))
+    assert recovered == []
+    assert staging.manifest in caplog.text  # the warning names the file
+    assert production(db) == ([], [])
+
+    code, lines = commit_cli(db, root, "r1", capsys)
+    assert code == 2
+    assert len(lines) == 1 and staging.manifest in lines[0], lines
+    assert production(db) == ([], [])
+
+
+@pytest.mark.parametrize("content", ["", '{"run_id": "r1", "trades_ins'], ids=["empty", "cut"])
+def test_a_torn_marker_counts_as_not_committed_and_committing_again_is_safe(
+    tmp_path, caplog, capsys, content
+):
+    root = tmp_path / "staging"
+    staging = staged_run(root)
+    first = tmp_path / "first.duckdb"
+    assert commit_staged_run(staging, new_warehouse(first)).committed
+    # The count check passed: 0xc failed, so its one partial trade is not counted against it.
+    assert query(first, "SELECT wallet_address, COUNT(*) FROM trades GROUP BY 1 ORDER BY 1") == [
+        ("0xa", 3),
+        ("0xb", 1),
+    ]
+    landed = production(first)
+    Path(staging.marker).write_text(content)
+
+    # The warehouse that committed it knows the run: start-up does not even read the marker.
+    assert runs_to_recover(str(root), {"r1"}) == []
+    # By hand: the runs table answers "already committed", and the marker is written whole again.
+    code, lines = commit_cli(first, root, "r1", capsys)
+    assert code == 0 and json.loads("\n".join(lines))["already_committed"] is True
+    assert production(first) == landed
+    assert json.loads(Path(staging.marker).read_text())["run_id"] == "r1"
+
+    # Start-up lists only runs not committed yet: once its marker was written, r1 left the index,
+    # so a warehouse that does not know it gets it by hand, with `commit --run_id`.
+    Path(staging.marker).write_text(content)
+    by_hand = tmp_path / "by_hand.duckdb"
+    assert prepare(config_for(by_hand, root, "start-1")) == []
+    code, lines = commit_cli(by_hand, root, "r1", capsys)
+    assert code == 0 and json.loads("\n".join(lines))["already_committed"] is False
+    assert production(by_hand) == landed
+
+    # A root staged by an older version has no index: the one-time scan that builds it takes the
+    # torn marker as "not committed" (a warning naming it), and start-up commits the run there.
+    Path(staging.marker).write_text(content)
+    shutil.rmtree(root / INDEX)
+    fresh = tmp_path / "fresh.duckdb"
+    with caplog.at_level(logging.WARNING):
+        recovered = prepare(config_for(fresh, root, "start-2"))
+    assert [(r.run_id, r.committed) for r in recovered] == [("r1", True)]
+    assert staging.marker in caplog.text
+    assert production(fresh) == landed
+
+
+# -- staged counts: a run whose staging contradicts itself is refused and parked -------------------
+
+
+def drop_line(path: Path, wallet: str) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    index = next(i for i, line in enumerate(lines) if json.loads(line)["wallet_address"] == wallet)
+    path.write_text("".join(lines[:index] + lines[index + 1 :]))
+
+
+def copy_line(path: Path, wallet: str) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join([*lines, next(x for x in lines if f'"{wallet}"' in x)]))
+
+
+def garble_outcomes(path: Path, _wallet: str) -> None:
+    path.write_text(path.read_text() + '{"wallet_address": "0xe", "trade_c\n')
+
+
+@pytest.mark.parametrize(
+    ("spoil", "wallet", "file", "named"),
+    [
+        (drop_line, "0xa", "trades/part-0.json", "0xa outcome 3, staged 2"),
+        (copy_line, "0xb", "trades/part-0.json", "0xb outcome 1, staged 2"),
+        (garble_outcomes, "0xe", "outcomes/part-1.json", "is not a JSON object"),
+    ],
+    ids=["short", "long", "outcomes line not JSON"],
+)
+def test_staging_that_disagrees_with_its_outcomes_is_refused_once_and_parked(
+    tmp_path, capsys, spoil, wallet, file, named
+):
+    root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
+    staging = staged_run(root)
+    folder = Path(staging.folder)
+    spoil(folder / file, wallet)
+    warehouse = new_warehouse(db)
+
+    # By the graph's last step or start-up recovery: refused before the warehouse is touched.
+    outcome_ = commit_staged_run(staging, warehouse)
+    assert outcome_.refused and outcome_.report is None and named in outcome_.error
+    assert production(db) == ([], [])
+    assert named in json.loads((folder / REFUSED).read_text())["reason"]
+    assert prepare(config_for(db, root)) == []  # parked: start-up does not even list it
+    assert [(run.run_id, named in run.reason) for run in parked_runs(str(root))] == [("r1", True)]
+    code, lines = commit_cli(db, root, "r1", capsys)
+    assert code == 2 and len(lines) == 1 and "refused" in lines[0] and named in lines[0]
+
+    # By hand first: the same refusal, in one line.
+    (folder / REFUSED).unlink()
+    code, lines = commit_cli(db, root, "r1", capsys)
+    assert code == 2 and len(lines) == 1 and "is refused" in lines[0] and named in lines[0]
+    assert (folder / REFUSED).exists()
+    assert production(db) == ([], [])
+
+
+@pytest.mark.world(seed=17, wallets=8, max_trades=400)
+def test_a_real_run_whose_trades_were_cut_is_refused_then_the_next_run_fetches_it_exact(
+    world, tmp_path, capsys
+):
+    """A crash between staging and commit (made deterministic: the marker removed), whose trades
+    file then lost lines: the commit refuses it, and the next run refetches those wallets."""
+    first = run_backfill(world.argv())
+    staging = RunStaging(str(world.staging), first.run_id)
+    Path(staging.marker).unlink()
+    files = sorted(Path(staging.kind_folder("trades")).glob("*.json"))
+    biggest = max(files, key=lambda p: len(p.read_text().splitlines()))
+    lines = biggest.read_text().splitlines(keepends=True)
+    cut = {json.loads(line)["wallet_address"] for line in lines[:3]}
+    biggest.write_text("".join(lines[3:]))
+
+    fresh = tmp_path / "fresh.duckdb"
+    seed_traders(fresh, world.wallets)
+    refused = commit_staged_run(staging, WarehouseRef(f"duckdb:{fresh}", TableNames()))
+    assert refused.refused and all(wallet in refused.error for wallet in cut)
+    assert production(fresh) == ([], [])
+    code, out = commit_cli(fresh, world.staging, first.run_id, capsys)
+    assert code == 2 and len(out) == 1
+
+    again = run_backfill(world.argv(db=fresh))
+    assert again.recovered == []  # parked, not retried
+    assert again.counters["wallets_fetched"] == len(world.wallets)
+    assert_production_is_truth(world, fresh)
+
+
+# -- commit --run_id: one line for what cannot be committed ----------------------------------------
+
+
+def test_commit_of_a_run_that_does_not_exist_says_so_in_one_line(tmp_path, capsys):
+    root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
+    staged_run(root)
+    code, lines = commit_cli(db, root, "r404", capsys)
+    assert code == 2
+    assert lines == [
+        f"commit: run r404 has no staging under {root}: check --run_id and --staging_root"
+    ]
+
+    stage(root, "r2", trades=[trade("0xd", "d1", "r2")])  # staged, killed before its manifest
+    code, lines = commit_cli(db, root, "r2", capsys)
+    assert code == 2 and len(lines) == 1 and "not fully staged" in lines[0], lines
+
+
+# -- the run-id claim -------------------------------------------------------------------------------
+
+
+def test_of_two_claims_of_one_run_id_exactly_one_wins(tmp_path):
+    staging = RunStaging(str(tmp_path / "staging"), "r1")
+    start = threading.Barrier(8)
+    won: list[bool] = []
+
+    def claim() -> None:
+        start.wait()
+        try:
+            staging.claim()
+            won.append(True)
+        except RunIdTaken:
+            won.append(False)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won) == [False] * 7 + [True]
+
+    config = config_for(tmp_path / "wh.duckdb", tmp_path / "staging", "r1")
+    with pytest.raises(OptionsError, match="r1"):
+        prepare(config)
