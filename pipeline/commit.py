@@ -3,7 +3,8 @@
 Exit codes: 0 committed (or already committed), 1 the warehouse refused the transaction (production
 untouched; fix the warehouse and run it again), 2 nothing here can be committed: no such run, no
 whole manifest, or a run refused because its staging contradicts itself (its wallets are fetched
-again by the next run). Each failure is one line saying what to fix.
+again by the next run), 3 a backfill holds the warehouse's lease (try again when it has ended).
+Each failure is one line saying what to fix.
 
 A run that start-up parked after its commit failed MAX_FAILED_COMMITS times (`status` lists it)
 is committed here like any other, once the warehouse is fixed; success takes it off the parked
@@ -16,8 +17,11 @@ import argparse
 import dataclasses
 import json
 
-from pipeline.options import BackfillOptions, OptionsError, resolve_command_argv
+from pipeline import lease
+from pipeline.options import BackfillOptions, OptionsError, resolve_command
 from pipeline.staging import StagingError, commit_staged_run
+
+LEASE_HELD = 3  # a backfill is using the warehouse: try again when it has ended
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +33,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         print("commit: give --run_id (a folder under --staging_root that has _STAGED.json)")
         return 2
     try:
-        config = resolve_command_argv(argv)
+        config = resolve_command(args)
     except OptionsError as exc:
         print(exc)
         return 2
@@ -52,7 +56,19 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     except StagingError as exc:
         print(f"commit: nothing to commit (its wallets are fetched again by the next run): {exc}")
         return 2
-    outcome = commit_staged_run(staging, config.warehouse_ref, files)
+    holder = lease.holder_name(f"commit-{staging.run_id}", local=True)
+    try:
+        with config.warehouse_ref.open() as warehouse:
+            warehouse.ensure_tables()
+            lease.take(warehouse, holder, lease.COMMIT_MARGIN_S)
+    except lease.WarehouseBusy as exc:
+        print(f"commit: {exc}")
+        return LEASE_HELD
+    try:
+        outcome = commit_staged_run(staging, config.warehouse_ref, files)
+    finally:
+        with config.warehouse_ref.open() as warehouse:
+            warehouse.release_lease(holder)
     if outcome.refused:
         print(
             f"commit: run {staging.run_id} is refused, production is untouched and its wallets "

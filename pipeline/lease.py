@@ -5,7 +5,8 @@ own clock), so the launcher of a Dataflow job can take it and the job's commit s
 can give it back. A holder that crashed cannot hold it forever: the lease expires after the run's
 budget plus a margin. A local run (DirectRunner) is also recognised as gone at once: it names its
 process in the holder, and a later run on the same machine whose holder process no longer exists
-takes the lease over (so a run killed by SIGKILL does not keep the next one out for hours). A
+takes the lease over (so a run killed by SIGKILL does not keep the next one out for hours); so
+does a later run in the same process, since one process runs one run at a time. A
 Dataflow holder is never taken over that way: its launcher exits as soon as the job is submitted.
 """
 
@@ -47,13 +48,15 @@ def ttl_seconds(max_run_minutes: float | None) -> float:
 
 
 def holder_is_gone(holder: str | None) -> bool:
-    """Whether `holder` is a local run of this machine whose process has ended."""
+    """Whether `holder` is a local run of this machine that is over: its process has ended, or it
+    is this process, whose runs are sequential (`run_backfill` returns when its run is over), so
+    an earlier run of it that did not give the lease back is not running any more."""
     match = _LOCAL.match(holder or "")
     if match is None or match["host"] != socket.gethostname():
         return False
     pid = int(match["pid"])
     if pid == os.getpid():
-        return False
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

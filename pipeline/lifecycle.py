@@ -29,18 +29,18 @@ from pipeline.staging import (
 log = logging.getLogger(__name__)
 
 
-def prepare(config: BackfillConfig, *, retention_days: float | None = None) -> list[CommitOutcome]:
+def prepare(config: BackfillConfig) -> list[CommitOutcome]:
     """Start of every run: create missing tables, take the warehouse's lease (one backfill at a
     time: WarehouseBusy if another holds it), claim the run id, drop load tables a killed commit
     left, commit any earlier run left staged, delete the staging of runs committed more than
-    `retention_days` ago (None or 0 keeps it), then (with --verify) repair production.
+    --staging_retention_days ago (by default none is), then (with --verify) repair production.
 
     The lease is given back by the run's commit step; if start-up itself fails, here."""
     with config.warehouse_ref.open() as warehouse:
         warehouse.ensure_tables()
         lease.take(warehouse, config.lease_holder, lease.ttl_seconds(config.max_run_minutes))
     try:
-        return _prepare_holding_the_lease(config, retention_days)
+        return _prepare_holding_the_lease(config)
     except BaseException:
         release(config)
         raise
@@ -55,9 +55,7 @@ def release(config: BackfillConfig) -> None:
         log.warning("could not give back the lease of %s: %s", config.lease_holder, exc)
 
 
-def _prepare_holding_the_lease(
-    config: BackfillConfig, retention_days: float | None
-) -> list[CommitOutcome]:
+def _prepare_holding_the_lease(config: BackfillConfig) -> list[CommitOutcome]:
     try:
         config.staging.claim()
     except RunIdTaken as exc:
@@ -74,8 +72,8 @@ def _prepare_holding_the_lease(
         # parked instead: its staging is wrong, so committing it by hand would not help).
         # After MAX_FAILED_COMMITS failed start-ups it is parked, and start-up stops trying.
         recovered.append(recover_staged_run(earlier, config.warehouse_ref))
-    if retention_days:
-        delete_expired_staging(config.staging_root, committed, retention_days)
+    if config.staging_retention_days:
+        delete_expired_staging(config.staging_root, committed, config.staging_retention_days)
     if config.verify:
         with config.warehouse_ref.open() as warehouse:
             log.warning("%s", warehouse.verify(reset=True).render())

@@ -145,6 +145,13 @@ class BackfillOptions(PipelineOptions):
             "flight finish, the rest stay pending); with --max_wallets, whichever comes first",
         )
         add(
+            "--staging_retention_days",
+            type=float,
+            default=None,
+            help="at start-up, delete the staging of runs committed more than this many days "
+            "ago (at most 50 runs per start-up); default: keep everything",
+        )
+        add(
             "--fetch_threads",
             type=int,
             default=None,
@@ -203,6 +210,7 @@ class BackfillConfig:
     verify: bool = False
     started_at: float = 0.0  # unix seconds, fixed at launch: every worker judges staleness alike
     max_run_minutes: float | None = None  # from started_at; None: no time budget
+    staging_retention_days: float | None = None  # None: keep every run's staging
     # Who holds the warehouse's lease for this run (pipeline.lease): the commit step gives it back.
     lease_holder: str = ""
 
@@ -444,6 +452,11 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
             "--max_run_minutes must be a finite number of minutes above 0",
         ),
         (
+            opts.staging_retention_days is None
+            or (math.isfinite(opts.staging_retention_days) and opts.staging_retention_days > 0),
+            "--staging_retention_days must be a finite number of days above 0",
+        ),
+        (
             opts.fetch_threads is None or opts.fetch_threads >= 1,
             "--fetch_threads must be at least 1",
         ),
@@ -497,6 +510,7 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         verify=bool(opts.verify),
         started_at=time.time(),
         max_run_minutes=opts.max_run_minutes,
+        staging_retention_days=opts.staging_retention_days,
         lease_holder=holder_name(run_id, local=not is_dataflow(options)),
     )
 
@@ -517,23 +531,3 @@ def _backfill_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     BackfillOptions._add_argparse_args(parser)
     return parser
-
-
-def resolve_command_argv(argv: list[str], own: dict[str, bool] | None = None) -> BackfillConfig:
-    """The config for a command (`status`, `commit`, `verify`) from its arguments.
-
-    `own` names the command's own options (True: it takes a value), which Beam's PipelineOptions
-    does not know and would warn about; they are left out before resolving.
-    """
-    own = own or {}
-    kept: list[str] = []
-    skip_value = False
-    for arg in argv:
-        name = arg.split("=", 1)[0]
-        if skip_value:
-            skip_value = False
-        elif name in own:
-            skip_value = own[name] and "=" not in arg
-        else:
-            kept.append(arg)
-    return resolve(PipelineOptions(kept))

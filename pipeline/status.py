@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.options import BackfillOptions, OptionsError, resolve_command
+from pipeline.staging import parked_runs
 from pipeline.status_report import render_status
 from pipeline.warehouse import open_warehouse
 
@@ -31,4 +32,18 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         print(exc)
         return 2
     print(show_status(config.warehouse, config.tables, args.last_runs))
+    print(show_parked(config.staging_root))
     return 0
+
+
+def show_parked(staging_root: str) -> str:
+    """The runs start-up gave up committing (refused staging, or commits that kept failing), from
+    the staging index; only reads. Their wallets are not done: later runs fetch them again."""
+    parked = parked_runs(staging_root)
+    if not parked:
+        return "parked runs      none"
+    lines = [f"parked runs      {len(parked)} (their wallets are fetched again; see the reasons)"]
+    for run in parked:
+        tries = f" after {run.failed_commits} failed commits" if run.failed_commits else ""
+        lines.append(f"  {run.run_id}{tries}: {run.reason}")
+    return "\n".join(lines)

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from apache_beam.options.pipeline_options import PipelineOptions
 from google.api_core.client_options import ClientOptions
 from google.api_core.exceptions import NotFound
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
+from pipeline.options import BackfillConfig, resolve
 from pipeline.schema import (
     CHECKPOINT_COLUMNS,
     MARKET_COLUMNS,
@@ -606,3 +608,9 @@ def assert_rich_run_landed(db: Engine, wh: Warehouse, report: Any) -> None:
     runs = db.rows(wh, "SELECT * FROM {runs} WHERE run_id = 'r1'")
     assert runs == [("r1", COMMITTED_AT, 1, 1, 5, 1, 1)]
     assert load_tables_left(db, wh) == []
+
+
+def local_config(db: Path | str, root: Path | str, run_id: str = "now") -> BackfillConfig:
+    """A run's resolved options on a DuckDB file and a staging root (gs:// or a folder)."""
+    argv = [f"--warehouse=duckdb:{db}", f"--staging_root={root}", f"--run_id={run_id}"]
+    return resolve(PipelineOptions(argv))

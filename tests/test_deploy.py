@@ -73,6 +73,7 @@ BAD_VALUES = {
     "rate_shares": "0",
     "max_wallets": "ten",
     "max_run_minutes": "0",
+    "staging_retention_days": "-1",
     "fetch_threads": "-1",
     "page_limit": "1001",
     "max_pages": "1.5",
@@ -204,7 +205,7 @@ NUMBERS = ["1", "2", "8", "20", "21", "100", "999", "1000", "1001", "10000", "0.
     "name",
     [
         *("rate_per_second", "rate_per_10s", "rate_shares", "max_wallets", "fetch_threads"),
-        "max_run_minutes",
+        *("max_run_minutes", "staging_retention_days"),
         *("page_limit", "max_pages", "max_attempts", "connect_timeout", "read_timeout"),
     ],
 )

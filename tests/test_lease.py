@@ -31,7 +31,7 @@ def ended_pid() -> int:
 
 
 def test_a_second_run_is_refused_naming_the_holder(warehouse):
-    first = lease.holder_name("run-a", local=True)
+    first = f"run-a local pid {os.getppid()} on {socket.gethostname()}"  # another live process
     lease.take(warehouse, first, 600)
     with pytest.raises(lease.WarehouseBusy, match="run-a local pid"):
         lease.take(warehouse, lease.holder_name("run-b", local=False), 600)
@@ -41,6 +41,13 @@ def test_a_second_run_is_refused_naming_the_holder(warehouse):
 def test_a_local_holder_whose_process_ended_is_taken_over(warehouse):
     dead = f"run-a local pid {ended_pid()} on {socket.gethostname()}"
     assert warehouse.acquire_lease(dead, 3600)
+    lease.take(warehouse, lease.holder_name("run-b", local=True), 600)
+    assert warehouse.read_lease().holder.startswith("run-b local pid ")
+
+
+def test_an_earlier_run_of_this_process_is_over(warehouse):
+    # One process runs one run at a time: a lease its earlier run kept is taken over.
+    assert warehouse.acquire_lease(f"run-a local pid {os.getpid()} on {socket.gethostname()}", 3600)
     lease.take(warehouse, lease.holder_name("run-b", local=True), 600)
     assert warehouse.read_lease().holder.startswith("run-b local pid ")
 
@@ -64,3 +71,25 @@ def test_a_holder_that_may_be_alive_keeps_the_lease(warehouse, holder):
 def test_the_lease_lasts_the_budget_and_the_commit_margin():
     assert lease.ttl_seconds(20) == 20 * 60 + lease.COMMIT_MARGIN_S
     assert lease.ttl_seconds(None) == lease.UNBOUNDED_TTL_S
+
+
+def test_a_commit_by_hand_waits_for_the_backfill_that_holds_the_lease(tmp_path, capsys):
+    from pipeline.__main__ import main as cli
+    from pipeline.staging import RunStaging
+
+    db, root = tmp_path / "w.duckdb", tmp_path / "staging"
+    RunStaging(str(root), "r1").write_manifest({})  # staged, with nothing in it
+    running = f"run-b local pid {os.getppid()} on {socket.gethostname()}"
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        warehouse.ensure_tables()
+        assert warehouse.acquire_lease(running, 600)
+    argv = ["commit", f"--warehouse=duckdb:{db}", f"--staging_root={root}", "--run_id=r1"]
+    assert cli(argv) == 3
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and "run-b local pid" in out
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        assert warehouse.committed_run_ids() == set()
+        warehouse.release_lease(running)
+    assert cli(argv) == 0  # once it is free; and the commit gave the lease back
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        assert not warehouse.read_lease().held

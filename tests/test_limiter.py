@@ -106,7 +106,6 @@ def test_margins_cost_least_where_a_window_sets_the_sustained_rate():
     assert [length for _, _, length in dev.capacities()] == [1.25, 10.25]
 
 
-
 def _wait_for(predicate, what: str) -> None:
     for _ in range(4000):
         if predicate():
@@ -147,7 +146,8 @@ def test_deeper_pages_go_first_among_callers_of_the_same_buckets():
     for priority, name in ((0, "a"), (3, "b"), (1, "c"), (3, "d"), (7, "e")):
         threads.append(threading.Thread(target=caller, args=(priority, name)))
         threads[-1].start()
-        _wait_for(lambda n=len(threads): limiter.waiting() == n, f"caller {name} queued")
+        queued = len(threads)
+        _wait_for(lambda queued=queued: limiter.waiting() == queued, f"caller {name} queued")
     limiter.acquire(["markets"])  # another bucket: served at once, the trades queue aside
     assert order == []
     for granted in range(1, 6):

@@ -4,7 +4,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.api_key import load_api_key
-from pipeline.options import OptionsError, derive_rate_shares, resolve
+from pipeline.options import BackfillOptions, OptionsError, derive_rate_shares, resolve
 from pipeline.sources.errors import ConfigError
 
 
@@ -129,14 +129,20 @@ def test_api_key_from_environment_only(monkeypatch):
     assert load_api_key(None) == "k-123"
 
 
-def test_command_options_are_left_out_before_beam_sees_them(dome_key):
-    from pipeline.options import resolve_command_argv
+def test_a_command_line_is_parsed_once_and_its_own_options_stay_out(dome_key):
+    import argparse
 
-    config = resolve_command_argv(
-        ["--last_runs", "3", "--report_only", "--warehouse=duckdb:x.duckdb", "--source=dome"],
-        {"--last_runs": True, "--report_only": False},
+    from pipeline.options import resolve_command
+
+    parser = argparse.ArgumentParser()
+    BackfillOptions._add_argparse_args(parser)
+    parser.add_argument("--last_runs", type=int, default=5)
+    args = parser.parse_args(
+        ["--last_runs", "3", "--warehouse=duckdb:x.duckdb", "--source=dome", "--trades_table=t2"]
     )
+    config = resolve_command(args)
     assert config.warehouse == "duckdb:x.duckdb" and config.source.name == "dome"
+    assert config.tables.trades == "t2" and args.last_runs == 3
 
 
 def test_per_worker_egress_is_refused_for_dome(dome_key):

@@ -72,6 +72,29 @@ def test_backfill_lands_truth_once_and_a_second_run_fetches_nothing(world):
     assert_production_is_truth(world)
 
 
+@pytest.mark.slow
+def test_once_the_backfill_is_done_a_scheduled_run_changes_nothing(world):
+    """After the backfill (and the runs that record the markets no source has), a run has nothing
+    to fetch and nothing to commit: the warehouse is left as it was, with no runs row, no load
+    table, no row anywhere, so 48 scheduled runs a day cost only their reads."""
+    server = world.server
+    for _ in range(4):  # the backfill, then 3 runs that find the same markets missing
+        assert run_backfill(world.argv()).state == "DONE"
+    tables = ("trades", "markets", "events", "backfill_checkpoint", "backfill_runs")
+    before = {t: query(world.db, f"SELECT * FROM {t} ORDER BY ALL") for t in tables}
+    server.reset_stats()
+    quiet = run_backfill(world.argv())
+    assert quiet.state == "DONE" and quiet.counters.get("committed_trades_inserted", 0) == 0
+    assert {t: query(world.db, f"SELECT * FROM {t} ORDER BY ALL") for t in tables} == before
+    leftovers = query(
+        world.db, "SELECT table_name FROM information_schema.tables WHERE table_name LIKE '_stg_%'"
+    )
+    assert leftovers == []
+    assert trade_requests(server, world.source) == 0
+    # Nothing asked but what tells a run where the feed ends (Polymarket's /v2/status).
+    assert source_stats(server, world.source)["requests_total"] <= 1
+
+
 def test_commit_twice_changes_nothing(world):
     _server, _, db, staging = world
     summary = run_backfill(world.argv())

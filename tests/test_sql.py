@@ -183,19 +183,85 @@ def test_new_repeated_and_bool_columns_are_added_with_their_types() -> None:
     )
 
 
-def test_the_trades_insert_reads_production_for_the_staged_wallets_only() -> None:
-    sql = q.render(q.INSERT_TRADES, TableNames(), RUN_ID)
-    parsed = sqlglot.parse_one(sql, read="bigquery")
-    assert isinstance(parsed, exp.Insert)
-    production = [
-        select
-        for select in parsed.find_all(exp.Select)
-        if select.args.get("group") and any(t.name == "trades" for t in select.find_all(exp.Table))
+def _production_reads(statement: q.Statement) -> list[exp.Table]:
+    """Each read of production `trades` in `statement` (its FROM; not the INSERT's target)."""
+    parsed = sqlglot.parse_one(q.render(statement, TableNames(), RUN_ID), read="bigquery")
+    return [
+        table
+        for table in parsed.find_all(exp.Table)
+        if table.name == "trades" and isinstance(table.parent, exp.From)
     ]
-    assert len(production) == 2  # every source's rows, and the staged row's own source's
-    for select in production:
-        assert "upload_successful" in select.args["where"].sql("bigquery")
-    assert "fill_ordinal" in sql and "ROUND(d.`price` * 1000000)" in sql
+
+
+def _wallet_filters(read: exp.Table) -> list[exp.In]:
+    """The conjuncts of the read's WHERE that are `<the table>.wallet_address IN UNNEST(...)`."""
+    where = read.find_ancestor(exp.Select).args.get("where")
+    conjuncts = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
+    alias = read.alias_or_name
+    return [
+        c
+        for c in conjuncts
+        if isinstance(c, exp.In)
+        and isinstance(c.this, exp.Column)
+        and c.this.name == "wallet_address"
+        and c.this.table in ("", alias)
+        and isinstance(c.args.get("unnest"), exp.Unnest)
+    ]
+
+
+def test_every_production_read_of_the_commit_filters_on_the_listed_wallets() -> None:
+    """Block pruning on `wallet_address` needs a constant filter on the column itself: the array
+    parameter @wallets, never a subquery (BigQuery resolves that only while the query runs)."""
+    reads = {s.name: _production_reads(s) for s in q.COMMIT_STATEMENTS}
+    # The id lookup, every source's fill keys, the row's own source's; the checkpoint's count.
+    assert {name: len(tables) for name, tables in reads.items() if tables} == {
+        q.INSERT_TRADES.name: 3,
+        q.MERGE_CHECKPOINT.name: 1,
+    }
+    for name, tables in reads.items():
+        for read in tables:
+            (wallets,) = _wallet_filters(read)
+            (parameter,) = wallets.args["unnest"].expressions
+            assert isinstance(parameter, exp.Parameter) and parameter.name == "wallets", name
+            assert not list(wallets.find_all(exp.Select)), name  # a constant, no subquery
+    for statement in (q.INSERT_TRADES, q.MERGE_CHECKPOINT):
+        assert statement.params == (q.WALLETS,) == (q.Param("wallets", "ARRAY<STRING>"),)
+    # The staged rows still come from the load table's successful wallets, as before.
+    insert = q.render(q.INSERT_TRADES, TableNames(), RUN_ID)
+    assert "fill_ordinal" in insert and "ROUND(d.`price` * 1000000)" in insert
+    assert "WHERE s.`wallet_address` IN (\n    SELECT o.`wallet_address`" in insert
+
+
+def test_the_unpruned_commit_differs_only_in_how_production_is_filtered() -> None:
+    """A run with too many wallets to list commits with the subquery forms: no @wallets, the
+    other statements the same, in the same order."""
+    listed, unlisted = q.commit_statements(True), q.commit_statements(False)
+    assert listed == q.COMMIT_STATEMENTS and unlisted == q.COMMIT_STATEMENTS_UNPRUNED
+    swapped = {
+        q.INSERT_TRADES: q.INSERT_TRADES_UNPRUNED,
+        q.MERGE_CHECKPOINT: q.MERGE_CHECKPOINT_UNPRUNED,
+    }
+    assert unlisted == tuple(swapped.get(s, s) for s in listed)
+    for pruned, unpruned in swapped.items():
+        assert unpruned.params == ()
+        text = q.render(unpruned, TableNames(), RUN_ID)
+        assert "@wallets" not in text and "UNNEST" not in text
+        for read in _production_reads(unpruned):
+            assert _wallet_filters(read) == []
+        # Everything else is the same text: only the production filters were swapped.
+        listed_text = q.render(pruned, TableNames(), RUN_ID)
+        wallet_filter = (
+            r"(\w+\.)?`wallet_address` IN (UNNEST\(@wallets\)\s*(AND )?|\(\s*SELECT[^)]*\))"
+        )
+        outside = re.compile(wallet_filter)
+        assert outside.sub("", listed_text).split() == outside.sub("", text).split()
+
+
+def test_the_landing_wallets_are_read_from_the_loaded_outcomes() -> None:
+    text = q.render(q.SELECT_LANDING_WALLETS, TableNames(), RUN_ID)
+    assert q.load_table(RUN_ID, "outcomes") in text
+    assert "`upload_successful` = TRUE" in text and "LIMIT @limit" in text
+    assert q.SELECT_LANDING_WALLETS.params == (q.Param("limit", "INT64"),)
 
 
 def test_each_commit_attempt_gets_load_tables_of_its_own() -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.__main__ import main as cli
 from pipeline.lifecycle import prepare
-from pipeline.options import BackfillConfig, OptionsError, resolve_command_argv
+from pipeline.options import OptionsError
 from pipeline.run import run_backfill
 from pipeline.staging import (
     COMMITTED,
@@ -33,6 +33,7 @@ from pipeline.staging import (
 from pipeline.warehouse import CommitReport, TableNames, WarehouseRef, open_warehouse
 from tests.support import (
     assert_production_is_truth,
+    local_config,
     outcome,
     query,
     seed_traders,
@@ -73,12 +74,6 @@ def staged_run(root: Path, run_id: str = "r1") -> RunStaging:
     staging = RunStaging(str(root), run_id)
     staging.write_manifest(files)
     return staging
-
-
-def config_for(db: Path, root: Path | str, run_id: str = "now") -> BackfillConfig:
-    return resolve_command_argv(
-        [f"--warehouse=duckdb:{db}", f"--staging_root={root}", f"--run_id={run_id}"]
-    )
 
 
 def commit_cli(db: Path, root: Path | str, run_id: str, capsys) -> tuple[int, list[str]]:
@@ -123,7 +118,7 @@ def test_state_files_are_replaced_whole_and_a_killed_writes_temporary_is_ignored
     (killed / f"{MANIFEST}.0123abcd.tmp").write_text('{"run_id": "r2", "fi')
     db = tmp_path / "wh.duckdb"
     with caplog.at_level(logging.WARNING):
-        assert [r.run_id for r in prepare(config_for(db, tmp_path / "staging"))] == []
+        assert [r.run_id for r in prepare(local_config(db, tmp_path / "staging"))] == []
     assert "r2" not in caplog.text
 
 
@@ -135,7 +130,7 @@ def test_a_torn_manifest_is_not_staged_at_start_up_nor_for_commit(
     staging = staged_run(root)
     Path(staging.manifest).write_text(content)
     with caplog.at_level(logging.WARNING):
-        recovered = prepare(config_for(db, root))
+        recovered = prepare(local_config(db, root))
     assert recovered == []
     assert staging.manifest in caplog.text  # the warning names the file
     assert production(db) == ([], [])
@@ -174,7 +169,7 @@ def test_a_torn_marker_counts_as_not_committed_and_committing_again_is_safe(
     # so a warehouse that does not know it gets it by hand, with `commit --run_id`.
     Path(staging.marker).write_text(content)
     by_hand = tmp_path / "by_hand.duckdb"
-    assert prepare(config_for(by_hand, root, "start-1")) == []
+    assert prepare(local_config(by_hand, root, "start-1")) == []
     code, lines = commit_cli(by_hand, root, "r1", capsys)
     assert code == 0 and json.loads("\n".join(lines))["already_committed"] is False
     assert production(by_hand) == landed
@@ -185,7 +180,7 @@ def test_a_torn_marker_counts_as_not_committed_and_committing_again_is_safe(
     shutil.rmtree(root / INDEX)
     fresh = tmp_path / "fresh.duckdb"
     with caplog.at_level(logging.WARNING):
-        recovered = prepare(config_for(fresh, root, "start-2"))
+        recovered = prepare(local_config(fresh, root, "start-2"))
     assert [(r.run_id, r.committed) for r in recovered] == [("r1", True)]
     assert staging.marker in caplog.text
     assert production(fresh) == landed
@@ -232,7 +227,7 @@ def test_staging_that_disagrees_with_its_outcomes_is_refused_once_and_parked(
     assert outcome_.refused and outcome_.report is None and named in outcome_.error
     assert production(db) == ([], [])
     assert named in json.loads((folder / REFUSED).read_text())["reason"]
-    assert prepare(config_for(db, root)) == []  # parked: start-up does not even list it
+    assert prepare(local_config(db, root)) == []  # parked: start-up does not even list it
     assert [(run.run_id, named in run.reason) for run in parked_runs(str(root))] == [("r1", True)]
     code, lines = commit_cli(db, root, "r1", capsys)
     assert code == 2 and len(lines) == 1 and "refused" in lines[0] and named in lines[0]
@@ -314,6 +309,6 @@ def test_of_two_claims_of_one_run_id_exactly_one_wins(tmp_path):
         thread.join()
     assert sorted(won) == [False] * 7 + [True]
 
-    config = config_for(tmp_path / "wh.duckdb", tmp_path / "staging", "r1")
+    config = local_config(tmp_path / "wh.duckdb", tmp_path / "staging", "r1")
     with pytest.raises(OptionsError, match="r1"):
         prepare(config)

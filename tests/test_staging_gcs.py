@@ -18,7 +18,6 @@ from google.cloud import storage
 
 from pipeline.__main__ import main as cli
 from pipeline.lifecycle import prepare
-from pipeline.options import resolve_command_argv
 from pipeline.staging import (
     COMMITTED,
     INDEX,
@@ -33,7 +32,7 @@ from pipeline.staging import (
 )
 from pipeline.warehouse import CommitReport, TableNames, WarehouseRef
 from tests.gcs_emulator import StorageEmulator
-from tests.support import outcome, query, trade
+from tests.support import local_config, outcome, query, trade
 
 PROJECT = "test-project"
 BUCKET = "staging-states"
@@ -100,9 +99,7 @@ def test_torn_manifests_and_a_killed_writes_temporary_on_gcs_are_not_staged(
     put(bucket, f"{killed.manifest}.0123abcd.tmp", '{"run_id": "r4", "fi')
 
     db = tmp_path / "wh.duckdb"
-    config = resolve_command_argv(
-        [f"--warehouse=duckdb:{db}", f"--staging_root={root}", "--run_id=now"]
-    )
+    config = local_config(db, root, "now")
     with caplog.at_level(logging.WARNING):
         assert prepare(config) == []
     for run_id in torn:

@@ -10,6 +10,7 @@ measured by `bench/startup.py`, not here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import urllib.parse
@@ -25,7 +26,6 @@ from google.cloud import storage
 
 from pipeline.__main__ import main as cli
 from pipeline.lifecycle import prepare
-from pipeline.options import BackfillConfig, resolve_command_argv
 from pipeline.staging import (
     INDEX,
     MAX_FAILED_COMMITS,
@@ -37,7 +37,7 @@ from pipeline.staging import (
 )
 from pipeline.warehouse import CommitReport, TableNames, WarehouseRef, open_warehouse
 from tests.gcs_emulator import StorageEmulator
-from tests.support import outcome, query, trade
+from tests.support import local_config, outcome, query, trade
 
 PROJECT = "test-project"
 BUCKET = "startup-scale"
@@ -77,12 +77,6 @@ def one_wallet_run(root: str, run_id: str, trades: int = 1) -> RunStaging:
         run_id,
         [trade(wallet, f"{run_id}-{n}", run_id) for n in range(trades)],
         [outcome(wallet, run_id, True, 10, trade_count=trades)],
-    )
-
-
-def config_for(db: Path, root: Path | str, run_id: str) -> BackfillConfig:
-    return resolve_command_argv(
-        [f"--warehouse=duckdb:{db}", f"--staging_root={root}", f"--run_id={run_id}"]
     )
 
 
@@ -150,7 +144,7 @@ def test_start_up_on_gcs_never_lists_nor_reads_the_objects_of_committed_runs(
         staging = one_wallet_run(root, run_id, trades=3)
         staging.mark_committed(CommitReport(run_id, already_committed=False, trades_inserted=3))
     db = tmp_path / "wh.duckdb"
-    assert prepare(config_for(db, root, "start-0")) == []  # builds the index: a one-time scan
+    assert prepare(local_config(db, root, "start-0")) == []  # builds the index: a one-time scan
 
     # Staged after, and not committed: its trades are short, so recovery refuses and parks it.
     short = stage_run(
@@ -160,7 +154,7 @@ def test_start_up_on_gcs_never_lists_nor_reads_the_objects_of_committed_runs(
         [outcome("0xp", "pending", True, 10, trade_count=2)],
     )
     gcs_requests.clear()
-    recovered = prepare(config_for(db, root, "start-1"))
+    recovered = prepare(local_config(db, root, "start-1"))
 
     assert gcs_requests  # guards the watch itself: Beam's GCS client did go through it
     assert [(r.run_id, r.refused) for r in recovered] == [("pending", True)]
@@ -226,13 +220,19 @@ def test_a_run_whose_commit_keeps_failing_is_retried_by_a_few_start_ups_then_par
     tries = []
     for n in range(MAX_FAILED_COMMITS + 1):
         tries.append(
-            [(r.run_id, r.failed, r.parked) for r in prepare(config_for(db, root, f"s{n}"))]
+            [(r.run_id, r.failed, r.parked) for r in prepare(local_config(db, root, f"s{n}"))]
         )
     assert tries == [[("r1", True, False)]] * (MAX_FAILED_COMMITS - 1) + [[("r1", True, True)], []]
     [parked] = parked_runs(str(root))
     assert (parked.run_id, parked.failed_commits) == ("r1", MAX_FAILED_COMMITS)
     assert "loading its trades" in parked.reason
     assert query(db, "SELECT COUNT(*) FROM trades") == [(0,)]  # its wallet stays pending
+    capsys.readouterr()
+    assert cli(["status", f"--warehouse=duckdb:{db}", f"--staging_root={root}"]) == 0
+    shown = capsys.readouterr().out
+    assert (
+        "parked runs      1" in shown and f"r1 after {MAX_FAILED_COMMITS} failed commits" in shown
+    )
 
     # Fixed by hand, `commit --run_id` still lands a parked run, which then leaves the parked list.
     write_lines(
@@ -243,7 +243,7 @@ def test_a_run_whose_commit_keeps_failing_is_retried_by_a_few_start_ups_then_par
     assert code == 0, capsys.readouterr().out
     assert parked_runs(str(root)) == []
     assert query(db, "SELECT COUNT(*) FROM trades") == [(2,)]
-    assert prepare(config_for(db, root, "after")) == []
+    assert prepare(local_config(db, root, "after")) == []
 
 
 # -- retention --------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_prepare_deletes_expired_staging_only_when_given_retention_days(tmp_path
     with warehouse.open() as opened:  # what commit_staged_run does, with the marker 40 days old
         report = opened.commit_run("old", old.read_manifest())
     old.mark_committed(report, now=time.time() - 40 * DAY)
-    prepare(config_for(db, root, "keep"))
+    prepare(local_config(db, root, "keep"))
     assert (root / "old").exists()
-    prepare(config_for(db, root, "delete"), retention_days=30)
+    prepare(dataclasses.replace(local_config(db, root, "delete"), staging_retention_days=30))
     assert not (root / "old").exists() and (root / "delete").exists()

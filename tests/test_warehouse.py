@@ -941,3 +941,92 @@ def test_status_of_a_warehouse_from_before_the_missing_table(
     assert "pending          markets 2, events 2" in text
     assert "missing          markets" not in text
     assert "backfill_missing" not in db.table_names(wh)
+
+
+# -- production is read for the run's successful wallets only (clustering prunes to them) ---------
+
+
+def _spy_on_wallets(monkeypatch: pytest.MonkeyPatch, wh: Warehouse) -> list[Any]:
+    """The `wallets` each commit transaction of `wh` is given (None: too many to list)."""
+    seen: list[Any] = []
+    transaction = wh._transaction
+
+    def spy(session: Any, run_id: str, committed_at: Any, nonce: str, wallets: Any = None) -> Any:
+        seen.append(wallets)
+        return transaction(session, run_id, committed_at, nonce, wallets)
+
+    monkeypatch.setattr(wh, "_transaction", spy)
+    return seen
+
+
+def test_the_commit_lists_the_runs_successful_wallets_for_its_production_reads(
+    db: Engine, wh: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The @wallets of the commit are the wallets whose trades land: a success beats a failure
+    of the same wallet, a failed wallet is not read; a run of failures lists none."""
+    seen = _spy_on_wallets(monkeypatch, wh)
+    first = stage(
+        tmp_path, "r0", trades=[trade("0xa", "t2", "r0")], outcomes=[outcome("0xa", "r0", True, 5)]
+    )
+    wh.commit_run("r0", first, committed_at=COMMITTED_AT)
+    rows = rich_run("r1")
+    rows["outcomes"] += [outcome("0xc", "r1", False, 30, error="x"), outcome("0xc", "r1", True, 40)]
+    report = wh.commit_run("r1", stage(tmp_path, "r1", **rows), committed_at=COMMITTED_AT)
+    failures = stage(tmp_path, "r2", outcomes=[outcome("0xd", "r2", False, 50, error="x")])
+    assert wh.commit_run("r2", failures, committed_at=COMMITTED_AT).wallets_failed == 1
+    assert seen == [["0xa"], ["0xa", "0xc"], []]
+    assert trade_ids(db, wh) == ["t1", "t2", "t3"]
+    assert (report.trades_inserted, report.wallets_done, report.wallets_failed) == (2, 2, 1)
+    ckpt = checkpoint_rows(db, wh)
+    assert (ckpt["0xa"]["trade_count"], ckpt["0xc"]["trade_count"]) == (3, 0)
+    assert (ckpt["0xb"]["trade_count"], ckpt["0xd"]["upload_successful"]) == (1, False)
+
+
+def _many_wallets_history() -> list[tuple[str, dict[str, list[dict]]]]:
+    """Runs whose commits read production for several wallets: cross-source fills of 0xw beside
+    rich_run's wallets (0xa done, 0xb failed), then the same staging again under a new run id."""
+    production, staged, _ = CROSS_SOURCE_CASES["a_overlap_lands_only_the_new_fill"]
+    r0 = {
+        "trades": [*production, trade("0xa", "t2", "r0")],
+        "outcomes": [outcome("0xw", "r0", True, 5), outcome("0xa", "r0", True, 5)],
+    }
+    runs = []
+    for run_id in ("r1", "r2"):
+        rows = rich_run(run_id)
+        rows["trades"] += staged
+        rows["outcomes"].append(
+            outcome("0xw", run_id, True, 10 * int(run_id[1]), source="polymarket")
+        )
+        runs.append((run_id, rows))
+    return [("r0", r0), *runs]
+
+
+def test_a_run_with_too_many_wallets_to_list_lands_exactly_the_same(
+    db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `wallets_listed_at_most` the commit reads production by subquery (no pruning): the
+    same trades, checkpoint, markets, events and runs rows as the listed commit, row for row."""
+    listed, unlisted = db.new(), db.new()
+    unlisted.wallets_listed_at_most = 1
+    for warehouse in (listed, unlisted):
+        warehouse.ensure_tables()
+    seen = {id(w): _spy_on_wallets(monkeypatch, w) for w in (listed, unlisted)}
+    reports: dict[int, list[Any]] = {id(w): [] for w in (listed, unlisted)}
+    try:
+        for run_id, rows in _many_wallets_history():
+            files = stage(tmp_path / run_id, run_id, **rows)
+            for warehouse in (listed, unlisted):
+                reports[id(warehouse)].append(
+                    warehouse.commit_run(run_id, files, committed_at=COMMITTED_AT)
+                )
+        assert seen[id(listed)] == [["0xa", "0xw"]] * 3
+        assert seen[id(unlisted)] == [None] * 3  # two successful wallets each: over the limit
+        assert reports[id(listed)] == reports[id(unlisted)]
+        assert [r.trades_inserted for r in reports[id(listed)]] == [4, 3, 0]
+        assert snapshot(db, listed) == snapshot(db, unlisted)
+        assert trade_ids(db, unlisted) == ["d1", "d2", "d3", "p4", "t1", "t2", "t3"]
+        ckpt = checkpoint_rows(db, unlisted)
+        assert (ckpt["0xw"]["trade_count"], ckpt["0xa"]["trade_count"]) == (4, 3)
+    finally:
+        listed.close()
+        unlisted.close()

@@ -281,7 +281,8 @@ def test_both_warehouses_run_the_same_statements_to_the_same_result(
     assert ckpt["0xh"]["upload_successful"] is True
 
     # What BigQuery was sent, as bqemulator recorded the job: the transaction's statements are
-    # sql.COMMIT_STATEMENTS rendered for this dataset, in order, between BEGIN and COMMIT.
+    # sql.COMMIT_STATEMENTS (production read for the listed @wallets) rendered for this dataset,
+    # in order, between BEGIN and COMMIT.
     (script,) = [
         job.query
         for job in bq.list_jobs()
@@ -313,7 +314,7 @@ def test_both_warehouses_run_the_same_statements_to_the_same_result(
         inspect.getsource(ddw.DuckDBWarehouse._transaction_once),
         inspect.getsource(bqw.commit_script),
     ):
-        assert "q.COMMIT_STATEMENTS" in module_code
+        assert "q.commit_statements(" in module_code
 
     # Same statements, same staging: the same production, row for row.
     conn = duckdb.connect(duck.path)
@@ -682,3 +683,44 @@ def test_the_commit_scripts_first_statement_writes_the_lease_row() -> None:
     assert after_begin.startswith(q.render(q.COMMIT_LOCK, TableNames(), dataset="my-project.ds"))
     check = after_begin.index(q.render(q.RUN_COMMITTED, TableNames(), dataset="my-project.ds"))
     assert check < after_begin.index("ROLLBACK TRANSACTION") < after_begin.index("INSERT INTO")
+
+
+# -- production read for the run's wallets: the @wallets array parameter ---------------------------
+
+
+def test_the_commit_job_carries_the_runs_successful_wallets_as_one_array_parameter(
+    wh: BigQueryWarehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The values travel as a parameter (never in the script's text), typed ARRAY<STRING>."""
+    sent: list[tuple[str, Any]] = []
+    client = wh.client
+    query = client.query
+
+    def spy(text: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((text, kwargs.get("job_config")))
+        return query(text, *args, **kwargs)
+
+    monkeypatch.setattr(client, "query", spy)
+    wh.commit_run("r1", busy_run(tmp_path), committed_at=COMMITTED_AT)
+    (script, config), *_ = [(t, c) for t, c in sent if "BEGIN TRANSACTION" in t]
+    params = {p.name: p for p in config.query_parameters}
+    assert set(params) == {"run_id", "committed_at", "lease_name", "wallets"}
+    assert isinstance(params["wallets"], bigquery.ArrayQueryParameter)
+    assert (params["wallets"].array_type, params["wallets"].values) == ("STRING", ["0xa"])
+    assert "0xa" not in script and script.count("IN UNNEST(@wallets)") == 4
+    # The one read before the transaction: the run's successful wallets, from its load table.
+    (read,) = [(t, c) for t, c in sent if "SELECT DISTINCT" in t and "_outcomes" in t]
+    assert read[1].query_parameters == [
+        bigquery.ScalarQueryParameter("limit", "INT64", wh.wallets_listed_at_most + 1)
+    ]
+
+
+def test_the_unlisted_commit_script_takes_no_wallets_parameter() -> None:
+    """A run with too many wallets to list: the subquery forms, and no @wallets to declare."""
+    listed = bqw.commit_script(TableNames(), "r1", "my-project.ds", "00ff")
+    unlisted = bqw.commit_script(TableNames(), "r1", "my-project.ds", "00ff", wallets_listed=False)
+    assert "@wallets" in listed and "@wallets" not in unlisted
+    assert q.WALLETS in bqw._commit_params(True)
+    assert q.WALLETS not in bqw._commit_params(False)
+    for statement in q.COMMIT_STATEMENTS_UNPRUNED:
+        assert q.render(statement, TableNames(), "r1", "my-project.ds", "00ff") in unlisted

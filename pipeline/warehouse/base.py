@@ -594,8 +594,12 @@ class Warehouse(abc.ABC):
         skipped, and the transaction checks that again after its first statement (a write to
         the lease row, so that two commits at once conflict): of two commits of one run racing,
         one lands and the other changes nothing and reports `already_committed`. A run whose
-        staging files are all empty changes nothing at all (`nothing_to_commit`). Raises
-        CommitError after a rollback; the load tables of this attempt are dropped either way.
+        staging files are all empty changes nothing at all (`nothing_to_commit`). Between the
+        load and the transaction, one small query reads the run's successful wallets: the
+        transaction reads production trades for those only, as the @wallets array parameter
+        that BigQuery prunes clustered blocks with (more than `wallets_listed_at_most`: by
+        subquery, unpruned, the same result). Raises CommitError after a rollback; the load
+        tables of this attempt are dropped either way.
         """
         validate_run_id(run_id)
         checked = check_files(run_id, files, self.remote_schemes)

@@ -189,8 +189,10 @@ _ALREADY = "_backfill_already_committed"
 _NO_COUNTS = "STRUCT(0 AS `trades`, 0 AS `markets`, 0 AS `events`)"
 
 
-def commit_script(tables: TableNames, run_id: str, dataset: str, nonce: str = "") -> str:
-    """The one multi-statement query of a commit: sql.COMMIT_STATEMENTS in one transaction.
+def commit_script(
+    tables: TableNames, run_id: str, dataset: str, nonce: str = "", wallets_listed: bool = True
+) -> str:
+    """The one multi-statement query of a commit: sql.commit_statements in one transaction.
 
     The transaction's first statement writes the lease row (sql.COMMIT_LOCK), so BigQuery
     cancels one of two commit transactions running at once ("concurrent update", retried);
@@ -198,10 +200,13 @@ def commit_script(tables: TableNames, run_id: str, dataset: str, nonce: str = ""
     transaction rolls back, changing nothing, and the final row says `already_committed`.
     Its only values are the named parameters the statements declare (plus `run_id` for the
     counts); the final SELECT reports what the transaction changed. `nonce` names this
-    attempt's load tables.
+    attempt's load tables. `wallets_listed`: production trades are read for the wallets of
+    the @wallets parameter (pruned by clustering), else by subquery (a run with too many).
     """
     counts = q.render(_COUNT_CHANGES, tables, run_id, dataset, nonce)
-    body = [q.render(s, tables, run_id, dataset, nonce) for s in q.COMMIT_STATEMENTS]
+    body = [
+        q.render(s, tables, run_id, dataset, nonce) for s in q.commit_statements(wallets_listed)
+    ]
     statements = [
         f"DECLARE {_BEFORE} {_COUNTS_TYPE} DEFAULT {_NO_COUNTS}",
         f"DECLARE {_AFTER} {_COUNTS_TYPE} DEFAULT {_NO_COUNTS}",
@@ -239,9 +244,10 @@ def _script_params(statements: Sequence[q.Statement]) -> tuple[q.Param, ...]:
     return tuple(seen.values())
 
 
-def _commit_params() -> tuple[q.Param, ...]:
+def _commit_params(wallets_listed: bool = True) -> tuple[q.Param, ...]:
     """Every parameter the commit script uses, each declared once."""
-    return _script_params((q.COMMIT_LOCK, q.RUN_COMMITTED, *q.COMMIT_STATEMENTS, _COUNT_CHANGES))
+    statements = q.commit_statements(wallets_listed)
+    return _script_params((q.COMMIT_LOCK, q.RUN_COMMITTED, *statements, _COUNT_CHANGES))
 
 
 def query_parameter(
@@ -363,13 +369,17 @@ class BigQueryWarehouse(Warehouse):
         self,
         statement: q.Statement,
         params: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        nonce: str = "",
     ) -> bigquery.QueryJob:
-        """Start one statement from sql.py with exactly the parameters it declares."""
+        """Start one statement from sql.py with exactly the parameters it declares (`run_id`
+        and `nonce` name the load tables it reads, if any)."""
         params = check_params(statement, params)
         config = bigquery.QueryJobConfig(
             query_parameters=[query_parameter(p, params[p.name]) for p in statement.params]
         )
-        text = q.render(statement, self._tables, dataset=self._dataset)
+        text = q.render(statement, self._tables, run_id, dataset=self._dataset, nonce=nonce)
         return self.client.query(text, job_config=config, location=self.job_location())
 
     def _retrying(self, what: str, step: Callable[[], _T]) -> _T:
@@ -484,9 +494,12 @@ class BigQueryWarehouse(Warehouse):
         params: Mapping[str, Any] | None = None,
         *,
         session: None = None,
+        run_id: str | None = None,
+        nonce: str = "",
     ) -> Iterator[Any]:
         # Pages are fetched as the caller iterates: millions of rows never sit in memory.
-        return iter(self._query(statement, params).result(page_size=_PAGE_SIZE))
+        job = self._query(statement, params, run_id=run_id, nonce=nonce)
+        return iter(job.result(page_size=_PAGE_SIZE))
 
     def _run(self, statement: q.Statement, params: Mapping[str, Any] | None = None) -> None:
         self._query(statement, params).result()
@@ -589,13 +602,30 @@ class BigQueryWarehouse(Warehouse):
                 )
         return jobs
 
+    def _landing_wallets(self, session: None, run_id: str, nonce: str) -> list[str] | None:
+        # One small query on the outcomes load table, retried like every step of the commit.
+        try:
+            return self._retrying(
+                f"run {run_id}: reading its successful wallets",
+                lambda: super(BigQueryWarehouse, self)._landing_wallets(session, run_id, nonce),
+            )
+        except gexc.GoogleAPICallError as exc:
+            raise CommitError(
+                f"run {run_id}: reading its successful wallets failed, nothing was committed: {exc}"
+            ) from exc
+
     def _transaction(
-        self, session: None, run_id: str, committed_at: dt.datetime, nonce: str
+        self,
+        session: None,
+        run_id: str,
+        committed_at: dt.datetime,
+        nonce: str,
+        wallets: Sequence[str] | None = None,
     ) -> tuple[int, int, int] | None:
         try:
             return self._retrying(
                 f"run {run_id}: commit transaction",
-                lambda: self._transaction_once(run_id, committed_at, nonce),
+                lambda: self._transaction_once(run_id, committed_at, nonce, wallets),
             )
         except gexc.GoogleAPICallError as exc:
             raise CommitError(
@@ -604,19 +634,31 @@ class BigQueryWarehouse(Warehouse):
             ) from exc
 
     def _transaction_once(
-        self, run_id: str, committed_at: dt.datetime, nonce: str
+        self,
+        run_id: str,
+        committed_at: dt.datetime,
+        nonce: str,
+        wallets: Sequence[str] | None = None,
     ) -> tuple[int, int, int] | None:
         """Run `commit_script` as one query job; return rows inserted/merged per table, or
         None when the run was committed already (the script rolled back).
 
-        A script that fails leaves its transaction rolled back by BigQuery: production and the
-        checkpoint are as they were. `job_retry=None`: the caller's retry is the only one.
+        `wallets` travel as the @wallets array parameter (None: the script reads production by
+        subquery instead). A script that fails leaves its transaction rolled back by BigQuery:
+        production and the checkpoint are as they were. `job_retry=None`: the caller's retry is
+        the only one.
         """
-        values = {"run_id": run_id, "committed_at": committed_at, "lease_name": q.LEASE_NAME}
+        listed = wallets is not None
+        values = {
+            "run_id": run_id,
+            "committed_at": committed_at,
+            "lease_name": q.LEASE_NAME,
+            "wallets": list(wallets or ()),
+        }
         config = bigquery.QueryJobConfig(
-            query_parameters=[query_parameter(p, values[p.name]) for p in _commit_params()]
+            query_parameters=[query_parameter(p, values[p.name]) for p in _commit_params(listed)]
         )
-        script = commit_script(self._tables, run_id, self._dataset, nonce)
+        script = commit_script(self._tables, run_id, self._dataset, nonce, listed)
         try:
             job = self.client.query(
                 script,

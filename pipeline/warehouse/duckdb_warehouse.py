@@ -249,6 +249,9 @@ class DuckDBWarehouse(Warehouse):
             "lease_name": q.LEASE_NAME,
             "wallets": list(wallets or ()),
         }
+        # Production trades read for the listed wallets, or (None: too many) by subquery.
+        statements = q.commit_statements(wallets_listed=wallets is not None)
+        insert_trades = q.INSERT_TRADES if wallets is not None else q.INSERT_TRADES_UNPRUNED
         counts: dict[str, int] = {}
         self._execute(session, q.BEGIN_TRANSACTION)
         try:
@@ -257,7 +260,7 @@ class DuckDBWarehouse(Warehouse):
             if committed:
                 self._execute(session, q.ROLLBACK_TRANSACTION)
                 return None
-            for statement in q.commit_statements(wallets_listed=wallets is not None):
+            for statement in statements:
                 params = {name: values[name] for name in statement.param_names}
                 row = self._execute(
                     session, statement, params, run_id=run_id, nonce=nonce
@@ -274,7 +277,7 @@ class DuckDBWarehouse(Warehouse):
                 raise transaction_failed(run_id, exc) from exc
             raise
         return (
-            counts[q.INSERT_TRADES.name if wallets is not None else q.INSERT_TRADES_UNPRUNED.name],
+            counts[insert_trades.name],
             counts[q.MERGE_MARKETS.name],
             counts[q.MERGE_EVENTS.name],
         )

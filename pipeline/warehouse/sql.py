@@ -574,10 +574,12 @@ _SUCCESSFUL_WALLETS = """(
 # The run's wallets whose fetch succeeded: the only wallets whose trades the commit lands. Read
 # from the outcomes load table after loading (one small query), and passed to the commit as the
 # array parameter @wallets (WALLETS), so that every read of production trades in the transaction
-# filters `wallet_address IN UNNEST(@wallets)`: a constant filter on the clustering column, which
-# BigQuery can prune blocks with. A filter by subquery (`IN (SELECT ... FROM load_outcomes)`) is
-# not a constant expression: BigQuery resolves it only while the query runs, and reads every
-# block of the column it filters. Null addresses are left out: they never match `IN` either.
+# filters `wallet_address IN UNNEST(@wallets)`: a simple filter of the clustering column by a
+# constant, which BigQuery can prune blocks with. A filter by subquery (`IN (SELECT ... FROM
+# load_outcomes)`) is a dynamic expression, known only while the query runs: Google documents
+# pruning for constant filter expressions only (a dynamic one scans every partition, a clustered
+# column compared with another column prunes no block; querying-partitioned-tables and
+# querying-clustered-tables). Null addresses are left out: they never match `IN` either.
 # @limit: one more than the commit lists, so that a run with too many is told apart cheaply.
 SELECT_LANDING_WALLETS = Statement(
     "select_landing_wallets",
@@ -737,6 +739,7 @@ GROUP BY s.`kind`, s.`key`
 """,
     params=(Param("run_id", "STRING"),),
 )
+
 
 # One outcome per wallet (a success beats a failure, then the newest). A successful wallet's
 # trade_count is what production holds for it after this transaction's INSERT (so a refresh, which
@@ -969,6 +972,7 @@ def commit_statements(wallets_listed: bool) -> tuple[Statement, ...]:
     """The commit transaction's statements: reading production for the @wallets listed, or (a
     run with too many wallets to list) for the load tables' wallets by subquery."""
     return COMMIT_STATEMENTS if wallets_listed else COMMIT_STATEMENTS_UNPRUNED
+
 
 # ---------------------------------------------------------------------------------------------
 # Verification: production's trades against the checkpoint, with one grouped query each.
