@@ -13,12 +13,19 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
 from pipeline import lifecycle
 from pipeline.graph import build_pipeline
-from pipeline.options import BackfillConfig, BackfillOptions, OptionsError, resolve
+from pipeline.lease import WarehouseBusy
+from pipeline.options import (
+    BackfillConfig,
+    BackfillOptions,
+    OptionsError,
+    is_dataflow,
+    resolve,
+)
 from pipeline.sources import prepare_run
 from pipeline.sources.errors import SourceError
 from pipeline.staging import CommitOutcome
@@ -88,21 +95,27 @@ def counters_of(result: PipelineResult) -> dict[str, int]:
 def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunReport:
     options = PipelineOptions(argv)
     config: BackfillConfig = resolve(options)
-    recovered = lifecycle.prepare(config)
-    config = dataclasses.replace(config, source=prepare_run(config.source))
-    pipeline = build_pipeline(options, config)
+    recovered = lifecycle.prepare(config)  # takes the warehouse's lease
+    handed_over = False  # a submitted Dataflow job gives the lease back from its commit step
     try:
-        result = pipeline.run()
-        runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
-        if wait is False or (wait is None and "dataflow" in runner):
-            return RunReport(config.run_id, "submitted", recovered=recovered)
-        state = result.wait_until_finish()
-    except Exception as exc:  # the runner wraps what a step raised: look for a stopped run inside
-        stopped = RunStopped.find(exc)
-        if stopped is None:
-            raise
-        return RunReport(config.run_id, "STOPPED", recovered=recovered, stopped=stopped)
-    return RunReport(config.run_id, str(state), counters_of(result), recovered)
+        config = dataclasses.replace(config, source=prepare_run(config.source))
+        pipeline = build_pipeline(options, config)
+        try:
+            result = pipeline.run()
+            if is_dataflow(options):
+                handed_over = True
+            if wait is False or (wait is None and is_dataflow(options)):
+                return RunReport(config.run_id, "submitted", recovered=recovered)
+            state = result.wait_until_finish()
+        except Exception as exc:  # the runner wraps what a step raised: find a stopped run
+            stopped = RunStopped.find(exc)
+            if stopped is None:
+                raise
+            return RunReport(config.run_id, "STOPPED", recovered=recovered, stopped=stopped)
+        return RunReport(config.run_id, str(state), counters_of(result), recovered)
+    finally:
+        if not handed_over:  # locally the commit step gave it back already, unless it never ran
+            lifecycle.release(config)
 
 
 class _HideRunStoppedTraces(logging.Filter):
@@ -135,5 +148,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     except SourceError as exc:
         print(f"the run could not start: the source did not answer: {exc}")
         return 1
+    except WarehouseBusy as exc:
+        print(exc)
+        return 3
     print(summary.render())
     return 1 if summary.stopped is not None else 0

@@ -93,3 +93,32 @@ def test_a_commit_by_hand_waits_for_the_backfill_that_holds_the_lease(tmp_path, 
     assert cli(argv) == 0  # once it is free; and the commit gave the lease back
     with open_warehouse(f"duckdb:{db}") as warehouse:
         assert not warehouse.read_lease().held
+
+
+def test_a_run_on_a_warehouse_another_backfill_holds_does_not_start(tmp_path, capsys):
+    from pipeline.__main__ import main as cli
+
+    db, root = tmp_path / "w.duckdb", tmp_path / "staging"
+    running = f"run-a local pid {os.getppid()} on {socket.gethostname()}"
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        warehouse.ensure_tables()
+        assert warehouse.acquire_lease(running, 600)
+    argv = ["run", f"--warehouse=duckdb:{db}", f"--staging_root={root}", "--run_id=second"]
+    assert cli(argv) == 3
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "another backfill is using this warehouse" in printed[0]
+    assert "run-a local pid" in printed[0]
+    assert not (root / "second").exists()  # it claimed nothing
+
+
+def test_a_run_whose_source_is_gone_at_launch_gives_the_lease_back(tmp_path, capsys):
+    from pipeline.__main__ import main as cli
+
+    db, root = tmp_path / "w.duckdb", tmp_path / "staging"
+    gone = "http://127.0.0.1:9"  # nothing listens on the discard port
+    argv = ["run", f"--warehouse=duckdb:{db}", f"--staging_root={root}", f"--data_api_url={gone}"]
+    argv += ["--max_attempts=1", "--connect_timeout=0.5"]
+    assert cli(argv) == 1
+    assert "could not start" in capsys.readouterr().out
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        assert not warehouse.read_lease().held
