@@ -7,6 +7,7 @@ Fault spec grammar (``--faults`` on the CLI, :func:`parse_fault_spec` in Python)
     param  := key "=" value
     kind   := http_5xx | storm_429 | slow | reset | malformed_json | truncated
             | empty_has_more | repeat_key | missing_field | wrong_type | http_4xx
+            | absurd_value
     key    := rate      float in [0, 1]: fire with this probability (seeded RNG)
             | times     int >= 0: fire for the first N matching requests only
             | wallets   address ("|" address)*: only requests for these wallets (orders)
@@ -20,6 +21,8 @@ Fault spec grammar (``--faults`` on the CLI, :func:`parse_fault_spec` in Python)
                         or http_4xx (400-499, default 403)
             | delay_s   float >= 0: how long `slow` sleeps (default 10)
             | field     name: the field `missing_field` drops / `wrong_type` turns into a string
+                        / `absurd_value` sets to what no sane source sends (a number: 2**70; a
+                        field named *time*: the year 33658; a string: a lone surrogate)
 
 ``rate`` and ``times`` are exclusive; with neither the rule fires on every matching request.
 ``wallets`` matches orders and trades requests (the ``user`` parameter). On the Polymarket
@@ -51,6 +54,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "repeat_key",
     "missing_field",
     "wrong_type",
+    "absurd_value",
     "http_4xx",
 )
 DOME_ENDPOINTS: tuple[str, ...] = ("orders", "markets", "events")
@@ -317,3 +321,17 @@ class SimConfig:
 
     def market_pool_size(self) -> int:
         return self.markets if self.markets is not None else max(20, self.wallets // 2)
+
+
+def absurd(name: str, value: Any) -> Any:
+    """What no sane source sends in place of `value` (the `absurd_value` fault): a time in the
+    year 33658, an amount past 2**64, a string holding a lone surrogate."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and "time" in name.lower():
+        return 1_000_000_000_000  # seconds: the year 33658
+    if isinstance(value, int | float):
+        return 2**70
+    if isinstance(value, str) and value.replace(".", "", 1).isdigit():
+        return str(2**70)  # an amount sent as a decimal string
+    return "title \udc00 cut"

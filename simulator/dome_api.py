@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.config import ADDRESS_RE, FaultRule
+from simulator.config import ADDRESS_RE, FaultRule, absurd
 
 API_PATHS = {
     "/v1/polymarket/orders": "orders",
@@ -347,3 +347,8 @@ class DomeRoutes:
             for item in page.items:
                 if name in item:
                     item[name] = str(item[name])
+        elif rule.kind == "absurd_value":
+            name = rule.field or "timestamp"
+            for item in page.items:
+                if name in item:
+                    item[name] = absurd(name, item[name])

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from simulator.config import ADDRESS_RE, FaultRule
+from simulator.config import ADDRESS_RE, FaultRule, absurd
 from simulator.dome_api import _dumps, _one
 from simulator.polymarket_view import THREE_YEARS, TradeFilter
 
@@ -662,3 +662,8 @@ class PolymarketRoutes:
             for item in answer.items:
                 if name in item:
                     item[name] = str(item[name])
+        elif rule.kind == "absurd_value":
+            name = rule.field or "timestamp"
+            for item in answer.items:
+                if name in item:
+                    item[name] = absurd(name, item[name])
