@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 FAULT_KINDS: tuple[str, ...] = (
@@ -321,6 +321,21 @@ class SimConfig:
 
     def market_pool_size(self) -> int:
         return self.markets if self.markets is not None else max(20, self.wallets // 2)
+
+
+def bend_fields(
+    items: Iterable[dict[str, Any]], name: str, bend: Callable[[str, Any], Any]
+) -> None:
+    """Put `bend(name, value)` in place of the field `name` of every item that has it: the
+    `wrong_type` and `absurd_value` faults, alike on both sources' pages."""
+    for item in items:
+        if name in item:
+            item[name] = bend(name, item[name])
+
+
+def wrong_type(name: str, value: Any) -> str:
+    """What the `wrong_type` fault sends in place of `value`: the same value, as a string."""
+    return str(value)
 
 
 def absurd(name: str, value: Any) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.config import ADDRESS_RE, FaultRule, absurd
+from simulator.config import ADDRESS_RE, FaultRule, absurd, bend_fields, wrong_type
 
 API_PATHS = {
     "/v1/polymarket/orders": "orders",
@@ -343,12 +343,6 @@ class DomeRoutes:
                 item.pop(name, None)
         elif rule.kind == "wrong_type":
             default = {"orders": "shares", "markets": "volume_total", "events": "market_count"}
-            name = rule.field or default[page.items_key]
-            for item in page.items:
-                if name in item:
-                    item[name] = str(item[name])
+            bend_fields(page.items, rule.field or default[page.items_key], wrong_type)
         elif rule.kind == "absurd_value":
-            name = rule.field or "timestamp"
-            for item in page.items:
-                if name in item:
-                    item[name] = absurd(name, item[name])
+            bend_fields(page.items, rule.field or "timestamp", absurd)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from simulator.config import ADDRESS_RE, FaultRule, absurd
+from simulator.config import ADDRESS_RE, FaultRule, absurd, bend_fields, wrong_type
 from simulator.dome_api import _dumps, _one
 from simulator.polymarket_view import THREE_YEARS, TradeFilter
 
@@ -298,6 +298,22 @@ def _gamma_many(query: Mapping[str, list[str]], name: str) -> list[str] | None:
     if values is None:
         return None
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _gamma_one(
+    what: str,
+    arg: str | None,
+    by_slug: Callable[[str], int | None],
+    by_id: Callable[[str], int | None],
+    render: Callable[[int], dict[str, Any]],
+) -> PmAnswer:
+    """Gamma's one market or event, by `arg`: `slug:VALUE`, else by id; 404 if none is known."""
+    how, _, value = (arg or "").partition(":")
+    index = by_slug(value) if how == "slug" else by_id(value)
+    if index is None:
+        raise PmError(404, f"{what} {value!r} not found")
+    item = render(index)
+    return PmAnswer(item, [item])
 
 
 class PolymarketRoutes:
@@ -591,21 +607,11 @@ class PolymarketRoutes:
 
     def _pm_gamma_markets_slug(self, query: dict[str, list[str]], arg: str | None) -> PmAnswer:
         view = self.server.sim.pm
-        how, _, value = (arg or "").partition(":")
-        j = view.market_by_slug(value) if how == "slug" else view.market_by_id(value)
-        if j is None:
-            raise PmError(404, f"market {value!r} not found")
-        market = view.gamma_market(j)
-        return PmAnswer(market, [market])
+        return _gamma_one("market", arg, view.market_by_slug, view.market_by_id, view.gamma_market)
 
     def _pm_gamma_events_slug(self, query: dict[str, list[str]], arg: str | None) -> PmAnswer:
         view = self.server.sim.pm
-        how, _, value = (arg or "").partition(":")
-        g = view.event_by_slug(value) if how == "slug" else view.event_by_id(value)
-        if g is None:
-            raise PmError(404, f"event {value!r} not found")
-        event = view.gamma_event(g)
-        return PmAnswer(event, [event])
+        return _gamma_one("event", arg, view.event_by_slug, view.event_by_id, view.gamma_event)
 
     # -- faults --
     def _pm_inject(self, rule: FaultRule, answer: PmAnswer) -> None:
@@ -658,12 +664,6 @@ class PolymarketRoutes:
                 "gamma_events": "id",
                 "gamma_events_slug": "id",
             }
-            name = rule.field or default[endpoint]
-            for item in answer.items:
-                if name in item:
-                    item[name] = str(item[name])
+            bend_fields(answer.items, rule.field or default[endpoint], wrong_type)
         elif rule.kind == "absurd_value":
-            name = rule.field or "timestamp"
-            for item in answer.items:
-                if name in item:
-                    item[name] = absurd(name, item[name])
+            bend_fields(answer.items, rule.field or "timestamp", absurd)

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 # Runs in the child: the two patches, then bqemulator's own CLI (`start` and its flags).
 _BOOT = """
@@ -79,7 +79,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class BigQueryEmulator:
+class ChildProcess:
+    """A child process for the tests: `start()` returns it once it answers, `stop()` ends it, and
+    `with ...:` does both, so a failing test cannot leave the process behind."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class BigQueryEmulator(ChildProcess):
     """One bqemulator process: `start()`, point clients at `endpoint`, `stop()`.
 
     `gcs_root` is the folder `gs://` URIs resolve under (a fresh temporary folder, removed by
@@ -208,14 +230,3 @@ class BigQueryEmulator:
             self._log = None
         if self._own_root:
             shutil.rmtree(self.gcs_root, ignore_errors=True)
-
-    def __enter__(self) -> BigQueryEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -17,12 +17,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.bq_emulator import free_port
+from tests.bq_emulator import ChildProcess, free_port
 
 
 class _TokenHandler(http.server.BaseHTTPRequestHandler):
@@ -41,7 +40,7 @@ class _TokenHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class StorageEmulator:
+class StorageEmulator(ChildProcess):
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.port = free_port()
@@ -122,14 +121,3 @@ class StorageEmulator:
             self._process.terminate()
             self._process.wait(timeout=10)
             self._process = None
-
-    def __enter__(self) -> StorageEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

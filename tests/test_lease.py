@@ -30,6 +30,16 @@ def ended_pid() -> int:
     return child.pid
 
 
+def another_backfill_holds_the_lease(db: Path, run_id: str) -> str:
+    """Run `run_id` of a live process (our parent) takes the lease of the DuckDB warehouse `db`,
+    its tables made, for 10 minutes; its holder name."""
+    holder = f"{run_id} local pid {os.getppid()} on {socket.gethostname()}"
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        warehouse.ensure_tables()
+        assert warehouse.acquire_lease(holder, 600)
+    return holder
+
+
 def test_a_second_run_is_refused_naming_the_holder(warehouse):
     first = f"run-a local pid {os.getppid()} on {socket.gethostname()}"  # another live process
     lease.take(warehouse, first, 600)
@@ -79,10 +89,7 @@ def test_a_commit_by_hand_waits_for_the_backfill_that_holds_the_lease(tmp_path, 
 
     db, root = tmp_path / "w.duckdb", tmp_path / "staging"
     RunStaging(str(root), "r1").write_manifest({})  # staged, with nothing in it
-    running = f"run-b local pid {os.getppid()} on {socket.gethostname()}"
-    with open_warehouse(f"duckdb:{db}") as warehouse:
-        warehouse.ensure_tables()
-        assert warehouse.acquire_lease(running, 600)
+    running = another_backfill_holds_the_lease(db, "run-b")
     argv = ["commit", f"--warehouse=duckdb:{db}", f"--staging_root={root}", "--run_id=r1"]
     assert cli(argv) == 3
     out = capsys.readouterr().out.strip()
@@ -99,10 +106,7 @@ def test_a_run_on_a_warehouse_another_backfill_holds_does_not_start(tmp_path, ca
     from pipeline.__main__ import main as cli
 
     db, root = tmp_path / "w.duckdb", tmp_path / "staging"
-    running = f"run-a local pid {os.getppid()} on {socket.gethostname()}"
-    with open_warehouse(f"duckdb:{db}") as warehouse:
-        warehouse.ensure_tables()
-        assert warehouse.acquire_lease(running, 600)
+    another_backfill_holds_the_lease(db, "run-a")
     argv = ["run", f"--warehouse=duckdb:{db}", f"--staging_root={root}", "--run_id=second"]
     assert cli(argv) == 3
     printed = capsys.readouterr().out.strip().splitlines()

@@ -59,6 +59,23 @@ def _keys(rows, label: str):
     return rows | label >> beam.Map(lambda row: (row["kind"], row["key"], bool(row["seen_at"])))
 
 
+def _assert_found_and_missing(
+    fetched, kind: str, key: str, found: list[str], missing: list[str]
+) -> None:
+    """In the pipeline: the `kind` output of a fetch holds exactly the rows of `found` (by `key`),
+    and its `missing` output names exactly the keys of `missing`, each with when it was seen."""
+    assert_that(
+        fetched[kind] | f"{kind} keys" >> beam.Map(lambda row: row[key]),
+        equal_to(found),
+        label=kind,
+    )
+    assert_that(
+        _keys(fetched[MISSING], f"missing {kind} keys"),
+        equal_to([(kind, k, True) for k in missing]),
+        label=f"missing {kind}",
+    )
+
+
 def test_fetch_markets_and_events_emit_a_missing_row_per_key_the_source_lacks(polymarket):
     server, config, policy = polymarket
     truth = server.truth(source="polymarket")
@@ -70,30 +87,12 @@ def test_fetch_markets_and_events_emit_a_missing_row_per_key_the_source_lacks(po
     events = sorted(e["slug"] for e in truth["events"])[:3]
     with TestPipeline() as p:
         fetched = p | beam.Create(refs) | _fetch_markets(config, policy)
-        assert_that(
-            fetched["markets"] | "MarketIds" >> beam.Map(lambda m: m["condition_id"]),
-            equal_to(found),
-            label="markets",
-        )
-        assert_that(
-            _keys(fetched[MISSING], "MissingMarkets"),
-            equal_to([("markets", cid, True) for cid in gone]),
-            label="missing markets",
-        )
+        _assert_found_and_missing(fetched, "markets", "condition_id", found, gone)
         asked = p | "Slugs" >> beam.Create([*events, NO_SUCH_EVENT])
         looked_up = asked | FetchEvents(
             ApiHandle(config.source), config.warehouse_ref, policy, 20, config.fetch_threads
         )
-        assert_that(
-            looked_up["events"] | "EventSlugs" >> beam.Map(lambda e: e["event_slug"]),
-            equal_to(events),
-            label="events",
-        )
-        assert_that(
-            _keys(looked_up[MISSING], "MissingEvents"),
-            equal_to([("events", NO_SUCH_EVENT, True)]),
-            label="missing events",
-        )
+        _assert_found_and_missing(looked_up, "events", "event_slug", events, [NO_SUCH_EVENT])
 
 
 def test_a_failed_lookup_is_not_missing(polymarket):

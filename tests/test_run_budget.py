@@ -9,25 +9,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.options import OptionsError, resolve
 from pipeline.run import run_backfill
 from tests.support import (
+    assert_landed_exact,
     checkpoint,
-    production_fills,
     run_argv,
     seed_traders,
-    truth_counts,
-    truth_fills,
 )
 
 WALLETS = 20
-
-
-def _assert_landed_exact(db, server, wallets: list[str], source: str) -> None:
-    """Exactly `wallets` are in the checkpoint, each done with all its trades, nothing else."""
-    marks = checkpoint(db)
-    assert set(marks) == set(wallets)
-    counts = truth_counts(server, wallets, source)
-    for wallet in wallets:
-        assert marks[wallet][:3] == (True, True, counts[wallet]), wallet
-    assert production_fills(db) == truth_fills(server, wallets, source)
 
 
 @pytest.mark.parametrize("source", ["polymarket", "dome"])
@@ -54,13 +42,13 @@ def test_a_spent_budget_stops_starting_wallets_and_the_next_run_finishes_them(
     assert fetched + not_started == WALLETS
     assert first.counters.get("wallets_failed", 0) == 0
     assert f"{not_started} not started" in first.render()
-    _assert_landed_exact(db, server, sorted(checkpoint(db)), source)
+    assert_landed_exact(db, server, sorted(checkpoint(db)), source)
     assert len(checkpoint(db)) == fetched
 
     second = run_backfill(run_argv(db, staging, server, source=source))
     assert second.state == "DONE" and second.counters["wallets_fetched"] == not_started
     assert second.counters.get("wallets_not_started", 0) == 0
-    _assert_landed_exact(db, server, wallets, source)
+    assert_landed_exact(db, server, wallets, source)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])

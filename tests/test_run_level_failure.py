@@ -7,7 +7,6 @@ Each test runs the real graph (DirectRunner, DuckDB file) against the simulator 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.run import RunReport, run_backfill
+from tests.bq_emulator import free_port  # a port nothing listens on
 from tests.support import (
     REPO,
     TRADES_ENDPOINT,
+    assert_landed_exact,
     checkpoint,
     production_fills,
     query,
@@ -47,13 +48,6 @@ def _warehouse(tmp_path: Path, server) -> tuple[Path, Path, list[str]]:
     return db, tmp_path / "staging", wallets
 
 
-def _closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _assert_stopped(report: RunReport, committed: int, *named: str) -> None:
     assert report.state == "STOPPED" and report.stopped is not None
     line = report.render()
@@ -64,23 +58,13 @@ def _assert_stopped(report: RunReport, committed: int, *named: str) -> None:
         assert text in line, line
 
 
-def _assert_landed_exact(db: Path, server, wallets: list[str], source: str) -> None:
-    """Exactly `wallets` are in the checkpoint, each done with all its trades, nothing else."""
-    marks = checkpoint(db)
-    assert set(marks) == set(wallets)
-    counts = truth_counts(server, wallets, source)
-    for wallet in wallets:
-        assert marks[wallet][:3] == (True, True, counts[wallet]), wallet
-    assert production_fills(db) == truth_fills(server, wallets, source)
-
-
 def test_nothing_listening_stops_the_run_with_one_line_and_exit_1(tmp_path, server):
     db, staging, _wallets = _warehouse(tmp_path, server)
     argv = [
         f"--warehouse=duckdb:{db}",
         f"--staging_root={staging}",
         "--source=dome",
-        f"--api_base_url=http://127.0.0.1:{_closed_port()}/v1",
+        f"--api_base_url=http://127.0.0.1:{free_port()}/v1",
         "--tier=pro",
         "--max_attempts=2",
     ]
@@ -133,12 +117,12 @@ def test_a_source_gone_mid_run_lands_the_wallets_before_and_leaves_the_rest_pend
     _assert_stopped(report, served, "HTTP 410")
     landed = sorted(checkpoint(db))
     assert len(landed) == served
-    _assert_landed_exact(db, server, landed, source)
+    assert_landed_exact(db, server, landed, source)
 
     server.set_faults([])
     again = run_backfill(run_argv(db, staging, server, source=source))
     assert again.state == "DONE" and again.counters["wallets_fetched"] == WALLETS - served
-    _assert_landed_exact(db, server, wallets, source)
+    assert_landed_exact(db, server, wallets, source)
     truth_markets, truth_events = truth_markets_and_events(server, source)
     assert {row[0] for row in query(db, "SELECT condition_id FROM markets")} == truth_markets
     assert {row[0] for row in query(db, "SELECT event_slug FROM events")} == truth_events

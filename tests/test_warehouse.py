@@ -10,25 +10,21 @@ test_warehouse_duckdb.py.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from google.cloud import bigquery
 
 from pipeline.schema import CHECKPOINT_COLUMNS, Column
 from pipeline.status_report import render_status
 from pipeline.warehouse import CommitError, TableNames, Warehouse
 from pipeline.warehouse import sql as wsql
 from pipeline.warehouse.base import MISSING_AFTER
-from tests.bq_emulator import BigQueryEmulator
+from tests import support
 from tests.support import (
     COMMITTED_AT,
     OLD_CHECKPOINT,
     T0,
-    BigQueryEngine,
-    DuckDBEngine,
     Engine,
     assert_rich_run_landed,
     busy_run,
@@ -48,39 +44,32 @@ from tests.support import (
     write_ndjson,
 )
 
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
-    with BigQueryEmulator(tmp_path_factory.mktemp("gcs")) as emu:
-        yield emu
-
-
-@pytest.fixture(scope="module")
-def bq(emulator: BigQueryEmulator) -> Iterator[bigquery.Client]:
-    """A client of the tests' own, to look at what the warehouse did."""
-    client = emulator.client()
-    yield client
-    client.close()
-
-
-@pytest.fixture(params=["duckdb", "bigquery"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
-    """The engine under test: makes warehouses and reads them back."""
-    if request.param == "duckdb":
-        return DuckDBEngine(tmp_path / "duckdb")
-    return BigQueryEngine(request.getfixturevalue("emulator"), request.getfixturevalue("bq"))
-
-
-@pytest.fixture
-def wh(db: Engine) -> Iterator[Warehouse]:
-    warehouse = db.new()
-    warehouse.ensure_tables()
-    yield warehouse
-    warehouse.close()
+# The engines both suites of warehouse guarantees run on (this one and test_warehouse_lease.py).
+emulator, bq, db, wh = support.emulator, support.bq, support.db, support.wh
 
 
 def q(db: Engine, wh: Warehouse, sql: str) -> list[tuple]:
     return db.rows(wh, sql)
+
+
+def land_t2_of_wallet_a(wh: Warehouse, tmp_path: Path) -> None:
+    """What `rich_run` starts from: an earlier run, r0, already landed t2 for wallet A."""
+    files = stage(
+        tmp_path, "r0", trades=[trade("0xa", "t2", "r0")], outcomes=[outcome("0xa", "r0", True, 5)]
+    )
+    wh.commit_run("r0", files, committed_at=COMMITTED_AT)
+
+
+def commit_done_wallets(wh: Warehouse, tmp_path: Path, trades: dict[str, list[str]]) -> None:
+    """Commit run r1 in which each wallet of `trades` is done with those trade ids (processed at
+    T0 + its count of trades: a fixed clock)."""
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[trade(wallet, i, "r1") for wallet, ids in trades.items() for i in ids],
+        outcomes=[outcome(wallet, "r1", True, len(ids)) for wallet, ids in trades.items()],
+    )
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -139,11 +128,7 @@ def test_the_users_existing_checkpoint_table_gains_the_missing_columns(db: Engin
 def test_commit_lands_exactly_the_successful_wallets_trades_once(
     db: Engine, wh: Warehouse, tmp_path: Path
 ) -> None:
-    # An earlier run already landed t2 for wallet A.
-    first = stage(
-        tmp_path, "r0", trades=[trade("0xa", "t2", "r0")], outcomes=[outcome("0xa", "r0", True, 5)]
-    )
-    wh.commit_run("r0", first, committed_at=COMMITTED_AT)
+    land_t2_of_wallet_a(wh, tmp_path)
     report = wh.commit_run("r1", stage(tmp_path, "r1", **rich_run("r1")), committed_at=COMMITTED_AT)
     assert_rich_run_landed(db, wh, report)
 
@@ -600,13 +585,7 @@ def test_status_and_verify_only_read_and_name_missing_tables(db: Engine) -> None
 def test_verify_reports_and_resets_mismatched_done_wallets(
     db: Engine, wh: Warehouse, tmp_path: Path
 ) -> None:
-    files = stage(
-        tmp_path,
-        "r1",
-        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1"), trade("0xb", "b1", "r1")],
-        outcomes=[outcome("0xa", "r1", True, 2), outcome("0xb", "r1", True, 1)],
-    )
-    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    commit_done_wallets(wh, tmp_path, {"0xa": ["a1", "a2"], "0xb": ["b1"]})
     assert wh.verify().mismatches == ()
     q(db, wh, "DELETE FROM {trades} WHERE id = 'a2'")
     report = wh.verify(reset=False)
@@ -647,13 +626,7 @@ def _production_counts(db: Engine, wh: Warehouse) -> dict[str, int]:
 def test_verify_finds_a_copied_trade_and_the_repair_keeps_one(
     db: Engine, wh: Warehouse, tmp_path: Path
 ) -> None:
-    files = stage(
-        tmp_path,
-        "r1",
-        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1"), trade("0xb", "b1", "r1")],
-        outcomes=[outcome("0xa", "r1", True, 2), outcome("0xb", "r1", True, 1)],
-    )
-    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    commit_done_wallets(wh, tmp_path, {"0xa": ["a1", "a2"], "0xb": ["b1"]})
     _copy_rows_by_hand(db, wh, "a1")
     before = snapshot(db, wh)
 
@@ -682,13 +655,7 @@ def test_a_checkpoint_that_took_the_count_of_copies_is_found_and_reset(
     """Issue 12: copies land in production, a later commit of the wallet counts them into the
     checkpoint, and then checkpoint and production agree: a verify comparing counts alone says
     clean forever. Copies are found by id, removed, and the wallet's count set right."""
-    files = stage(
-        tmp_path,
-        "r1",
-        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1")],
-        outcomes=[outcome("0xa", "r1", True, 2)],
-    )
-    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    commit_done_wallets(wh, tmp_path, {"0xa": ["a1", "a2"]})
     _copy_rows_by_hand(db, wh, "a1")
     _copy_rows_by_hand(db, wh, "a2")
     _copy_rows_by_hand(db, wh, "a2")  # copies both rows: four in all
@@ -716,13 +683,7 @@ def test_a_checkpoint_that_took_the_count_of_copies_is_found_and_reset(
 def test_the_duplicate_repair_is_one_transaction(db: Engine, wh: Warehouse, tmp_path: Path) -> None:
     """A reset that fails (a hand-made checkpoint whose `error` column is a number) undoes the
     removal of the copies too: the repair is all or nothing."""
-    files = stage(
-        tmp_path,
-        "r1",
-        trades=[trade("0xa", "a1", "r1"), trade("0xa", "a2", "r1")],
-        outcomes=[outcome("0xa", "r1", True, 2)],
-    )
-    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    commit_done_wallets(wh, tmp_path, {"0xa": ["a1", "a2"]})
     _copy_rows_by_hand(db, wh, "a1")
     q(db, wh, "DELETE FROM {trades} WHERE id = 'a2'")  # and one trade lost: a reset is due
     q(db, wh, "DROP TABLE {checkpoint}")
@@ -965,10 +926,7 @@ def test_the_commit_lists_the_runs_successful_wallets_for_its_production_reads(
     """The @wallets of the commit are the wallets whose trades land: a success beats a failure
     of the same wallet, a failed wallet is not read; a run of failures lists none."""
     seen = _spy_on_wallets(monkeypatch, wh)
-    first = stage(
-        tmp_path, "r0", trades=[trade("0xa", "t2", "r0")], outcomes=[outcome("0xa", "r0", True, 5)]
-    )
-    wh.commit_run("r0", first, committed_at=COMMITTED_AT)
+    land_t2_of_wallet_a(wh, tmp_path)
     rows = rich_run("r1")
     rows["outcomes"] += [outcome("0xc", "r1", False, 30, error="x"), outcome("0xc", "r1", True, 40)]
     report = wh.commit_run("r1", stage(tmp_path, "r1", **rows), committed_at=COMMITTED_AT)

@@ -38,6 +38,7 @@ from pipeline.warehouse import duckdb_warehouse as ddw
 from pipeline.warehouse import sql as q
 from pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse
 from pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
+from tests import support
 from tests.bq_emulator import BigQueryEmulator
 from tests.support import (
     COMMITTED_AT,
@@ -61,23 +62,12 @@ from tests.support import (
     write_ndjson,
 )
 
-PROJECT = "test-project"
+PROJECT = "test-project"  # bqemulator's default project, which `emulator` runs on
 TABLES = ("trades", "markets", "events", "backfill_checkpoint", "backfill_runs")
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
-    """One bqemulator for the module; `gs://` URIs resolve under its `gcs_root`."""
-    with BigQueryEmulator(tmp_path_factory.mktemp("gcs"), project=PROJECT) as emu:
-        yield emu
-
-
-@pytest.fixture(scope="module")
-def bq(emulator: BigQueryEmulator) -> Iterator[bigquery.Client]:
-    """A client of the tests' own, to look at what the warehouse did."""
-    client = emulator.client()
-    yield client
-    client.close()
+# One bqemulator for the module, on its default project (PROJECT), and a client of the tests' own.
+emulator, bq = support.emulator, support.bq
 
 
 @pytest.fixture(scope="module")

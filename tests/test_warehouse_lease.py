@@ -14,22 +14,18 @@ import datetime as dt
 import pickle
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from google.cloud import bigquery
 
 from pipeline import verify as verify_command
 from pipeline.status_report import render_status
 from pipeline.warehouse import CommitReport, Lease, Warehouse
 from pipeline.warehouse.base import check_files
-from tests.bq_emulator import BigQueryEmulator
+from tests import support
 from tests.support import (
     COMMITTED_AT,
-    BigQueryEngine,
-    DuckDBEngine,
     Engine,
     busy_run,
     load_tables_left,
@@ -37,33 +33,8 @@ from tests.support import (
     trade_ids,
 )
 
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
-    with BigQueryEmulator(tmp_path_factory.mktemp("gcs")) as emu:
-        yield emu
-
-
-@pytest.fixture(scope="module")
-def bq(emulator: BigQueryEmulator) -> Iterator[bigquery.Client]:
-    client = emulator.client()
-    yield client
-    client.close()
-
-
-@pytest.fixture(params=["duckdb", "bigquery"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
-    if request.param == "duckdb":
-        return DuckDBEngine(tmp_path / "duckdb")
-    return BigQueryEngine(request.getfixturevalue("emulator"), request.getfixturevalue("bq"))
-
-
-@pytest.fixture
-def wh(db: Engine) -> Iterator[Warehouse]:
-    warehouse = db.new()
-    warehouse.ensure_tables()
-    yield warehouse
-    warehouse.close()
+# Both engines, with the fixtures of test_warehouse.py.
+emulator, bq, db, wh = support.emulator, support.bq, support.db, support.wh
 
 
 def twin(wh: Warehouse) -> Warehouse:
