@@ -666,7 +666,9 @@ def check_staged_counts(run_id: str, files: Mapping[str, Sequence[str]]) -> None
     staged: dict[str, int] = {}
     for path in _existing(run_id, files.get("trades", ())):
         for number, line in _lines(path):
-            wallet = _json_line(run_id, path, number, line).get("wallet_address")
+            wallet = staged_wallet(line)
+            if wallet is None:
+                wallet = _json_line(run_id, path, number, line).get("wallet_address")
             if isinstance(wallet, str) and wallet in expected:
                 staged[wallet] = staged.get(wallet, 0) + 1
     wrong = sorted(
@@ -683,6 +685,30 @@ def check_staged_counts(run_id: str, files: Mapping[str, Sequence[str]]) -> None
             f"run {run_id}: staged trades disagree with the outcomes of {len(wrong)} wallets: "
             f"{named}{more}"
         )
+
+
+_WALLET_KEY = b'"wallet_address":'
+
+
+def staged_wallet(line: bytes) -> str | None:
+    """The wallet of one staged trade line, read without parsing the row, or None: then the
+    caller parses it (and refuses a line that is not JSON).
+
+    The count check reads every staged trade, and parsing each ~800-byte row only to read one
+    field was most of its cost (0.7 s of 0.9 s for 35,000 trades). The first `"wallet_address":`
+    of a line is its top-level key: inside a JSON string every quote is escaped, and no column
+    holds a nested object. A line cut short does not end with `}` and is parsed (so refused);
+    a line that is whole but not JSON elsewhere fails the warehouse's load instead.
+    """
+    at = line.find(_WALLET_KEY)
+    if at < 0 or not line.rstrip().endswith(b"}"):
+        return None
+    start = line.find(b'"', at + len(_WALLET_KEY))
+    end = line.find(b'"', start + 1)
+    if start < 0 or end < 0 or line[at + len(_WALLET_KEY) : start].strip():
+        return None
+    value = line[start + 1 : end]
+    return None if b"\\" in value else value.decode("utf-8", "replace")
 
 
 def _existing(run_id: str, paths: Sequence[str]) -> Sequence[str]:

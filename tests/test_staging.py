@@ -29,6 +29,7 @@ from pipeline.staging import (
     commit_staged_run,
     parked_runs,
     runs_to_recover,
+    staged_wallet,
 )
 from pipeline.warehouse import CommitReport, TableNames, WarehouseRef, open_warehouse
 from tests.support import (
@@ -202,6 +203,29 @@ def copy_line(path: Path, wallet: str) -> None:
 
 def garble_outcomes(path: Path, _wallet: str) -> None:
     path.write_text(path.read_text() + '{"wallet_address": "0xe", "trade_c\n')
+
+
+W = "0x" + "ab" * 20
+
+
+@pytest.mark.parametrize(
+    ("line", "wallet"),
+    [
+        (json.dumps({"id": "t", "wallet_address": W}, separators=(",", ":")), W),  # as staged
+        (json.dumps({"id": "t", "wallet_address": W}), W),  # spaced
+        # The key's text inside a string is escaped, so the top-level key is the one found.
+        (json.dumps({"title": '"wallet_address":"0xevil"', "wallet_address": W}), W),
+        ('{"id":"t","wallet_address":"' + W[:20], None),  # cut short: the caller parses it
+        ('{"id":"t","wallet_address":null}', None),
+        ('{"id":"t","wallet_address":"0x\\u0041"}', None),  # an escape: the caller parses it
+        ('{"id":"t"}', None),
+    ],
+    ids=["compact", "spaced", "key in a string", "cut", "null", "escaped", "absent"],
+)
+def test_a_staged_line_names_its_wallet_without_being_parsed(line, wallet):
+    assert staged_wallet(line.encode() + b"\n") == wallet
+    if wallet is not None:  # the fast path agrees with the parser
+        assert json.loads(line)["wallet_address"] == wallet
 
 
 @pytest.mark.parametrize(
