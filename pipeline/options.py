@@ -228,6 +228,11 @@ class OptionsError(ValueError):
     """Every problem with the options at once, each saying what to fix."""
 
 
+# A gs:// staging root names a bucket (Cloud Storage's naming rules, loosely); other schemes are
+# not supported: Beam would pick a filesystem that this pipeline never tested.
+GCS_PREFIX = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/\S*)?$")
+MAX_RUN_MINUTES = 24 * 60
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -282,14 +287,22 @@ def parse_bucket_limits(text: str | None) -> dict[str, float]:
     return limits
 
 
-def duckdb_path_problems(path: str) -> list[str]:
-    """What is wrong with a DuckDB file path before anything opens it (a missing file is fine:
-    it is created; a missing folder is not, since a typo would silently start a new warehouse)."""
+def duckdb_path_problems(path: str, must_exist: bool = True) -> list[str]:
+    """What is wrong with a DuckDB file path before anything opens it.
+
+    A run, `status`, `commit` and `verify` need the file to exist: the warehouse starts with the
+    wallets you add (`traders add` creates it), so a missing file is a typo, and creating it would
+    report a successful run over zero wallets. `must_exist=False` is for `traders add`."""
     target = Path(path).expanduser()
     if target.is_dir():
         return [f"{path} is a folder: name a DuckDB file, e.g. {target / 'backfill.duckdb'}"]
     if not target.parent.is_dir():
         return [f"the folder {target.parent} does not exist: create it, or fix the path"]
+    if must_exist and not target.exists():
+        return [
+            f"{path} does not exist: add wallets first (python -m pipeline traders add FILE "
+            f"--warehouse=duckdb:{path} creates it), or fix the path"
+        ]
     if target.exists():
         try:
             with target.open("rb") as handle:
@@ -365,6 +378,10 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
             problems.extend(f"--warehouse: {p}" for p in duckdb_path_problems(target))
     if opts.staging_root and "://" not in opts.staging_root:
         problems.extend(f"--staging_root: {p}" for p in folder_problems(opts.staging_root))
+    elif opts.staging_root and not GCS_PREFIX.match(opts.staging_root):
+        problems.append(
+            f"--staging_root {opts.staging_root!r}: give a local folder or gs://BUCKET[/PREFIX]"
+        )
     try:
         names = [field.name for field in dataclasses.fields(TableNames)]
         tables = TableNames(**{name: getattr(opts, f"{name}_table") for name in names})
@@ -398,6 +415,12 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
             problems.append(f"--source=dome: {exc}")
 
     job_windows: tuple[Window, ...] = ()
+    dome_rates = {"rate_per_second": opts.rate_per_second, "rate_per_10s": opts.rate_per_10s}
+    for name, value in dome_rates.items():
+        if value is not None and opts.source != "dome":
+            problems.append(
+                f"--{name} applies to --source=dome only (Polymarket's limits: --bucket_limits)"
+            )
     if opts.source == "dome":
         rate_limit = RateLimit.for_tier(opts.tier)
         per_second = (
@@ -447,9 +470,9 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
     checks = [
         (opts.max_wallets is None or opts.max_wallets >= 1, "--max_wallets must be at least 1"),
         (
-            opts.max_run_minutes is None
-            or (math.isfinite(opts.max_run_minutes) and opts.max_run_minutes > 0),
-            "--max_run_minutes must be a finite number of minutes above 0",
+            opts.max_run_minutes is None or 0 < opts.max_run_minutes <= MAX_RUN_MINUTES,
+            f"--max_run_minutes must be minutes above 0, at most {MAX_RUN_MINUTES} (a day: "
+            "the warehouse's lease outlives a crashed run by that much)",
         ),
         (
             opts.staging_retention_days is None

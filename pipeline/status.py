@@ -7,7 +7,9 @@ never created."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+from pipeline.lease import holder_is_gone
 from pipeline.options import BackfillOptions, OptionsError, resolve_command
 from pipeline.staging import parked_runs
 from pipeline.status_report import render_status
@@ -22,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def show_status(warehouse: str, tables, last_runs: int = 5) -> str:
     """Only reads: a missing table is reported in the output, never created or altered."""
     with open_warehouse(warehouse, tables) as handle:
-        return render_status(handle.status(last_runs=last_runs))
+        report = handle.status(last_runs=last_runs)
+    if report.lease_holder is not None:
+        report = dataclasses.replace(report, lease_holder_gone=holder_is_gone(report.lease_holder))
+    return render_status(report)
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:

@@ -68,6 +68,8 @@ class StatusReport:
     # not expired yet), and until when; None when it is free.
     lease_holder: str | None = None
     lease_expires_at: dt.datetime | None = None
+    # The holder is a run of this machine whose process has ended: the next run takes over.
+    lease_holder_gone: bool = False
     # Tables status needed and did not find (status only reads: it creates nothing), and
     # numbers it could not compute for another reason (a table not migrated yet).
     missing_tables: tuple[str, ...] = ()
@@ -131,7 +133,13 @@ def render_status(report: StatusReport) -> str:
     if report.trades_by_source:
         counts = ", ".join(f"{source} {_n(rows)}" for source, rows in report.trades_by_source)
         lines.append(f"trades by source {counts}")
-    if report.lease_holder is not None:
+    if report.lease_holder is not None and report.lease_holder_gone:
+        lines.append(
+            f"backfill lease   held by {report.lease_holder} until "
+            f"{_ts(report.lease_expires_at)} UTC, but that process has ended: the next run "
+            "takes the lease over"
+        )
+    elif report.lease_holder is not None:
         lines.append(
             f"backfill lease   held by {report.lease_holder} until "
             f"{_ts(report.lease_expires_at)} UTC (no other backfill starts before then)"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from pipeline.options import duckdb_path_problems
 from pipeline.warehouse import TableNames, open_warehouse, parse_warehouse_spec
 
 DEFAULT_WAREHOUSE = "duckdb:backfill.duckdb"  # as `run`'s --warehouse
@@ -113,10 +114,14 @@ def summary(parsed: ParsedAddresses, added: int) -> str:
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
     try:
-        parse_warehouse_spec(args.warehouse)
+        kind, target = parse_warehouse_spec(args.warehouse)
         tables = TableNames(traders=args.traders_table)
     except ValueError as exc:
         print(f"traders add: {exc}")
+        return 2
+    problems = duckdb_path_problems(target, must_exist=False) if kind == "duckdb" else []
+    if problems:
+        print(f"traders add: --warehouse: {problems[0]}")
         return 2
     try:
         if args.file == "-":

@@ -5,7 +5,8 @@ It finds them with two grouped queries and (unless `--report_only`, which only r
 in one transaction: each duplicated id is kept once, and the done wallets whose count still differs
 are reset, so the next run fetches their whole history again and the commit lands only what
 production is missing. A repair holds the warehouse's lease while it runs, so it never races a
-backfill's commit: while a backfill holds it, verify says so and repairs nothing (exit code 3). It
+backfill's commit: while a backfill holds it, verify says so and repairs nothing (exit code 3).
+`--report_only` exits 1 when it finds anything, so that monitoring can act on it. It
 creates and alters no table: a missing checkpoint or trades table is reported, and there is nothing
 to check (nor a lease to take).
 """
@@ -23,6 +24,7 @@ from pipeline.warehouse import VerifyReport, Warehouse, open_warehouse
 # enough that a verify killed midway does not keep backfills out for long.
 REPAIR_LEASE_SECONDS = 30 * 60.0
 LEASE_HELD = 3
+FOUND_PROBLEMS = 1  # --report_only found duplicates or wrong counts (a repair's findings are fixed)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +52,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
                 return LEASE_HELD
             report = outcome
     print(report.render())
-    return 0
+    # --report_only is what monitoring runs: it must be able to tell a finding from a clean bill.
+    return FOUND_PROBLEMS if args.report_only and not report.clean else 0
 
 
 def repair(warehouse: Warehouse) -> VerifyReport | str:

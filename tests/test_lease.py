@@ -126,3 +126,17 @@ def test_a_run_whose_source_is_gone_at_launch_gives_the_lease_back(tmp_path, cap
     assert "could not start" in capsys.readouterr().out
     with open_warehouse(f"duckdb:{db}") as warehouse:
         assert not warehouse.read_lease().held
+
+
+def test_status_tells_a_live_holder_from_one_whose_process_ended(tmp_path, warehouse):
+    from pipeline.status import show_status
+
+    spec = f"duckdb:{tmp_path / 'w.duckdb'}"
+    alive = f"run-a local pid {os.getppid()} on {socket.gethostname()}"
+    assert warehouse.acquire_lease(alive, 600)
+    assert "(no other backfill starts before then)" in show_status(spec, warehouse.tables)
+    warehouse.release_lease(alive)
+    dead = f"run-b local pid {ended_pid()} on {socket.gethostname()}"
+    assert warehouse.acquire_lease(dead, 600)
+    report = show_status(spec, warehouse.tables)
+    assert f"held by {dead}" in report and "that process has ended: the next run takes" in report

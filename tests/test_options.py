@@ -1,11 +1,19 @@
 """Options are checked before anything starts, and each problem says what to fix."""
 
+import duckdb
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.api_key import load_api_key
 from pipeline.options import BackfillOptions, OptionsError, derive_rate_shares, resolve
 from pipeline.sources.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def in_a_warehouse_folder(tmp_path, monkeypatch):
+    """The default --warehouse (duckdb:backfill.duckdb, relative) names an existing file."""
+    duckdb.connect(str(tmp_path / "backfill.duckdb")).close()
+    monkeypatch.chdir(tmp_path)
 
 
 def limits(windows):
@@ -138,10 +146,10 @@ def test_a_command_line_is_parsed_once_and_its_own_options_stay_out(dome_key):
     BackfillOptions._add_argparse_args(parser)
     parser.add_argument("--last_runs", type=int, default=5)
     args = parser.parse_args(
-        ["--last_runs", "3", "--warehouse=duckdb:x.duckdb", "--source=dome", "--trades_table=t2"]
+        ["--last_runs", "3", "--warehouse=duckdb:backfill.duckdb", "--source=dome", "--trades_table=t2"]
     )
     config = resolve_command(args)
-    assert config.warehouse == "duckdb:x.duckdb" and config.source.name == "dome"
+    assert config.warehouse == "duckdb:backfill.duckdb" and config.source.name == "dome"
     assert config.tables.trades == "t2" and args.last_runs == 3
 
 
@@ -185,11 +193,39 @@ def test_a_warehouse_path_that_names_nothing_usable_is_refused(tmp_path):
         f"duckdb:{tmp_path / 'missing' / 'wh.duckdb'}": "does not exist",
         f"duckdb:{tmp_path}": "is a folder",
         f"duckdb:{not_duckdb}": "not a DuckDB database file",
+        # A typo in an existing folder would otherwise start an empty warehouse, and report a
+        # successful run over zero wallets.
+        f"duckdb:{tmp_path / 'typo.duckdb'}": "typo.duckdb does not exist: add wallets first",
     }
     for spec, says in cases.items():
         with pytest.raises(OptionsError, match=says):
             resolve(PipelineOptions([f"--warehouse={spec}"]))
+    assert not (tmp_path / "typo.duckdb").exists()
+    duckdb.connect(str(tmp_path / "new.duckdb")).close()
     assert resolve(PipelineOptions([f"--warehouse=duckdb:{tmp_path / 'new.duckdb'}"]))
+
+
+@pytest.mark.parametrize(
+    "root", ["gs://", "gs:///prefix", "s3://bucket/x", "gs://UPPER/x", "file://tmp/x"]
+)
+def test_a_staging_root_on_a_filesystem_not_supported_is_refused(root):
+    with pytest.raises(OptionsError, match="give a local folder or gs://BUCKET"):
+        resolve(PipelineOptions([f"--staging_root={root}"]))
+    assert resolve(PipelineOptions(["--staging_root=gs://my-bucket.example_1/runs"]))
+
+
+@pytest.mark.parametrize("minutes", ["1441", "1e9", "1e300", "inf", "nan", "0", "-1"])
+def test_a_run_budget_past_a_day_is_refused(minutes):
+    """A crashed run's lease lasts its budget: a century-long budget would lock the warehouse."""
+    with pytest.raises(OptionsError, match="at most 1440"):
+        resolve(PipelineOptions([f"--max_run_minutes={minutes}"]))
+    assert resolve(PipelineOptions(["--max_run_minutes=1440"])).max_run_minutes == 1440
+
+
+@pytest.mark.parametrize("option", ["--rate_per_second=nan", "--rate_per_10s=5"])
+def test_dome_rate_options_are_refused_for_polymarket(option):
+    with pytest.raises(OptionsError, match="applies to --source=dome only"):
+        resolve(PipelineOptions([option]))
 
 
 def test_a_staging_root_that_is_a_file_is_refused(tmp_path):

@@ -94,13 +94,17 @@ def test_verify_finds_exactly_the_wallets_missing_trades_and_the_next_run_restor
         f"DELETE FROM trades WHERE id = (SELECT MIN(id) FROM trades WHERE wallet_address = '{partial}')",
     )
 
-    found = subprocess.run(
-        [sys.executable, "-m", "pipeline", "verify", f"--warehouse=duckdb:{db}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    def verify(*extra: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "pipeline", "verify", f"--warehouse=duckdb:{db}", *extra]
+        return subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+
+    # What monitoring runs: it only reads, and its exit code says something was found.
+    reported = verify("--report_only")
+    assert reported.returncode == 1 and f"{len(damaged) + 1} done wallets differ" in reported.stdout
+    assert all(mark[:2] == (True, True) for mark in checkpoint(db).values())
+    repaired = verify()
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    found = repaired.stdout
     assert f"verify: {len(damaged) + 1} done wallets differ" in found
     for wallet in [*damaged, partial]:
         assert wallet in found
@@ -112,6 +116,14 @@ def test_verify_finds_exactly_the_wallets_missing_trades_and_the_next_run_restor
     assert set(server.stats()["orders_requests_by_wallet"]) == {*damaged, partial}
     assert production_trade_ids(db) == truth_trade_ids(simulator, wallets)
     assert all(mark[:2] == (True, True) for mark in checkpoint(db).values())
+    clean = verify("--report_only")
+    assert clean.returncode == 0, clean.stdout
+    # A reader that leaves early (`status | head -1`) ends nothing in a traceback.
+    piped = subprocess.run(
+        f"{sys.executable} -m pipeline status --warehouse=duckdb:{db} | head -1",
+        shell=True, cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
 
 
 @pytest.mark.world(lag_seconds=0)
