@@ -112,7 +112,12 @@ def render_status(report: StatusReport) -> str:
     percent = "-" if report.progress_percent is None else f"{report.progress_percent:.2f} %"
     lines = [
         f"done wallets     {_n(report.done_wallets)} of {_n(report.total_wallets)} "
-        f"({percent}), remaining {_n(report.remaining_wallets)}",
+        f"({percent}), remaining {_n(report.remaining_wallets)}"
+        + (
+            " (the monitoring's count: the checkpoint holds done wallets traders no longer lists)"
+            if (report.remaining_wallets or 0) < 0
+            else ""
+        ),
         f"to do            {_n(report.wallets_to_do)} of {_n(report.valid_wallets)} valid distinct "
         "addresses in traders (lowercase 0x + 40 hex) not done yet",
         f"failed wallets   {_n(report.failed_wallets)}",

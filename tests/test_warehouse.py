@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pipeline.schema import CHECKPOINT_COLUMNS, Column
-from pipeline.status_report import render_status
+from pipeline.status_report import StatusReport, render_status
 from pipeline.warehouse import CommitError, TableNames, Warehouse
 from pipeline.warehouse import sql as wsql
 from pipeline.warehouse.base import MISSING_AFTER
@@ -738,6 +738,19 @@ def test_status_counts_valid_distinct_wallets_left_beside_the_users_percentage(
     text = render_status(report)
     assert "1 of 10 (10.00 %), remaining 9" in text
     assert "to do            2 of 3 valid distinct addresses" in text
+    assert "no longer lists" not in text
+
+
+def test_status_explains_a_negative_remaining() -> None:
+    """The monitoring's `remaining` (traders minus done) goes negative when the checkpoint holds
+    done wallets that traders no longer lists: kept as the users count it, and explained."""
+    report = StatusReport(
+        done_wallets=10, failed_wallets=0, total_wallets=2, progress_percent=500.0,
+        remaining_wallets=-8, valid_wallets=2, wallets_to_do=0,
+    )  # fmt: skip
+    text = render_status(report)
+    assert "10 of 2 (500.00 %), remaining -8 (the monitoring's count" in text
+    assert "traders no longer lists" in text
 
 
 def test_status_to_do_of_an_empty_warehouse(wh: Warehouse) -> None:
