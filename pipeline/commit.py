@@ -2,8 +2,10 @@
 
 Exit codes: 0 committed (or already committed), 1 the warehouse refused the transaction (production
 untouched; fix the warehouse and run it again), 2 nothing here can be committed: no such run, no
-whole manifest, or a run refused because its staging contradicts itself (its wallets are fetched
-again by the next run), 3 a backfill holds the warehouse's lease (try again when it has ended).
+whole manifest, a run refused because its staging contradicts itself (its wallets are fetched
+again by the next run), or a run of another warehouse (it recorded which when it claimed its id:
+give that warehouse's --warehouse and table names), 3 a backfill holds the warehouse's lease (try
+again when it has ended).
 Each failure is one line saying what to fix.
 
 A run that start-up parked after its commit failed MAX_FAILED_COMMITS times (`status` lists it)
@@ -19,7 +21,7 @@ import json
 
 from pipeline import lease
 from pipeline.options import BackfillOptions, OptionsError, resolve_command
-from pipeline.staging import StagingError, commit_staged_run
+from pipeline.staging import StagingError, commit_staged_run, warehouse_identity
 
 LEASE_HELD = 3  # a backfill is using the warehouse: try again when it has ended
 
@@ -42,6 +44,13 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         print(
             f"commit: run {staging.run_id} has no staging under {staging.root}: "
             "check --run_id and --staging_root"
+        )
+        return 2
+    ours, theirs = warehouse_identity(config.warehouse_ref), staging.recorded_warehouse()
+    if theirs is not None and theirs != ours:
+        print(
+            f"commit: run {staging.run_id} belongs to warehouse {theirs}, not to {ours}: "
+            "commit it with that warehouse's --warehouse (and table names)"
         )
         return 2
     reason = staging.refused_reason()
@@ -69,6 +78,9 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     finally:
         with config.warehouse_ref.open() as warehouse:
             warehouse.release_lease(holder)
+    if outcome.foreign:  # recorded between the check above and the commit: said the same way
+        print(f"commit: {outcome.error}")
+        return 2
     if outcome.refused:
         print(
             f"commit: run {staging.run_id} is refused, production is untouched and its wallets "

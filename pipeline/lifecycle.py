@@ -10,6 +10,14 @@ a run whose commit keeps failing in the warehouse is retried by a few start-ups,
 Start-up stays as fast with ten thousand runs staged as with ten: it lists the staging index (the
 runs not committed yet), never the root (see `pipeline.staging`), and deletes the staging of at
 most a few dozen expired runs per start-up.
+
+One staging root may serve several warehouses (the default `./staging` serves every local DuckDB
+file): a run records its warehouse when it claims its id, and start-up recovers, and retention
+deletes, only the runs of the warehouse that is starting; the others are left to theirs.
+
+A start-up that fails after the claim (the warehouse, a dead source, anything before the graph
+wrote a file) gives the run id back: its folder held only the claim, and a run scheduled every
+30 minutes against a dead source would otherwise leave 48 such folders a day.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pipeline.staging import (
     delete_expired_staging,
     recover_staged_run,
     runs_to_recover,
+    warehouse_identity,
 )
 
 log = logging.getLogger(__name__)
@@ -35,7 +44,8 @@ def prepare(config: BackfillConfig) -> list[CommitOutcome]:
     left, commit any earlier run left staged, delete the staging of runs committed more than
     --staging_retention_days ago (by default none is), then (with --verify) repair production.
 
-    The lease is given back by the run's commit step; if start-up itself fails, here."""
+    The lease is given back by the run's commit step; if start-up itself fails, here (and the
+    run id with it, see `release`)."""
     with config.warehouse_ref.open() as warehouse:
         warehouse.ensure_tables()
         lease.take(warehouse, config.lease_holder, lease.ttl_seconds(config.max_run_minutes))
@@ -47,17 +57,26 @@ def prepare(config: BackfillConfig) -> list[CommitOutcome]:
 
 
 def release(config: BackfillConfig) -> None:
-    """Gives the run's lease back (a run that ends before its commit step does)."""
+    """Gives the run's lease back (a run that ends before its commit step does), and its run id
+    if the run staged nothing: its folder holds only the claim this run made (`run` calls this
+    once its graph is over, or could not start; a folder holding anything else is never
+    deleted, so a run that staged keeps it for recovery)."""
     try:
         with config.warehouse_ref.open() as warehouse:
             warehouse.release_lease(config.lease_holder)
     except Exception as exc:  # it expires by itself; the error that ended the run matters more
         log.warning("could not give back the lease of %s: %s", config.lease_holder, exc)
+    try:
+        if config.staging.release_claim(config.lease_holder):
+            log.info("run %s staged nothing: its run id is given back", config.run_id)
+    except Exception as exc:  # a claim-only folder is litter, not harm: the error matters more
+        log.warning("could not give back run id %s: %s", config.run_id, exc)
 
 
 def _prepare_holding_the_lease(config: BackfillConfig) -> list[CommitOutcome]:
+    ours = warehouse_identity(config.warehouse_ref)
     try:
-        config.staging.claim()
+        config.staging.claim(ours, config.lease_holder)
     except RunIdTaken as exc:
         raise OptionsError(f"{exc}: use a new run id (or omit --run_id)") from None
     with config.warehouse_ref.open() as warehouse:
@@ -65,7 +84,7 @@ def _prepare_holding_the_lease(config: BackfillConfig) -> list[CommitOutcome]:
         warehouse.drop_orphan_load_tables()
         committed = warehouse.committed_run_ids()
     recovered = []
-    for earlier in runs_to_recover(config.staging_root, committed):
+    for earlier in runs_to_recover(config.staging_root, committed, ours):
         log.warning("recovering run %s: staged but not committed", earlier.run_id)
         # A failed commit never blocks later runs: its wallets are not marked done, so this run
         # fetches them again; the staging stays for `commit --run_id` by hand (a refused run is
@@ -73,7 +92,9 @@ def _prepare_holding_the_lease(config: BackfillConfig) -> list[CommitOutcome]:
         # After MAX_FAILED_COMMITS failed start-ups it is parked, and start-up stops trying.
         recovered.append(recover_staged_run(earlier, config.warehouse_ref))
     if config.staging_retention_days:
-        delete_expired_staging(config.staging_root, committed, config.staging_retention_days)
+        delete_expired_staging(
+            config.staging_root, committed, config.staging_retention_days, warehouse=ours
+        )
     if config.verify:
         with config.warehouse_ref.open() as warehouse:
             log.warning("%s", warehouse.verify(reset=True).render())

@@ -1,6 +1,7 @@
 """A run's staging and its commit: `RunStaging` knows every path of a run, `commit_staged_run` lands it.
 
-    <staging_root>/<run_id>/_CLAIMED         the run id is taken (created first, exclusively where it can be)
+    <staging_root>/<run_id>/_CLAIMED         the run id is taken, and for which warehouse (created first,
+                                             exclusively where it can be)
     <staging_root>/<run_id>/{trades,markets,events,outcomes,rejects}/part-*.json   (the graph writes)
     <staging_root>/<run_id>/_STAGED.json    every final file, written once all writes are final
     <staging_root>/<run_id>/_COMMITTED.json written after the warehouse transaction committed
@@ -20,17 +21,26 @@ start-up lists only a flat index, whose folder name holds a '.', which no run id
 `[A-Za-z0-9_-]{1,64}`):
 
     <staging_root>/_index.d/staged/BUILT               the index holds every run staged before it
-    <staging_root>/_index.d/staged/<run_id>.json       staged, not committed yet: what recovery lists
+    <staging_root>/_index.d/staged/<run_id>.<key>.json staged, not committed yet: what recovery lists
     <staging_root>/_index.d/parked/<run_id>.json       given up on (refused, not staged, or failed
                                                        its commit MAX_FAILED_COMMITS times): why
-    <staging_root>/_index.d/committed/<UTC>_<run_id>.json   committed at <UTC>: what retention lists
+    <staging_root>/_index.d/committed/<UTC>_<run_id>.<key>.json   committed at <UTC>: what retention
+                                                       lists
+    <staging_root>/_index.d/warehouses/<key>.json      a warehouse that has claimed runs here
+
+One staging root may serve several warehouses (the default `./staging` does, for every local
+DuckDB file): each run records its warehouse (`warehouse_identity`) in its claim, and `<key>`, a
+short hash of that identity, in the names of its index entries, so start-up and retention tell
+their own runs from the others' by the listing alone, reading no file of a run that is not theirs.
+Entries written before runs recorded their warehouse have no `.<key>` (see `runs_to_recover`).
 
 A run's `staged` entry is written just before its manifest and removed once its marker is written,
 so recovery lists as many entries as there are uncommitted runs. Runs staged by older versions have
 no entry: while `BUILT` is missing, start-up scans the whole root once (the old glob) and writes
 their entries, then `BUILT`.
 
-Before a commit touches the warehouse it checks the staging against itself: every wallet whose
+Before a commit touches the warehouse it checks that the run is the warehouse's (a run recorded
+for another warehouse is never committed into this one), then the staging against itself: every wallet whose
 outcome says it fetched N trades must have exactly N staged trade lines. A run that fails the check
 is refused and parked (_REFUSED.json): production is untouched, its wallets stay pending and the
 next run fetches them again. A run whose commit fails in the warehouse is retried by the next
@@ -43,9 +53,11 @@ commit through `commit_staged_run`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +66,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -61,7 +74,13 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import failpoints
 from pipeline.schema import STAGED_KINDS
-from pipeline.warehouse import CommitError, CommitReport, WarehouseRef
+from pipeline.warehouse import (
+    CommitError,
+    CommitReport,
+    TableNames,
+    WarehouseRef,
+    parse_warehouse_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +98,7 @@ INDEX_BUILD_THREADS = 8  # the one-time build writes one entry per run: in paral
 MAX_FAILED_COMMITS = 3  # start-ups that try to commit an earlier run before it is parked
 RETENTION_RUNS_PER_START = 50  # staging folders one start-up deletes at most
 _STAMP = "%Y%m%dT%H%M%SZ"  # committed entries' names start with the commit time in UTC
+KEY_CHARS = 16  # hex digits of a warehouse's key in entry names: 64 bits, no collision in practice
 
 
 class StagingError(ValueError):
@@ -167,6 +187,35 @@ def _lines(path: str) -> Iterator[tuple[int, bytes]]:
                 yield number, line
 
 
+def warehouse_identity(ref: WarehouseRef) -> str:
+    """The warehouse a run belongs to, as one string that two spellings of it agree on.
+
+    `duckdb:` and the file's resolved absolute path (`wh.duckdb`, `./wh.duckdb` and a symlink to
+    it are one warehouse; the file need not exist yet), or `bigquery:PROJECT.DATASET` as given
+    (BigQuery names are exact). The table names are part of it when they are not the defaults:
+    two sets of tables in one file or dataset are two warehouses (each has its own runs table,
+    checkpoint and trades), and leaving defaults out keeps the common identity short to read.
+    """
+    kind, target = parse_warehouse_spec(ref.spec)
+    if kind == "duckdb":  # as DuckDBWarehouse opens it, then resolved
+        target = str(Path(target).expanduser().resolve())
+    defaults = TableNames().as_dict()
+    changed = [f"{k}={v}" for k, v in sorted(ref.tables.as_dict().items()) if defaults[k] != v]
+    return f"{kind}:{target}" + (f" tables {','.join(changed)}" if changed else "")
+
+
+def warehouse_key(identity: str) -> str:
+    """The short, file-name-safe stand-in for a warehouse identity in index entry names."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:KEY_CHARS]
+
+
+def _split_stem(stem: str) -> tuple[str, str | None]:
+    """`<run_id>.<key>` -> (run id, key); `<run_id>` (an entry written before runs recorded
+    their warehouse) -> (run id, None). A run id never holds a '.'."""
+    run_id, _, key = stem.partition(".")
+    return run_id, key or None
+
+
 @dataclass(frozen=True)
 class RunStaging:
     """One run's staging: its folders, file prefixes, manifest and markers (picklable)."""
@@ -206,8 +255,21 @@ class RunStaging:
 
     @property
     def index_entry(self) -> str:
-        """`<root>/_index.d/staged/<run_id>.json`: the run is staged and not committed yet."""
+        """`<root>/_index.d/staged/<run_id>.json`: the run is staged and not committed yet, as
+        entries were named before runs recorded their warehouse (`staged_entry` names new ones;
+        `staged_entries` finds either)."""
         return _index(self.root, "staged", f"{self.run_id}.json")
+
+    def staged_entry(self, key: str | None) -> str:
+        """The run's `staged/` entry for a warehouse key (None: the name without a key)."""
+        if key is None:
+            return self.index_entry
+        return _index(self.root, "staged", f"{self.run_id}.{key}.json")
+
+    def staged_entries(self) -> list[str]:
+        """The run's `staged/` entries, keyed or not (normally none or one), by one listing of
+        `staged/<run_id>.` (a run id holds no '.', so no other run's entry matches)."""
+        return sorted(_match(_index(self.root, "staged", f"{self.run_id}.*json")))
 
     @property
     def parked_entry(self) -> str:
@@ -216,8 +278,15 @@ class RunStaging:
 
     # -- claim -----------------------------------------------------------------------------------
 
-    def claim(self) -> None:
+    def claim(self, warehouse: str | None = None, holder: str = "") -> None:
         """Takes this run id for one run, or raises RunIdTaken.
+
+        `warehouse` (a `warehouse_identity`) is what the run belongs to: `_CLAIMED` records it,
+        the run's index entries carry its key, and only that warehouse's start-up recovers the
+        run, only its retention deletes it, and `commit --run_id` lands it nowhere else. It is
+        also registered under `_index.d/warehouses/` (once per warehouse), which is how start-up
+        knows that the root is shared (see `runs_to_recover`). `holder` (the run's lease holder)
+        lets `release_claim` give back only a claim this run made.
 
         In a local folder the claim is atomic: `_CLAIMED` is created with O_CREAT|O_EXCL, so of
         two runs started with the same id exactly one wins. Beam's FileSystems has no exclusive
@@ -226,19 +295,77 @@ class RunStaging:
         """
         if self.has_files():
             raise RunIdTaken(f"run_id {self.run_id} already has staging under {self.root}")
+        content = json.dumps(
+            {
+                "run_id": self.run_id,
+                "warehouse": warehouse,
+                "holder": holder,
+                "pid": os.getpid(),
+                "claimed_at": time.time(),
+            },
+            sort_keys=True,
+        ).encode()
         if "://" in self.root:
-            with FileSystems.create(self.claim_file, mime_type="text/plain") as handle:
-                handle.write(f"{time.time()}\n".encode())
-            return
-        os.makedirs(self.folder, exist_ok=True)
+            with FileSystems.create(self.claim_file, mime_type="application/json") as handle:
+                handle.write(content)
+        else:
+            os.makedirs(self.folder, exist_ok=True)
+            try:
+                descriptor = os.open(self.claim_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except OSError as exc:
+                if exc.errno == errno.EEXIST:
+                    raise RunIdTaken(f"run_id {self.run_id} was claimed by another run") from None
+                raise
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(content)
+        if warehouse is not None:
+            registered = _index(self.root, "warehouses", f"{warehouse_key(warehouse)}.json")
+            if not FileSystems.exists(registered):
+                _write_json(registered, {"warehouse": warehouse})
+
+    def _read_claim(self) -> dict[str, Any] | None:
+        """The claim's content, or None: no claim, a claim written before claims were JSON (a
+        pid and a time), or one unreadable."""
+        # Checked first: on gs:// opening a missing object raises the client's NotFound, which
+        # is no OSError; any other error propagates (it says nothing about whose run it is).
+        if not FileSystems.exists(self.claim_file):
+            return None
         try:
-            descriptor = os.open(self.claim_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except OSError as exc:
-            if exc.errno == errno.EEXIST:
-                raise RunIdTaken(f"run_id {self.run_id} was claimed by another run") from None
-            raise
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(f"{os.getpid()} {time.time()}\n")
+            claim = _read_json(self.claim_file)
+        except (OSError, ValueError):  # a pid and a time, as claims were before
+            return None
+        return claim if isinstance(claim, dict) else None
+
+    def recorded_warehouse(self) -> str | None:
+        """The `warehouse_identity` the run claimed its id for; None for a run claimed before
+        runs recorded it (or without a claim, as tests stage by hand)."""
+        warehouse = (self._read_claim() or {}).get("warehouse")
+        return warehouse if isinstance(warehouse, str) and warehouse else None
+
+    def _recorded_key(self) -> str | None:
+        warehouse = self.recorded_warehouse()
+        return None if warehouse is None else warehouse_key(warehouse)
+
+    def release_claim(self, holder: str) -> bool:
+        """Gives the run id back (True) when the run's folder holds nothing but the claim that
+        `holder` made: a run whose start-up failed (warehouse, source, options) staged nothing,
+        and a run scheduled every 30 minutes against a dead source would otherwise leave 48
+        claim-only folders a day. Never deletes a folder that holds anything else (a part file,
+        a temporary file, a manifest), nor another run's claim (another holder, or a claim that
+        names none: an older one, or one made by hand)."""
+        if not holder:
+            return False
+        if [_name(path) for path in _match(f"{self.folder}/**")] != [CLAIMED]:
+            return False
+        claim = self._read_claim()
+        if claim is None or claim.get("holder") != holder:
+            return False
+        FileSystems.delete([self.claim_file])
+        if "://" not in self.root:  # on gs:// a folder is only a prefix: gone with its object
+            # Something that appeared meanwhile (or an empty kind folder) keeps the folder.
+            with contextlib.suppress(OSError):
+                os.rmdir(self.folder)
+        return True
 
     # -- manifest ----------------------------------------------------------------------------------
 
@@ -246,15 +373,21 @@ class RunStaging:
         unknown = set(files) - set(STAGED_KINDS)
         if unknown:
             raise ValueError(f"unknown staging kinds {sorted(unknown)}")
+        # The graph's commit step knows only the run's folder: the claim says whose run it is.
+        warehouse = self.recorded_warehouse()
         manifest = {
             "run_id": self.run_id,
+            "warehouse": warehouse,
             "files": {kind: sorted(files.get(kind, [])) for kind in STAGED_KINDS},
         }
         # The index entry first: a crash between the two leaves an entry without a manifest,
         # which start-up parks as "not staged"; the other order could hide a staged run from it.
         # A retried write keeps the entry's count of failed commits.
-        if not FileSystems.exists(self.index_entry):
-            _write_json(self.index_entry, {"run_id": self.run_id, "failed_commits": 0})
+        if not self.staged_entries():
+            _write_json(
+                self.staged_entry(None if warehouse is None else warehouse_key(warehouse)),
+                {"run_id": self.run_id, "warehouse": warehouse, "failed_commits": 0},
+            )
         failpoints.reached(failpoints.INDEXED)
         _write_json(self.manifest, manifest, failpoints.MANIFEST_WRITTEN)
 
@@ -285,20 +418,28 @@ class RunStaging:
 
     # -- markers -----------------------------------------------------------------------------------
 
-    def mark_committed(self, report: CommitReport, now: float | None = None) -> None:
+    def mark_committed(
+        self, report: CommitReport, now: float | None = None, warehouse: str | None = None
+    ) -> None:
         """Writes the marker, then moves the run's index entry to `committed/` (named by the
-        time, so retention finds expired runs from the listing alone): start-up stops listing it.
-        """
+        time and the key of `warehouse`, the one it was committed into, so retention finds its
+        own expired runs from the listing alone): start-up stops listing it. `warehouse` None:
+        the one the run recorded, if any."""
         failpoints.reached(failpoints.MARKER_DUE)
-        _write_json(self.marker, dataclasses.asdict(report), failpoints.MARKER_WRITTEN)
+        marker = {**dataclasses.asdict(report), "warehouse": warehouse}
+        _write_json(self.marker, marker, failpoints.MARKER_WRITTEN)
         failpoints.reached(failpoints.MARKED)
-        self._index_committed(now)
+        key = self._recorded_key() if warehouse is None else warehouse_key(warehouse)
+        self._index_committed(now, key=key)
 
-    def _index_committed(self, now: float | None = None, tidy: bool = True) -> None:
+    def _index_committed(
+        self, now: float | None = None, tidy: bool = True, key: str | None = None
+    ) -> None:
         stamp = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC)
-        _write_empty(_index(self.root, "committed", f"{stamp:{_STAMP}}_{self.run_id}.json"))
+        name = f"{stamp:{_STAMP}}_{self.run_id}" + ("" if key is None else f".{key}")
+        _write_empty(_index(self.root, "committed", f"{name}.json"))
         if tidy:  # False: the caller knows the run has no other entry
-            _delete_if_there([self.index_entry, self.parked_entry])
+            _delete_if_there([*self.staged_entries(), self.parked_entry])
 
     def is_committed(self) -> bool:
         """Whether a whole commit marker of this run is there. A torn or unreadable marker counts
@@ -348,19 +489,22 @@ class RunStaging:
                 "at": time.time(),
             },
         )
-        _delete_if_there([self.index_entry])
+        _delete_if_there(self.staged_entries())
 
     def failed_commits(self) -> int:
         """Failed commits recorded in the run's index entry (0 without a whole entry)."""
+        entries = self.staged_entries()
         try:
-            count = _read_json(self.index_entry).get("failed_commits", 0)
-        except (OSError, ValueError, AttributeError):
+            count = _read_json(entries[0]).get("failed_commits", 0)
+        except (IndexError, OSError, ValueError, AttributeError):
             return 0
         return count if isinstance(count, int) and count >= 0 else 0
 
     def record_failed_commit(self, error: str) -> bool:
-        """Counts one failed start-up commit in the run's index entry; parks the run (True) once
-        it has failed MAX_FAILED_COMMITS times."""
+        """Counts one failed start-up commit in the run's index entry (keeping its name, so its
+        warehouse key); parks the run (True) once it has failed MAX_FAILED_COMMITS times."""
+        entries = self.staged_entries()
+        entry = entries[0] if entries else self.staged_entry(self._recorded_key())
         failed = self.failed_commits() + 1
         if failed >= MAX_FAILED_COMMITS:
             log.error(
@@ -374,8 +518,13 @@ class RunStaging:
             self.park(f"commit failed {failed} times, last: {error}", failed)
             return True
         _write_json(
-            self.index_entry,
-            {"run_id": self.run_id, "failed_commits": failed, "last_error": error},
+            entry,
+            {
+                "run_id": self.run_id,
+                "warehouse": self.recorded_warehouse(),
+                "failed_commits": failed,
+                "last_error": error,
+            },
         )
         return False
 
@@ -416,31 +565,43 @@ def _indexed(staging_root: str, state: str) -> list[str]:
 def ensure_index(
     staging_root: str, committed_run_ids: Collection[str], now: float | None = None
 ) -> list[str]:
-    """The run ids indexed as staged (not committed yet), from one listing of `_index.d/staged/`;
-    the first time, after building the index of the runs staged before it existed.
+    """The run ids indexed as staged (not committed yet), of every warehouse, from one listing
+    of `_index.d/staged/`; the first time, after building the index (`_staged_index`)."""
+    return sorted(_staged_index(staging_root, committed_run_ids, now))
+
+
+def _staged_index(
+    staging_root: str, committed_run_ids: Collection[str], now: float | None = None
+) -> dict[str, str | None]:
+    """Run id -> warehouse key (None: not recorded) of each run indexed as staged, from one
+    listing of `_index.d/staged/`; the first time, after building the index of the runs staged
+    before it existed.
 
     While `_index.d/staged/BUILT` is missing, one full scan of the root (the old glob) gives each
     run with a manifest but no entry its entry: refused -> parked, a whole marker -> committed
-    (dated by the marker's last write), else staged; then BUILT is written. That is one old-style
-    start-up plus one write per run, in parallel. BUILT is rewritten once a day, so that an age
-    rule on the bucket never deletes it (which would mean another full scan).
+    (dated by the marker's last write), else staged (keyed by the warehouse its claim records,
+    if it does); then BUILT is written. That is one old-style start-up plus one write per run,
+    in parallel. BUILT is rewritten once a day, so that an age rule on the bucket never deletes
+    it (which would mean another full scan).
     """
     now = time.time() if now is None else now
     built: float | None = None
-    staged = []
+    staged: dict[str, str | None] = {}
     for meta in _match_metadata(_index(staging_root, "staged", "*")):
         name = _name(meta.path)
         if name == INDEX_BUILT:
             built = meta.last_updated_in_seconds or 0.0
         elif name.endswith(".json"):
-            staged.append(name[: -len(".json")])
+            run_id, key = _split_stem(name[: -len(".json")])
+            if key is not None or run_id not in staged:  # a keyed entry says more
+                staged[run_id] = key
     if built is not None:
         if now - built > INDEX_REFRESH_S:
             _write_json(_index(staging_root, "staged", INDEX_BUILT), {"refreshed_at": now})
-        return sorted(staged)
+        return staged
     known = set(staged) | set(_indexed(staging_root, "parked"))
-    known.update(name[17:] for name in _indexed(staging_root, "committed"))
-    writes: list[Callable[[], None]] = []
+    known.update(_split_stem(name[17:])[0] for name in _indexed(staging_root, "committed"))
+    writes: list[Callable[[], tuple[str, str | None] | None]] = []
     for run_id, names in sorted(_scan_state_files(staging_root).items()):
         if MANIFEST not in names or run_id in known:
             continue
@@ -449,14 +610,16 @@ def ensure_index(
             writes.append(lambda run=run: run.park(f"refused: {run.refused_reason()}"))
         elif COMMITTED in names and (run_id in committed_run_ids or run.is_committed()):
             at = names[COMMITTED]
-            writes.append(lambda run=run, at=at: run._index_committed(at, tidy=False))
+            writes.append(
+                lambda run=run, at=at: run._index_committed(at, tidy=False, key=run._recorded_key())
+            )
         else:
-            entry = {"run_id": run_id, "failed_commits": 0}
-            writes.append(lambda run=run, entry=entry: _write_json(run.index_entry, entry))
-            staged.append(run_id)
+            writes.append(lambda run=run: _index_staged(run))
     with ThreadPoolExecutor(INDEX_BUILD_THREADS) as pool:
         for done in [pool.submit(write) for write in writes]:
-            done.result()  # any failure propagates: BUILT is not written, the next start-up redoes
+            indexed = done.result()  # a failure propagates: BUILT is not written, redone next time
+            if indexed is not None:
+                staged[indexed[0]] = indexed[1]
     _write_json(_index(staging_root, "staged", INDEX_BUILT), {"built_at": now})
     log.log(
         logging.WARNING if writes else logging.INFO,
@@ -465,7 +628,16 @@ def ensure_index(
         INDEX,
         staging_root,
     )
-    return sorted(staged)
+    return staged
+
+
+def _index_staged(run: RunStaging) -> tuple[str, str | None]:
+    """Writes the `staged/` entry of a run the one-time scan found (its claim read for its key)."""
+    warehouse = run.recorded_warehouse()
+    key = None if warehouse is None else warehouse_key(warehouse)
+    entry = {"run_id": run.run_id, "warehouse": warehouse, "failed_commits": 0}
+    _write_json(run.staged_entry(key), entry)
+    return run.run_id, key
 
 
 def staged_runs(staging_root: str) -> list[RunStaging]:
@@ -480,26 +652,91 @@ def staged_runs(staging_root: str) -> list[RunStaging]:
     return runs
 
 
-def runs_to_recover(staging_root: str, committed_run_ids: Collection[str]) -> list[RunStaging]:
-    """Runs start-up must commit: staged whole, not refused nor parked, without a whole marker.
+def runs_to_recover(
+    staging_root: str, committed_run_ids: Collection[str], warehouse: str | None = None
+) -> list[RunStaging]:
+    """Runs start-up must commit: staged whole, not refused nor parked, without a whole marker,
+    and the warehouse's own (`warehouse`, a `warehouse_identity`; None: every warehouse's, for
+    tools).
 
     Lists only `_index.d/staged/` (after the one-time `ensure_index`), so start-up reads nothing
-    of the runs already committed, however many there are. `committed_run_ids`: what the
+    of the runs already committed, however many there are, nor of another warehouse's runs: the
+    key in an entry's name says whose it is. Those are left as they are (counted in one INFO
+    line): their own warehouse's start-up commits them. `committed_run_ids`: what the
     warehouse's runs table holds; an entry left by a commit cut short after its marker is moved
     to `committed/` here. An entry that cannot be committed (refused, no whole manifest, or
     MAX_FAILED_COMMITS failed commits) is parked, with a warning naming why, and not listed again.
+
+    A run staged before runs recorded their warehouse has an entry without a key, and nothing
+    says whose it is (its claim holds a pid and a time). It counts as this warehouse's, as it
+    always did, unless another warehouse has claimed runs under this root
+    (`_index.d/warehouses/`): then the root is shared and a guess could land the run in the
+    wrong warehouse, which is worse than not landing it (its wallets were never marked done, so
+    they are fetched again), so it is parked with a reason that says how to commit it by hand.
+    Why not always park it: most roots serve one warehouse (production's bucket does), and
+    there recovering it is right and saves a re-fetch. The one case this cannot tell is the
+    first start-up after the upgrade of a root shared by warehouses that have not run since:
+    the first to start takes the unkeyed runs, as every start-up did before. The registry costs
+    one listing, and only at start-ups that find an unkeyed entry.
     """
+    indexed = _staged_index(staging_root, committed_run_ids)
+    own = None if warehouse is None else warehouse_key(warehouse)
+    if own is not None:
+        others = sorted(run_id for run_id, key in indexed.items() if key not in (own, None))
+        if others:
+            log.info(
+                "%d staged runs under %s belong to other warehouses: left to them (%s)",
+                len(others),
+                staging_root,
+                ", ".join(others[:MISMATCHES_NAMED])
+                + (", ..." if len(others) > MISMATCHES_NAMED else ""),
+            )
+        unkeyed = sorted(run_id for run_id, key in indexed.items() if key is None)
+        sharing = _other_warehouses(staging_root, own) if unkeyed else []
+        for run_id in unkeyed if sharing else ():
+            log.warning(
+                "run %s was staged before runs recorded their warehouse, and %s is shared with "
+                "%s: it is parked (its wallets are fetched again); commit it into its own "
+                "warehouse with `commit --run_id %s`",
+                run_id,
+                staging_root,
+                ", ".join(sharing),
+                run_id,
+            )
+            RunStaging(staging_root, run_id).park(
+                f"staged before runs recorded their warehouse, under a root shared with "
+                f"{', '.join(sharing)}: commit it by hand into its own warehouse"
+            )
+        indexed = {
+            run_id: key
+            for run_id, key in indexed.items()
+            if key == own or (key is None and not sharing)
+        }
     runs = []
-    for run_id in ensure_index(staging_root, committed_run_ids):
+    for run_id, key in sorted(indexed.items()):
         run = RunStaging(staging_root, run_id)
-        if _recoverable(run, committed_run_ids):
+        if _recoverable(run, committed_run_ids, own if own is not None else key):
             runs.append(run)
     return runs
 
 
-def _recoverable(run: RunStaging, committed_run_ids: Collection[str]) -> bool:
+def _other_warehouses(staging_root: str, own: str) -> list[str]:
+    """The identities of the other warehouses that have claimed runs under the root, from one
+    listing of `_index.d/warehouses/` (one small entry per warehouse) and one read of each."""
+    others = []
+    for path in _match(_index(staging_root, "warehouses", "*.json")):
+        if _name(path) == f"{own}.json":
+            continue
+        try:
+            others.append(str(_read_json(path).get("warehouse")))
+        except (OSError, ValueError, AttributeError):
+            others.append(f"the warehouse of {path} (unreadable)")
+    return sorted(others)
+
+
+def _recoverable(run: RunStaging, committed_run_ids: Collection[str], key: str | None) -> bool:
     if FileSystems.exists(run.marker) and (run.run_id in committed_run_ids or run.is_committed()):
-        run._index_committed()  # committed, and cut short before its entry moved
+        run._index_committed(key=key)  # committed, and cut short before its entry moved
         return False
     reason = run.refused_reason()
     if reason is not None:
@@ -584,15 +821,23 @@ def delete_expired_staging(
     *,
     limit: int = RETENTION_RUNS_PER_START,
     now: float | None = None,
+    warehouse: str | None = None,
 ) -> list[str]:
     """Deletes the staging folders of runs committed more than `older_than_days` ago, oldest
     first, at most `limit` runs per call (so a start-up stays short; the rest go next time).
 
     Finds them by one listing of `_index.d/committed/`, whose names carry the commit time (a run
-    committed again is dated by its latest commit). A run is deleted only if the warehouse's runs
-    table holds it (`committed_run_ids`) or its marker says there was nothing to commit (one read
-    each for the others, which are kept); its entries go last, so a cut deletion is finished
-    by a later call. Returns the run ids deleted.
+    committed again is dated by its latest commit) and the key of the warehouse it was
+    committed into: with `warehouse` (a `warehouse_identity`), a run committed into another
+    warehouse is never deleted here (its own start-up does it, by its own retention), nor read.
+    A run is deleted only if the warehouse's runs table holds it (`committed_run_ids`) or its
+    marker says there was nothing to commit (one read each for the others, which are kept); its
+    entries go last, so a cut deletion is finished by a later call. Returns the run ids deleted.
+
+    An entry written before entries carried a key is judged as before, by those two checks
+    alone: a run id is claimed once per root, so the runs table holding it means this warehouse
+    landed it (a run that landed nothing is deleted by whichever warehouse's retention comes
+    first; it has nothing to replay).
     """
     if not older_than_days > 0:
         raise ValueError(
@@ -600,7 +845,9 @@ def delete_expired_staging(
             "pass None to prepare to keep staging for good"
         )
     cutoff = (time.time() if now is None else now) - older_than_days * 86_400
-    entries: dict[str, list[tuple[float, str]]] = {}  # run id -> (commit time, entry), oldest first
+    own = None if warehouse is None else warehouse_key(warehouse)
+    # run id -> (commit time, entry, warehouse key), oldest first
+    entries: dict[str, list[tuple[float, str, str | None]]] = {}
     for path in sorted(_match(_index(staging_root, "committed", "*.json"))):
         name = _name(path)
         try:
@@ -608,13 +855,17 @@ def delete_expired_staging(
         except ValueError:
             log.warning("%s is not a committed entry's name: ignored", path)
             continue
-        entries.setdefault(name[17 : -len(".json")], []).append((stamp, path))
-    # A run committed again (by hand) has several entries: its latest commit dates it.
+        run_id, key = _split_stem(name[17 : -len(".json")])
+        entries.setdefault(run_id, []).append((stamp, path, key))
+    # A run committed again (by hand) has several entries: its latest commit dates it, and says
+    # which warehouse holds it.
     expired = sorted((dated[-1][0], run_id) for run_id, dated in entries.items())
     deleted: list[str] = []
     for stamp, run_id in expired:
         if stamp > cutoff or len(deleted) >= limit:
             break
+        if own is not None and entries[run_id][-1][2] not in (own, None):
+            continue  # another warehouse's run: its retention, not this one's
         run = RunStaging(staging_root, run_id)
         if run_id not in committed_run_ids and not run.committed_nothing():
             log.warning(
@@ -623,8 +874,8 @@ def delete_expired_staging(
             )
             continue
         _delete_folder(run.folder)
-        _delete_if_there([run.index_entry, run.parked_entry])
-        FileSystems.delete([path for _, path in entries[run_id]])
+        _delete_if_there([*run.staged_entries(), run.parked_entry])
+        FileSystems.delete([path for _, path, _ in entries[run_id]])
         deleted.append(run_id)
     if deleted:
         log.info(
@@ -739,6 +990,7 @@ class CommitOutcome:
     error: str | None = None
     refused: bool = False
     parked: bool = False  # the MAX_FAILED_COMMITS-th failed start-up commit: no more tries
+    foreign: bool = False  # the run belongs to another warehouse: nothing was touched
 
     @property
     def failed(self) -> bool:
@@ -764,8 +1016,19 @@ def commit_staged_run(
 
     `files`: the run's staged files by kind (the graph passes what it wrote); None reads them
     from the run's manifest (recovery). Idempotent: a run the warehouse holds is not landed twice.
-    A refused run (now or earlier) never reaches the warehouse.
+    A refused run (now or earlier) never reaches the warehouse, nor does a run that recorded
+    another warehouse when it claimed its id (`foreign`: neither its staging nor its state files
+    are touched, so its own warehouse still commits it). A run that recorded none (staged before
+    runs did, or by hand) is committed wherever it is asked to be.
     """
+    ours = warehouse_identity(warehouse)
+    theirs = staging.recorded_warehouse()
+    if theirs is not None and theirs != ours:
+        return CommitOutcome(
+            staging.run_id,
+            error=f"run {staging.run_id} belongs to warehouse {theirs}, not to {ours}",
+            foreign=True,
+        )
     reason = staging.refused_reason()
     if reason is not None:
         return CommitOutcome(staging.run_id, error=f"refused earlier: {reason}", refused=True)
@@ -790,7 +1053,7 @@ def commit_staged_run(
     except CommitError as exc:
         log.error("run %s stays uncommitted: %s", staging.run_id, exc)
         return CommitOutcome(staging.run_id, error=str(exc))
-    staging.mark_committed(report)
+    staging.mark_committed(report, warehouse=ours)
     log.info("run %s committed: %s", staging.run_id, report)
     return CommitOutcome(staging.run_id, report)
 
@@ -803,7 +1066,7 @@ def recover_staged_run(staging: RunStaging, warehouse: WarehouseRef) -> CommitOu
     failed bundle), and a commit by hand is a person trying again, neither a reason to give up.
     """
     outcome = commit_staged_run(staging, warehouse)
-    if not outcome.failed or outcome.refused:
+    if not outcome.failed or outcome.refused or outcome.foreign:
         return outcome
     try:
         parked = staging.record_failed_commit(outcome.error or "")

@@ -660,6 +660,9 @@ def assert_rich_run_landed(db: Engine, wh: Warehouse, report: Any) -> None:
 
 
 def local_config(db: Path | str, root: Path | str, run_id: str = "now") -> BackfillConfig:
-    """A run's resolved options on a DuckDB file and a staging root (gs:// or a folder)."""
+    """A run's resolved options on a DuckDB file and a staging root (gs:// or a folder). The
+    file is made if missing (options refuse a warehouse file that does not exist: a typo)."""
+    if not Path(db).exists():
+        duckdb.connect(str(db)).close()
     argv = [f"--warehouse=duckdb:{db}", f"--staging_root={root}", f"--run_id={run_id}"]
     return resolve(PipelineOptions(argv))

@@ -119,6 +119,8 @@ def test_a_run_whose_source_is_gone_at_launch_gives_the_lease_back(tmp_path, cap
     from pipeline.__main__ import main as cli
 
     db, root = tmp_path / "w.duckdb", tmp_path / "staging"
+    with open_warehouse(f"duckdb:{db}") as made:  # an existing warehouse (a missing file is a typo)
+        made.ensure_tables()
     gone = "http://127.0.0.1:9"  # nothing listens on the discard port
     argv = ["run", f"--warehouse=duckdb:{db}", f"--staging_root={root}", f"--data_api_url={gone}"]
     argv += ["--max_attempts=1", "--connect_timeout=0.5"]

@@ -146,7 +146,13 @@ def test_a_command_line_is_parsed_once_and_its_own_options_stay_out(dome_key):
     BackfillOptions._add_argparse_args(parser)
     parser.add_argument("--last_runs", type=int, default=5)
     args = parser.parse_args(
-        ["--last_runs", "3", "--warehouse=duckdb:backfill.duckdb", "--source=dome", "--trades_table=t2"]
+        [
+            "--last_runs",
+            "3",
+            "--warehouse=duckdb:backfill.duckdb",
+            "--source=dome",
+            "--trades_table=t2",
+        ]
     )
     config = resolve_command(args)
     assert config.warehouse == "duckdb:backfill.duckdb" and config.source.name == "dome"

@@ -118,6 +118,7 @@ def test_state_files_are_replaced_whole_and_a_killed_writes_temporary_is_ignored
     stage(tmp_path / "staging", "r2", trades=[trade("0xd", "d1", "r2")])
     (killed / f"{MANIFEST}.0123abcd.tmp").write_text('{"run_id": "r2", "fi')
     db = tmp_path / "wh.duckdb"
+    new_warehouse(db)
     with caplog.at_level(logging.WARNING):
         assert [r.run_id for r in prepare(local_config(db, tmp_path / "staging"))] == []
     assert "r2" not in caplog.text
@@ -128,6 +129,7 @@ def test_a_torn_manifest_is_not_staged_at_start_up_nor_for_commit(
     tmp_path, caplog, capsys, content
 ):
     root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
+    new_warehouse(db)
     staging = staged_run(root)
     Path(staging.manifest).write_text(content)
     with caplog.at_level(logging.WARNING):
@@ -170,6 +172,7 @@ def test_a_torn_marker_counts_as_not_committed_and_committing_again_is_safe(
     # so a warehouse that does not know it gets it by hand, with `commit --run_id`.
     Path(staging.marker).write_text(content)
     by_hand = tmp_path / "by_hand.duckdb"
+    new_warehouse(by_hand)
     assert prepare(local_config(by_hand, root, "start-1")) == []
     code, lines = commit_cli(by_hand, root, "r1", capsys)
     assert code == 0 and json.loads("\n".join(lines))["already_committed"] is False
@@ -180,6 +183,7 @@ def test_a_torn_marker_counts_as_not_committed_and_committing_again_is_safe(
     Path(staging.marker).write_text(content)
     shutil.rmtree(root / INDEX)
     fresh = tmp_path / "fresh.duckdb"
+    new_warehouse(fresh)
     with caplog.at_level(logging.WARNING):
         recovered = prepare(local_config(fresh, root, "start-2"))
     assert [(r.run_id, r.committed) for r in recovered] == [("r1", True)]
@@ -279,13 +283,17 @@ def test_a_real_run_whose_trades_were_cut_is_refused_then_the_next_run_fetches_i
     cut = {json.loads(line)["wallet_address"] for line in lines[:3]}
     biggest.write_text("".join(lines[3:]))
 
+    # Committed into its own warehouse (the run recorded which when it claimed its id; any other
+    # would not take it): refused by the count check, before the warehouse is touched.
+    landed = production(world.db)
+    refused = commit_staged_run(staging, WarehouseRef(f"duckdb:{world.db}", TableNames()))
+    assert refused.refused and all(wallet in refused.error for wallet in cut)
+    assert production(world.db) == landed
+    code, out = commit_cli(world.db, world.staging, first.run_id, capsys)
+    assert code == 2 and len(out) == 1
+
     fresh = tmp_path / "fresh.duckdb"
     seed_traders(fresh, world.wallets)
-    refused = commit_staged_run(staging, WarehouseRef(f"duckdb:{fresh}", TableNames()))
-    assert refused.refused and all(wallet in refused.error for wallet in cut)
-    assert production(fresh) == ([], [])
-    code, out = commit_cli(fresh, world.staging, first.run_id, capsys)
-    assert code == 2 and len(out) == 1
 
     again = run_backfill(world.argv(db=fresh))
     assert again.recovered == []  # parked, not retried
@@ -298,6 +306,7 @@ def test_a_real_run_whose_trades_were_cut_is_refused_then_the_next_run_fetches_i
 
 def test_commit_of_a_run_that_does_not_exist_says_so_in_one_line(tmp_path, capsys):
     root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
+    new_warehouse(db)
     staged_run(root)
     code, lines = commit_cli(db, root, "r404", capsys)
     assert code == 2
@@ -333,6 +342,9 @@ def test_of_two_claims_of_one_run_id_exactly_one_wins(tmp_path):
         thread.join()
     assert sorted(won) == [False] * 7 + [True]
 
-    config = local_config(tmp_path / "wh.duckdb", tmp_path / "staging", "r1")
+    config = local_config(
+        new_warehouse(tmp_path / "wh.duckdb").spec[len("duckdb:") :], tmp_path / "staging", "r1"
+    )
     with pytest.raises(OptionsError, match="r1"):
         prepare(config)
+    assert Path(staging.claim_file).exists()  # a start-up refused the id gives back no claim

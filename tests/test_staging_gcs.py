@@ -30,7 +30,7 @@ from pipeline.staging import (
     parked_runs,
     runs_to_recover,
 )
-from pipeline.warehouse import CommitReport, TableNames, WarehouseRef
+from pipeline.warehouse import CommitReport, TableNames, WarehouseRef, open_warehouse
 from tests.gcs_emulator import StorageEmulator
 from tests.support import local_config, outcome, query, trade
 
@@ -99,6 +99,8 @@ def test_torn_manifests_and_a_killed_writes_temporary_on_gcs_are_not_staged(
     put(bucket, f"{killed.manifest}.0123abcd.tmp", '{"run_id": "r4", "fi')
 
     db = tmp_path / "wh.duckdb"
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        warehouse.ensure_tables()
     config = local_config(db, root, "now")
     with caplog.at_level(logging.WARNING):
         assert prepare(config) == []
@@ -167,3 +169,17 @@ def test_a_second_claim_of_a_run_id_on_gcs_is_refused(root):
     RunStaging(root, "r1").claim()
     with pytest.raises(RunIdTaken, match="r1"):
         RunStaging(root, "r1").claim()
+
+
+def test_a_claim_on_gcs_records_its_warehouse_and_only_its_holder_gives_it_back(bucket, root):
+    staging = RunStaging(root, "r1")
+    staging.claim("bigquery:my-project.polymarket", holder="r1 dataflow")
+    assert staging.recorded_warehouse() == "bigquery:my-project.polymarket"
+    assert not staging.release_claim("r2 dataflow")
+    put(bucket, f"{staging.folder}/trades/part-0.json", "")  # staged something: kept
+    assert not staging.release_claim("r1 dataflow")
+    bucket.blob(f"{staging.folder}/trades/part-0.json".removeprefix(f"gs://{BUCKET}/")).delete()
+    assert staging.release_claim("r1 dataflow")
+    assert not staging.has_files()
+    RunStaging(root, "r1").claim()  # the id is free again
+    assert RunStaging(root, "r1").recorded_warehouse() is None  # a claim that names none
