@@ -53,7 +53,11 @@ def build_pipeline(options: PipelineOptions, config: BackfillConfig) -> beam.Pip
     staged["outcomes"] = fetched["outcomes"] | "StageOutcomes" >> WriteStaging(
         staging, "outcomes", after=staged["trades"]
     )
-    _ = staged | "Commit" >> CommitRun(
-        staging, warehouse, fetched["run_failures"], config.lease_holder
-    )
+    # Why the run must fail after its commit: its wallets' source, or its lookups', looks gone.
+    run_failures = (
+        fetched["run_failures"],
+        markets["run_failures"],
+        events["run_failures"],
+    ) | "RunFailures" >> beam.Flatten()
+    _ = staged | "Commit" >> CommitRun(staging, warehouse, run_failures, config.lease_holder)
     return pipeline

@@ -3,7 +3,8 @@
 Locally it waits for the job and prints what it did; on Dataflow (a Flex Template launcher must not
 wait) it returns once the job is submitted: the commit is the graph's own last step either way.
 A run stopped because the source looked gone (RunStopped, raised by the commit after it landed what
-was complete) is reported in one line and exits 1: it must never read as a success.
+was complete), its wallets' or its lookups', is reported in one line and exits 1: it must never read
+as a success. Lookups that failed in a run that was not stopped are named in its summary.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class RunReport:
             f"  wallets: {c.get('wallets_fetched', 0)} fetched, {c.get('wallets_failed', 0)} failed, "
             f"{c.get('wallets_rejected', 0)} rejected{budget}",
             f"  trades: {c.get('trades', 0)} fetched, {c.get('committed_trades_inserted', 0)} new"
-            f" in production; markets: {c.get('markets', 0)}; events: {c.get('events', 0)}",
+            f" in production; markets: {_looked_up(c, 'markets')}; events: "
+            f"{_looked_up(c, 'events')}",
             f"  requests: {c.get('requests', 0)} ({_by_endpoint(c)}); retries: "
             f"{c.get('retries', 0)}; HTTP 429: {c.get('http_429', 0)}",
         ]
@@ -71,6 +73,14 @@ class RunReport:
         if failed:
             lines.append(f"  earlier runs that still fail to commit (see the log): {failed}")
         return "\n".join(lines)
+
+
+def _looked_up(counters: dict[str, int], kind: str) -> str:
+    """`kind` fetched, and those whose lookup failed: a partial failure does not fail the run
+    (they stay pending and the next run asks again), but the summary must not hide it."""
+    failed = counters.get(f"{kind}_failed", 0)
+    fetched = counters.get(kind, 0)
+    return f"{fetched} ({failed} failed: the next run asks again)" if failed else str(fetched)
 
 
 def _by_endpoint(counters: dict[str, int]) -> str:

@@ -168,34 +168,39 @@ def test_sigkill_at_a_random_point_then_rerun_is_exact(world, seed):
 
 def test_start_up_commits_a_run_that_was_staged_but_not_committed(world, tmp_path):
     """A crash between staging and commit, made deterministic: a staged run nobody committed."""
-    server, wallets, _db, staging = world
+    server, wallets, db, staging = world
     summary = run_backfill(world.argv())
     (staging / summary.run_id / "_COMMITTED.json").unlink()
     crashed = RunStaging(str(staging), summary.run_id)  # as a crash before the marker leaves it
     crashed.write_manifest(crashed.read_manifest())
-    fresh = tmp_path / "fresh.duckdb"
-    seed_traders(fresh, wallets)
+    _as_before_the_commit(db, wallets)
     server.reset_stats()
-    recovered = run_backfill(world.argv(db=fresh))
+    recovered = run_backfill(world.argv())
     assert [r.run_id for r in recovered.recovered] == [summary.run_id]
     # The recovered staging already completed every wallet: the new run fetched none of them.
     assert trade_requests(server, world.source) == 0
-    assert_production_is_truth(world, fresh)
+    assert_production_is_truth(world)
     assert (staging / summary.run_id / "_COMMITTED.json").exists()
 
 
 def test_a_staged_run_that_cannot_commit_does_not_block_later_runs(world, tmp_path):
-    _server, wallets, _db, staging = world
+    _server, wallets, db, staging = world
     broken = run_backfill(world.argv())
     (staging / broken.run_id / "_COMMITTED.json").unlink()
     crashed = RunStaging(str(staging), broken.run_id)  # as a crash before the marker leaves it
     crashed.write_manifest(crashed.read_manifest())
     next(iter((staging / broken.run_id / "trades").glob("*.json"))).write_text("not json\n")
-    fresh = tmp_path / "fresh.duckdb"
-    seed_traders(fresh, wallets)
-    summary = run_backfill(world.argv(db=fresh))
+    _as_before_the_commit(db, wallets)
+    summary = run_backfill(world.argv())
     assert summary.state == "DONE"
     assert [(r.run_id, r.failed) for r in summary.recovered] == [(broken.run_id, True)]
     assert "still fail to commit" in summary.render()
     assert summary.counters["wallets_fetched"] == WALLETS  # fetched again, so nothing is lost
-    assert_production_is_truth(world, fresh)
+    assert_production_is_truth(world)
+
+
+def _as_before_the_commit(db, wallets: list[str]) -> None:
+    """The warehouse file as it was before the run committed: the same file (a staged run belongs
+    to the warehouse that claimed it), holding only its traders."""
+    db.unlink()
+    seed_traders(db, wallets)

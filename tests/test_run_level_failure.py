@@ -13,17 +13,20 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.__main__ import main
 from pipeline.run import RunReport, run_backfill
 from tests.bq_emulator import free_port  # a port nothing listens on
 from tests.support import (
     REPO,
     TRADES_ENDPOINT,
     assert_landed_exact,
+    assert_production_is_truth,
     checkpoint,
     production_fills,
     query,
     run_argv,
     seed_traders,
+    trade_requests,
     truth_counts,
     truth_fills,
     truth_markets_and_events,
@@ -183,3 +186,80 @@ def test_a_refused_key_stops_a_multi_processing_run_too(tmp_path, sim_server, mo
     _assert_stopped(report, 0, "HTTP 401")
     assert query(db, "SELECT COUNT(*) FROM trades") == [(0,)]
     assert checkpoint(db) == {}
+
+
+# A run of fewer wallets than the streak (--max_wallets, the last few pending, a refresh) against a
+# source that is gone: no streak can trip, so it is the run's whole tally that stops it.
+SMALL = 3
+GONE_SMALL = {
+    "gone 410": ("polymarket", "410"),
+    "gone 410 dome": ("dome", "410"),
+    "nothing listening": ("dome", "listening"),
+    "wrong key": ("dome", "key"),
+}
+
+
+@pytest.mark.world(seed=7, wallets=10, max_trades=300)
+@pytest.mark.parametrize(("source", "how"), list(GONE_SMALL.values()), ids=list(GONE_SMALL))
+def test_a_run_too_small_for_the_streak_stops_on_a_gone_source_and_marks_none(
+    world, how, capsys, monkeypatch
+):
+    server, wallets, db, _staging = world
+    endpoint = TRADES_ENDPOINT[world.source]
+    extra = [f"--max_wallets={SMALL}", "--max_attempts=2"]
+    argv = world.argv(*extra)
+    if how == "410":
+        server.set_faults([{"kind": "http_4xx", "status": 410, "endpoint": endpoint}])
+        says = "HTTP 410"
+    elif how == "key":
+        monkeypatch.setenv("DOME_API_KEY", "not-the-key")
+        says = "HTTP 401"
+    else:
+        dead = f"--api_base_url=http://127.0.0.1:{free_port()}/v1"
+        argv = [dead if a.startswith("--api_base_url=") else a for a in argv]
+        says = "gave up after 2 attempts"
+    capsys.readouterr()
+    code = main(["run", *argv])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 1, out
+    assert len(out) == 1 and " stopped: the source looks gone: " in out[0], out
+    assert f"all {SMALL} wallets the run tried failed as if the source were gone" in out[0], out
+    assert says in out[0] and "(0 wallets done)" in out[0] and "DONE" not in out[0], out
+    assert checkpoint(db) == {}  # no wallet marked failed: all of them stay pending
+    assert query(db, "SELECT COUNT(*) FROM trades") == [(0,)]
+    if how == "410":
+        assert trade_requests(server, world.source) == SMALL  # a 410 is not retried
+
+    server.set_faults([])
+    monkeypatch.setenv("DOME_API_KEY", server.api_key)
+    again = run_backfill(world.argv())
+    assert again.state == "DONE" and again.counters["wallets_fetched"] == len(wallets)
+    assert again.counters.get("wallets_failed", 0) == 0
+    assert_production_is_truth(world)
+
+
+@pytest.mark.parametrize("source", ["polymarket", "dome"])
+@pytest.mark.world(seed=7, wallets=4, max_trades=300)
+def test_one_wallet_refused_in_a_small_run_is_that_wallets_failure(world):
+    """Fewer wallets than the streak, one refused (403, a "gone"-looking status), the others
+    fetched: the source answered, so the refusal is that wallet's, and the run succeeds."""
+    server, wallets, db, _staging = world
+    refused = wallets[0]
+    server.set_faults(
+        [
+            {
+                "kind": "http_4xx",
+                "status": 403,
+                "wallets": [refused],
+                "endpoint": TRADES_ENDPOINT[world.source],
+            }
+        ]
+    )
+    report = run_backfill(world.argv("--fetch_threads=1"))
+    assert report.state == "DONE" and report.stopped is None, report.render()
+    assert report.counters["wallets_failed"] == 1
+    assert report.counters["wallets_fetched"] == len(wallets) - 1
+    marks = checkpoint(db)
+    assert marks[refused][:2] == (True, False) and "HTTP 403" in marks[refused][3]
+    assert all(marks[w][:2] == (True, True) for w in wallets if w != refused)
+    assert "1 failed" in report.render()

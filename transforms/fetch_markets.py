@@ -1,4 +1,10 @@
-"""FetchMarkets and FetchEvents: what the trades refer to, each key requested once per run."""
+"""FetchMarkets and FetchEvents: what the trades refer to, each key requested once per run.
+
+A failed lookup batch is retried by later runs (its keys stay pending). But when every batch of a
+run failed as if the source were gone (RunHealth's classification: refused, unreachable, retries
+run out), the run is failed (`run_failures`): it still commits its trades, then exits non-zero, so
+that a Gamma API that is gone cannot read as success run after run.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from transforms.api import ApiHandle
 from transforms.batch import BatchPerKey
 from transforms.concurrent import ConcurrentFetchFn, Emit
 from transforms.dedup import DedupFirst
+from transforms.run_health import Attempts, SourceVerdict
 from transforms.select_wallets import RefreshPolicy
 from transforms.skip_known import SkipKnown
 
@@ -22,6 +29,12 @@ log = logging.getLogger(__name__)
 
 EVENT_SLUGS = "event_slugs"
 MISSING = "missing"  # rows of the staged kind "missing" (pipeline.schema.MISSING_COLUMNS)
+ATTEMPTS = "attempts"  # one Attempts per batch: whether the source answered it
+RUN_FAILURES = "run_failures"  # why the run failed: every lookup batch failed as if it were gone
+GONE_TEMPLATE = (
+    "{kind}: all {{gone}} lookup batches failed as if the source were gone ({kind} not fetched "
+    "stay pending: the next run asks again); the last: {{last}}"
+)
 
 
 class _LookupFn(ConcurrentFetchFn):
@@ -45,7 +58,9 @@ class _LookupFn(ConcurrentFetchFn):
         except SourceError as exc:
             self.counters.add(f"{self._kind}_failed", len(keys))
             log.warning("%s %s.. (%d keys) failed: %s", self._kind, keys[0], len(keys), exc)
+            emit(ATTEMPTS, Attempts.of(exc))
             return
+        emit(ATTEMPTS, Attempts.of(None))
         if found.missing:
             self.counters.add(f"{self._kind}_missing", len(found.missing))
             seen_at = format_timestamp(time.time())
@@ -66,7 +81,8 @@ class _LookupFn(ConcurrentFetchFn):
 
 class FetchMarkets(beam.PTransform):
     """(condition_id, slug) refs -> market rows (`markets`), the event slugs they name
-    (`event_slugs`) and a `missing` row per id the source has not got.
+    (`event_slugs`), a `missing` row per id the source has not got, and `run_failures` (one
+    reason if every batch failed as if the source were gone; else empty).
 
     Each id once per run, none that production holds settled or fresh, a source's batch per
     request (Dome 100, Polymarket 50).
@@ -99,18 +115,24 @@ class FetchMarkets(beam.PTransform):
             # One key: batches stay full; markets are few next to trades.
             | "OneKey" >> beam.WithKeys(lambda _: "markets")
             | "Batch" >> BatchPerKey(self._batch_size)
-            | "Fetch" >> beam.ParDo(self._fn).with_outputs(EVENT_SLUGS, MISSING, main="markets")
+            | "Fetch"
+            >> beam.ParDo(self._fn).with_outputs(EVENT_SLUGS, MISSING, ATTEMPTS, main="markets")
+        )
+        verdict = fetched[ATTEMPTS] | "SourceVerdict" >> SourceVerdict(
+            GONE_TEMPLATE.format(kind="markets")
         )
         return {
             "markets": fetched.markets,
             EVENT_SLUGS: fetched[EVENT_SLUGS],
             MISSING: fetched[MISSING],
+            RUN_FAILURES: verdict["reasons"],
         }
 
 
 class FetchEvents(beam.PTransform):
     """Event slugs (from trades and from markets) -> event rows (`events`), each slug once per
-    run, and a `missing` row per slug the source has not got."""
+    run, a `missing` row per slug the source has not got, and `run_failures` (one reason if every
+    batch failed as if the source were gone; else empty)."""
 
     def __init__(
         self,
@@ -140,6 +162,13 @@ class FetchEvents(beam.PTransform):
             | "SlugOnly" >> beam.Map(lambda pair: pair[0])
             | "OneKey" >> beam.WithKeys(lambda _: "events")
             | "Batch" >> BatchPerKey(self._batch_size)
-            | "Fetch" >> beam.ParDo(self._fn).with_outputs(MISSING, main="events")
+            | "Fetch" >> beam.ParDo(self._fn).with_outputs(MISSING, ATTEMPTS, main="events")
         )
-        return {"events": fetched.events, MISSING: fetched[MISSING]}
+        verdict = fetched[ATTEMPTS] | "SourceVerdict" >> SourceVerdict(
+            GONE_TEMPLATE.format(kind="events")
+        )
+        return {
+            "events": fetched.events,
+            MISSING: fetched[MISSING],
+            RUN_FAILURES: verdict["reasons"],
+        }

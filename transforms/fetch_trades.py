@@ -3,6 +3,8 @@
 It also decides when to stop starting wallets: when the source looks gone (RunHealth: a streak of
 wallets failing as if refused or unreachable) or when the run's time budget is spent. A wallet not
 started, or held when the source looked gone, gets no outcome: it stays pending for the next run.
+A run too small for the streak is judged whole, once every worker is done (SourceVerdict): if the
+source answered none of its wallets, the ones still held are dropped and the run stops all the same.
 """
 
 from __future__ import annotations
@@ -10,17 +12,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import AsList, AsSingleton
 
 from pipeline.rows import outcome_row
 from pipeline.schema import format_timestamp
 from pipeline.sources.errors import SourceError
 from transforms.api import ApiHandle
 from transforms.concurrent import ConcurrentFetchFn, Emit
-from transforms.run_health import RunHealth
+from transforms.metrics import NAMESPACE
+from transforms.run_health import Attempts, RunHealth, SourceVerdict
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,12 @@ OUTCOMES = "outcomes"
 MARKET_REFS = "market_refs"
 EVENT_SLUGS = "event_slugs"
 RUN_FAILURES = "run_failures"  # why a worker stopped the run (the source looks gone), once each
+HELD = "held"  # failed outcomes held at a bundle's end: failures unless the run's source is gone
+ATTEMPTS = "attempts"  # what each bundle's wallets told about the source (Attempts)
+GONE_TEMPLATE = (
+    "all {gone} wallets the run tried failed as if the source were gone, none got an answer; "
+    "the last: {last}"
+)
 SEEN_CAP = 200_000  # keys a worker remembers having named; past it, it forgets and starts again
 
 
@@ -85,7 +96,12 @@ class _FetchWalletFn(ConcurrentFetchFn):
         self.counters.add("wallets_not_started")
 
     def end_of_bundle(self) -> Iterable[tuple[str | None, Any]]:
-        return self._outcomes(self.health.release())
+        # Held outcomes are not failures yet: only the run's whole tally can say (FetchTrades).
+        held, attempts = self.health.end_bundle()
+        outputs: list[tuple[str | None, Any]] = [(HELD, row) for row in held]
+        if attempts:
+            outputs.append((ATTEMPTS, attempts))
+        return outputs
 
     def _outcomes(self, rows: list[dict]) -> list[tuple[str | None, Any]]:
         """Outcomes to emit now, counted as they become final."""
@@ -141,10 +157,26 @@ class _FetchWalletFn(ConcurrentFetchFn):
             emit(RUN_FAILURES, reason)
 
 
+def _failed_unless_gone(row: dict, attempts: Attempts) -> Iterator[dict]:
+    """A held outcome is the wallet's failure if the source answered anyone in the run; if it
+    answered no one, the wallet gets no outcome and stays pending."""
+    if not attempts.source_gone:
+        Metrics.counter(NAMESPACE, "wallets_failed").inc()
+        yield row
+
+
+def _unless_stopped(reason: str, streaks: list[str]) -> Iterator[str]:
+    """The run-wide reason only where no worker's streak already stopped the run (it says more:
+    the wallets in a row); the run-wide one is for runs too small for a streak."""
+    if not streaks:
+        yield reason
+
+
 class FetchTrades(beam.PTransform):
     """(wallet, start_time) requests -> `trade_pages` (lists of trade rows), `outcomes` (one row per
     wallet), `market_refs` ((condition_id, slug) pairs), `event_slugs` (strings) and
-    `run_failures` (why the run stopped, if the source looked gone; else empty).
+    `run_failures` (why the run stopped, if the source looked gone; else empty): a worker's streak,
+    or the whole run's wallets failing as if the source were gone with not one answered.
 
     Each outcome names `trades_folder` (where the run stages trades) and the source it came from.
     No wallet starts after `deadline` (unix seconds; None: no time budget).
@@ -164,12 +196,19 @@ class FetchTrades(beam.PTransform):
 
     def expand(self, wallets):
         fetched = wallets | "FetchPages" >> beam.ParDo(self._fn).with_outputs(
-            OUTCOMES, MARKET_REFS, EVENT_SLUGS, RUN_FAILURES, main="trade_pages"
+            OUTCOMES, MARKET_REFS, EVENT_SLUGS, RUN_FAILURES, HELD, ATTEMPTS, main="trade_pages"
+        )
+        verdict = fetched[ATTEMPTS] | "SourceVerdict" >> SourceVerdict(GONE_TEMPLATE)
+        held = fetched[HELD] | "FailedUnlessGone" >> beam.FlatMap(
+            _failed_unless_gone, AsSingleton(verdict["total"])
+        )
+        run_wide = verdict["reasons"] | "UnlessStopped" >> beam.FlatMap(
+            _unless_stopped, AsList(fetched[RUN_FAILURES])
         )
         return {
             "trade_pages": fetched.trade_pages,
-            OUTCOMES: fetched[OUTCOMES],
+            OUTCOMES: (fetched[OUTCOMES], held) | "AllOutcomes" >> beam.Flatten(),
             MARKET_REFS: fetched[MARKET_REFS] | "OnePerRef" >> beam.FlatMap(lambda refs: refs),
             EVENT_SLUGS: fetched[EVENT_SLUGS] | "OnePerSlug" >> beam.FlatMap(lambda slugs: slugs),
-            RUN_FAILURES: fetched[RUN_FAILURES],
+            RUN_FAILURES: (fetched[RUN_FAILURES], run_wide) | "AllRunFailures" >> beam.Flatten(),
         }

@@ -6,6 +6,13 @@ out) is still the wallet's; `threshold` of them in a row, with no success betwee
 Until then such a wallet's failed outcome is held back; a success (the source answers) releases
 the held ones as ordinary failures; a trip drops them, so those wallets stay pending, untouched,
 and are fetched by the next run. One instance per worker process, shared by its threads.
+
+A streak cannot trip where fewer wallets are tried than its length (--max_wallets=3, the last few
+pending wallets, a refresh run). So what each worker saw is also tallied (`Attempts`) and summed
+over the whole run (`SourceVerdict`): when not one attempt anywhere in the run got an answer from
+the source, and some failed as if it were gone, the source is gone; the wallets held at the end of
+their bundles are then dropped (they stay pending) instead of becoming failures. The Gamma lookups
+(markets, events) are judged by the same tally and the same classification (`is_run_level`).
 """
 
 from __future__ import annotations
@@ -14,11 +21,65 @@ import base64
 import json
 import re
 import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
+
+import apache_beam as beam
 
 from pipeline.sources.errors import SourceError
 
 RUN_FAILURE_STREAK = 5  # consecutive run-level failures that stop a run
+
+
+def is_run_level(error: SourceError) -> bool:
+    """The one classification of a failure as "the source (or the key) may be gone" (refused,
+    unreachable, 401/403/407/410, retries run out) rather than "this input is bad": the streak,
+    the run-wide verdict on wallets and the verdict on lookups all ask here."""
+    return bool(error.run_level)
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """What attempts at one step told about its source, summed over bundles and workers.
+
+    `answered`: attempts the source answered (a success, or a failure of the input's own: a 400,
+    a malformed page), which prove it is there; `gone`: attempts that failed as if it were gone;
+    `last`: the text of one such failure (the greatest, so that the sum does not depend on order).
+    """
+
+    answered: int = 0
+    gone: int = 0
+    last: str = ""
+
+    @classmethod
+    def of(cls, error: SourceError | None) -> Attempts:
+        """One attempt: a success (`error` None) or a failure, classified by `is_run_level`."""
+        if error is None or not is_run_level(error):
+            return cls(answered=1)
+        return cls(gone=1, last=str(error))
+
+    def __add__(self, other: Attempts) -> Attempts:
+        return Attempts(
+            self.answered + other.answered, self.gone + other.gone, max(self.last, other.last)
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.answered or self.gone)
+
+    @property
+    def source_gone(self) -> bool:
+        """Some attempt failed as if the source were gone and none got an answer: on a source
+        that answers even once (a success or any wallet's own error) this is False."""
+        return self.gone > 0 and self.answered == 0
+
+    @staticmethod
+    def total(parts: Iterable[Attempts]) -> Attempts:
+        """The sum of `parts` (a CombineGlobally function: it may get partial sums back)."""
+        out = Attempts()
+        for part in parts:
+            out = out + part
+        return out
 
 
 class RunHealth:
@@ -29,6 +90,7 @@ class RunHealth:
         self._held: list[Any] = []
         self._reason: str | None = None
         self._announced = False
+        self._attempts = Attempts()  # since the last `end_bundle`
 
     @property
     def stopped(self) -> str | None:
@@ -47,6 +109,7 @@ class RunHealth:
     def succeeded(self) -> list[Any]:
         """A wallet fetched whole: the source works; returns the held outcomes to emit now."""
         with self._lock:
+            self._attempts += Attempts.of(None)
             self._streak = 0
             held, self._held = self._held, []
             return held
@@ -55,9 +118,10 @@ class RunHealth:
         """A wallet failed: returns what to emit now (its outcome, and any held ones, unless the
         failure is of the run-level kind, which is held until the run's fate is known)."""
         with self._lock:
+            self._attempts += Attempts.of(error)
             if self._reason is not None:
                 return []
-            if not error.run_level:  # the source answered: it is there
+            if not is_run_level(error):  # the source answered: it is there
                 self._streak = 0
                 held, self._held = self._held, []
                 return [*held, outcome]
@@ -71,11 +135,36 @@ class RunHealth:
                 self._held = []
             return []
 
-    def release(self) -> list[Any]:
-        """At the end of a bundle: held outcomes become ordinary failures unless the run stopped."""
+    def end_bundle(self) -> tuple[list[Any], Attempts]:
+        """At the end of a bundle: the outcomes still held (none if the run stopped) and the
+        attempts tallied since the last call. The held ones are not failures yet: only the whole
+        run's tally (`SourceVerdict`) can tell a few bad wallets from a source that is gone."""
         with self._lock:
             held, self._held = self._held, []
-            return [] if self._reason is not None else held
+            attempts, self._attempts = self._attempts, Attempts()
+            return ([] if self._reason is not None else held), attempts
+
+
+def _reason_if_gone(attempts: Attempts, template: str) -> Iterator[str]:
+    if attempts.source_gone:
+        yield template.format(gone=attempts.gone, last=attempts.last)
+
+
+class SourceVerdict(beam.PTransform):
+    """Attempts (from every bundle of every worker) -> `total` (their sum, one element: read it
+    as `AsSingleton`, it is ready only once the whole step is over) and `reasons`: one run failure,
+    `template` formatted with `gone` and `last`, if the source answered none of them. Summing over
+    the run is what lets it see a run too small for any streak, and what keeps one worker's few
+    refused wallets from stopping a run that other workers fetch from."""
+
+    def __init__(self, template: str) -> None:
+        super().__init__()
+        self._template = template
+
+    def expand(self, attempts):
+        total = attempts | "Total" >> beam.CombineGlobally(Attempts.total)
+        reasons = total | "ReasonIfGone" >> beam.FlatMap(_reason_if_gone, self._template)
+        return {"total": total, "reasons": reasons}
 
 
 class RunStopped(RuntimeError):
@@ -102,8 +191,8 @@ class RunStopped(RuntimeError):
         """The one line a person reads: what stopped the run, and what it left."""
         return (
             f"run {self.run_id} stopped: the source looks gone: {self.reason}; committed what was "
-            f"complete ({self.wallets_done} wallets done); the wallets it stopped on stay pending, "
-            "none marked failed"
+            f"complete ({self.wallets_done} wallets done); the wallets and lookups it stopped on "
+            "stay pending, none marked failed"
         )
 
     @classmethod

@@ -71,6 +71,19 @@ def _non_empty(paths: list[str]) -> list[str]:
     return [path for path in paths if sizes.get(path, 1) > 0]
 
 
+def _one_reason(run_failures: list[str]) -> str:
+    """The run's reasons to stop, for one line: each kind once (a worker's streak, the run's
+    wallets, its markets, its events: the text before the first colon), the others of a kind only
+    counted, since every worker that stopped sends its own."""
+    kinds: dict[str, list[str]] = {}
+    for reason in sorted(set(run_failures)):
+        kinds.setdefault(reason.split(":", 1)[0], []).append(reason)
+    return "; also ".join(
+        f"{first}; {len(others)} more worker(s) stopped alike" if others else first
+        for first, *others in kinds.values()
+    )
+
+
 class _CommitFn(beam.DoFn):
     def __init__(self, staging: RunStaging, warehouse: WarehouseRef, lease_holder: str) -> None:
         self._staging, self._warehouse, self._lease_holder = staging, warehouse, lease_holder
@@ -90,9 +103,7 @@ class _CommitFn(beam.DoFn):
         for name in ("trades_inserted", "markets_merged", "events_merged"):
             Metrics.counter(NAMESPACE, f"committed_{name}").inc(getattr(outcome.report, name))
         if run_failures:  # committed first: the complete wallets are kept, then the job fails
-            first, *others = sorted(set(run_failures))  # one per worker that stopped
-            reason = f"{first}; {len(others)} more worker(s) stopped alike" if others else first
-            raise RunStopped(run_id, reason, outcome.report.wallets_done)
+            raise RunStopped(run_id, _one_reason(run_failures), outcome.report.wallets_done)
         yield outcome
 
     def _release_lease(self) -> None:
@@ -108,9 +119,9 @@ class _CommitFn(beam.DoFn):
 class CommitRun(beam.PTransform):
     """Runs once, after every staging write is final: manifest, warehouse transaction, marker.
 
-    `run_failures`: why workers stopped the run (the source looked gone); if any, the job fails
-    with RunStopped after the commit. `lease_holder`: the run's hold on the warehouse
-    (pipeline.lease), given back once the commit is over, landed or not.
+    `run_failures`: why the run must fail (its wallets' source, or its lookups', looked gone); if
+    any, the job fails with RunStopped after the commit. `lease_holder`: the run's hold on the
+    warehouse (pipeline.lease), given back once the commit is over, landed or not.
     """
 
     def __init__(
