@@ -16,6 +16,7 @@ import sysconfig
 from functools import cache
 from pathlib import Path
 
+import duckdb
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -765,7 +766,11 @@ def test_bad_configuration_is_refused_with_every_problem() -> None:
     assert run_script("run", "--dry-run", env={**many, "EGRESS": "per_worker"}).returncode == 0
     with pytest.raises(OptionsError, match="run at most 200 processes"):
         resolve(PipelineOptions(["--source=polymarket", "--rate_shares=250"]))
-    resolve(PipelineOptions(["--source=polymarket", "--rate_shares=200"]))
+    resolve(
+        PipelineOptions(
+            ["--source=polymarket", "--rate_shares=200", "--warehouse=bigquery:my-project.backfill"]
+        )
+    )
     result = run_script("run", "--dry-run", env={**ENV, "EGRESS": "per_worker"})
     assert result.returncode == 2 and "EGRESS=per_worker" in result.stderr, (
         "Dome's limit is the key's"
@@ -992,9 +997,12 @@ def test_the_wheel_installs_and_runs_from_site_packages(tmp_path: Path) -> None:
         launched.stderr
     )
     # Polymarket needs no secret; a data API that cannot be reached stops the launch in one line.
+    warehouse = tmp_path / "w.duckdb"
+    duckdb.connect(str(warehouse)).close()  # an existing warehouse: a missing one is a typo
     unreachable = run(
         flex_main,
         "--runner=DataflowRunner",
+        f"--warehouse=duckdb:{warehouse}",
         "--data_api_url=http://127.0.0.1:9",
         "--max_attempts=1",
         "--connect_timeout=2",
