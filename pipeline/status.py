@@ -11,7 +11,7 @@ import dataclasses
 
 from pipeline.lease import holder_is_gone
 from pipeline.options import BackfillOptions, OptionsError, resolve_command
-from pipeline.staging import parked_runs
+from pipeline.staging import RunStaging, parked_runs, warehouse_identity
 from pipeline.status_report import render_status
 from pipeline.warehouse import open_warehouse
 
@@ -37,17 +37,31 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         print(exc)
         return 2
     print(show_status(config.warehouse, config.tables, args.last_runs))
-    print(show_parked(config.staging_root))
+    print(show_parked(config.staging_root, warehouse_identity(config.warehouse_ref)))
     return 0
 
 
-def show_parked(staging_root: str) -> str:
+def show_parked(staging_root: str, warehouse: str | None = None) -> str:
     """The runs start-up gave up committing (refused staging, or commits that kept failing), from
-    the staging index; only reads. Their wallets are not done: later runs fetch them again."""
-    parked = parked_runs(staging_root)
+    the staging index; only reads. Their wallets are not done: later runs fetch them again.
+
+    `warehouse` (a `warehouse_identity`): list only its runs and count the others, since one root
+    may serve several warehouses; a run that recorded no warehouse (staged by older code) is
+    listed, as nothing tells whose it is."""
+    parked, others = [], 0
+    for run in parked_runs(staging_root):
+        owner = RunStaging(staging_root, run.run_id).recorded_warehouse()
+        if warehouse is not None and owner is not None and owner != warehouse:
+            others += 1
+        else:
+            parked.append(run)
+    elsewhere = f"; {others} of other warehouses sharing this root" if others else ""
     if not parked:
-        return "parked runs      none"
-    lines = [f"parked runs      {len(parked)} (their wallets are fetched again; see the reasons)"]
+        return f"parked runs      none{elsewhere}"
+    lines = [
+        f"parked runs      {len(parked)} (their wallets are fetched again; see the reasons)"
+        f"{elsewhere}"
+    ]
     for run in parked:
         tries = f" after {run.failed_commits} failed commits" if run.failed_commits else ""
         lines.append(f"  {run.run_id}{tries}: {run.reason}")

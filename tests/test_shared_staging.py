@@ -299,3 +299,18 @@ def test_a_claim_is_given_back_only_by_its_holder_and_never_with_staging(tmp_pat
     old.claim()  # as a claim that names no holder: never given back by anyone
     assert not old.release_claim(lease.holder_name("r2", local=True))
     assert (root / "r2" / CLAIMED).exists()
+
+
+def test_status_lists_only_its_own_warehouses_parked_runs(tmp_path):
+    from pipeline.status import show_parked
+
+    root = tmp_path / "staging"
+    x, y = new_warehouse(tmp_path / "x.duckdb"), new_warehouse(tmp_path / "y.duckdb")
+    for run_id, warehouse in (("xa", x), ("yb", y), ("old", None)):
+        claimed_run(root, run_id, warehouse).mark_refused(f"{run_id} is short")
+    assert {run.run_id for run in parked_runs(str(root))} == {"xa", "yb", "old"}
+
+    shown = show_parked(str(root), warehouse_identity(y))
+    # Its own, and the one nothing tells the owner of; the other warehouse's only counted.
+    assert "parked runs      2 " in shown and "1 of other warehouses sharing this root" in shown
+    assert "yb is short" in shown and "old is short" in shown and "xa" not in shown
