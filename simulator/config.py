@@ -267,6 +267,9 @@ class SimConfig:
     # seconds, per client IP: PM_BUCKETS with these overrides (None = unlimited).
     pm_limits: dict[str, int | None] = dataclasses.field(default_factory=dict)
     pm_throttle: str = "429"  # one of PM_THROTTLES
+    # /v2/trades order: undocumented, so a client must survive either (the docs' cursor anchors
+    # on block time; /v2/activity serves newest first, the default here).
+    pm_oldest_first: bool = False
     pm_window_s: float = 10.0  # the buckets' sliding window (tests shrink it)
     lag_seconds: int = 30  # /v2/status lag: fills newer than now - lag are not served yet
 

@@ -474,10 +474,16 @@ class PolymarketRoutes:
         rows: list[dict[str, Any]] = []
         next_pos: int | None = None
         window = range(0)
+        oldest_first = sim.config.pm_oldest_first
         if w is not None:
             window = view.window(w, state["v"], state["s"], state["e"])
-            first = window.start if state["p"] is None else state["p"]
-            for pos, row in view.scan(w, state["v"], range(first, window.stop), filt):
+            if oldest_first:  # positions run newest first: walk them backwards
+                first = window.stop - 1 if state["p"] is None else state["p"]
+                positions = range(first, window.start - 1, -1)
+            else:
+                first = window.start if state["p"] is None else state["p"]
+                positions = range(first, window.stop)
+            for pos, row in view.scan(w, state["v"], positions, filt):
                 if len(rows) < state["l"]:
                     rows.append(row)
                 else:
@@ -498,7 +504,9 @@ class PolymarketRoutes:
             },
         }
         answer = PmAnswer(body, rows, page=page, wallet=wallet)
-        here = window.start if state["p"] is None else state["p"]
+        here = state["p"]
+        if here is None:
+            here = window.stop - 1 if oldest_first else window.start
 
         def repeat() -> None:
             body["pagination"]["has_more"] = True
@@ -507,7 +515,8 @@ class PolymarketRoutes:
         def empty() -> None:  # the rows of this page are skipped: a gap the client must notice
             body["data"] = answer.items = []
             body["pagination"]["has_more"] = True
-            target = max(here, window.stop) if next_pos is None else next_pos
+            past_end = window.start - 1 if oldest_first else max(here, window.stop)
+            target = past_end if next_pos is None else next_pos
             body["pagination"]["next_cursor"] = mint(target, page + 1)
 
         answer.repeat, answer.empty = repeat, empty

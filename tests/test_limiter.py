@@ -181,3 +181,25 @@ def test_an_answered_request_frees_its_slot_a_window_after_the_answer_not_after_
     clock.now = 20.35
     thread.join()
     assert done.is_set()
+
+
+def test_room_counts_the_slots_free_over_a_span_and_none_while_paused():
+    """What a walk splits on (walk.py): room now, room a second on, none during a pause."""
+    clock = _Clock()
+    limiter = RateLimiter(
+        [Window("trades", 5, 10.0, margin_s=0.0), Window("data", 50, 10.0, margin_s=0.0)],
+        clock=clock,
+    )
+    assert limiter.room(["trades", "data"]) == 5
+    for moment in (0.0, 0.5, 3.0):
+        clock.now = moment
+        limiter.acquire(["trades", "data"])
+    assert limiter.room(["trades", "data"]) == 2  # the narrowest bucket decides
+    assert limiter.room(["data"]) == 47
+    assert limiter.room(["trades"], within_s=7.0) == 3  # the first slot frees at 10.0
+    assert limiter.room(["trades"], within_s=7.6) == 4
+    limiter.throttled(["trades"], pause_s=2.0)
+    assert limiter.room(["trades"]) == 0
+    # The refusal also halved the capacity (2 of 5): room only once slots free past the pause.
+    assert limiter.room(["trades"], within_s=2.5) == 0
+    assert limiter.room(["trades"], within_s=8.0) == 1

@@ -4,6 +4,7 @@ per-endpoint rate limits hold, with each way the server may refuse recovered."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
 from decimal import Decimal
@@ -103,7 +104,8 @@ def test_ids_are_stable_across_walks_and_an_incremental_walk_agrees(world):
     server, wallet = world
     full = walk(make_source(server, page_limit=5), wallet)
     again = walk(make_source(server, page_limit=1000), wallet)
-    assert [r["id"] for r in full] == [r["id"] for r in again]
+    # Small pages split the walk into windows (walk.py), whose pages interleave: same ids.
+    assert sorted(r["id"] for r in full) == sorted(r["id"] for r in again)
     twins = [r for r in full if content(r) == content(full[0])]
     assert len(twins) == 2 and twins[0]["id"] != twins[1]["id"]
     assert sorted(r["fill_ordinal"] for r in twins) == [0, 1]
@@ -113,6 +115,33 @@ def test_ids_are_stable_across_walks_and_an_incremental_walk_agrees(world):
     by_id = {r["id"]: r for r in full}
     assert recent and all(r["id"] in by_id for r in recent)
     assert {r["id"] for r in recent} == {r["id"] for r in full if r["timestamp"] >= start}
+
+
+def _monotone(values: list[int]) -> bool:
+    pairs = list(itertools.pairwise(values))
+    return all(a >= b for a, b in pairs) or all(a <= b for a, b in pairs)
+
+
+@pytest.mark.parametrize("oldest_first", [False, True], ids=["newest_first", "oldest_first"])
+def test_a_deep_walk_split_into_windows_lands_the_same_rows_and_ids(sim_server, oldest_first):
+    """The order /v2/trades serves is undocumented: split walks must be exact either way."""
+    server = sim_server(seed=9, wallets=3, trade_counts={0: 900}, pm_oldest_first=oldest_first)
+    wallet = server.simulator.wallet_addresses()[0]
+    truth = server.wallet_truth(wallet, source="polymarket")["rows"]
+    # Twins (identical rows, two fills) are what a window boundary must never cut.
+    assert len(Counter(map(truth_content, truth))) < len(truth)
+
+    seen = Recorder()
+    whole = walk(make_source(server, page_limit=20, split_walks=False), wallet)
+    split = walk(make_source(server, seen, page_limit=20), wallet)
+    assert _monotone([r["timestamp"] for r in whole])
+    assert not _monotone([r["timestamp"] for r in split])  # it did walk windows at once
+    assert sorted(r["id"] for r in split) == sorted(r["id"] for r in whole)
+    assert Counter(map(content, split)) == Counter(map(truth_content, truth))
+    assert len({r["id"] for r in split}) == len(truth)
+    # At most one partial page per window, and windows made only while there was room.
+    pages = -(-len(truth) // 20)
+    assert pages < seen.counts["requests_trades"] <= 2 * pages
 
 
 def test_trade_id_ignores_number_formatting_and_key_order():

@@ -78,6 +78,7 @@ class SourceSpec:
     gamma_api_url: str = ""
     api_key_secret: str | None = None
     trades_end: int | None = None
+    split_walks: bool = True  # Polymarket: split deep walks into windows when the rate has room
 
 
 def prepare_run(spec: SourceSpec) -> SourceSpec:

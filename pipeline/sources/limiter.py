@@ -100,6 +100,11 @@ class _WindowState:
             return max(slots[i][0] for i in range(excess)) - now
         return 0.0
 
+    def free(self, at: float) -> int:
+        """Slots free at `at` (now or later), if no one takes any before."""
+        held = sum(1 for slot in self.slots if slot[0] > at)
+        return max(0, self.allowed() - held)
+
     def take(self, now: float) -> list[float]:
         slot = [now + self.length]
         self.slots.append(slot)
@@ -158,6 +163,19 @@ class RateLimiter:
         """Callers waiting for a slot now."""
         with self._lock:
             return sum(len(queue) for queue in self._queues.values())
+
+    def room(self, buckets: Sequence[str], within_s: float = 0.0) -> int:
+        """Requests these buckets will take without waiting from now to `within_s` seconds on,
+        less those already waiting for them: room the callers in flight leave unused unless
+        someone asks for more. (Slots free at a window's edge, so room is counted over a span.)"""
+        names = tuple(buckets)
+        states = self._states_of(names)
+        with self._lock:
+            now = self._clock()
+            if any(self._paused_until.get(b, 0.0) > now + within_s for b in names):
+                return 0
+            free = min(state.free(now + within_s) for state in states)
+            return max(0, free - len(self._queues.get(names, ())))
 
     def acquire(
         self,

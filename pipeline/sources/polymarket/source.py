@@ -28,7 +28,7 @@ from pipeline.sources.errors import HTTPStatusError, PageError
 from pipeline.sources.fields import Bad
 from pipeline.sources.http import HttpClient, Page, Params, Telemetry, follow_cursor
 from pipeline.sources.limiter import RateLimiter, Window
-from pipeline.sources.polymarket import ids, parse, rows
+from pipeline.sources.polymarket import ids, parse, rows, walk
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ EVENTS_PER_REQUEST = 50
 KEYSET_LIMIT = 100  # Gamma's documented maximum page size for markets (two clients quote it)
 RESOLUTIONS_PER_REQUEST = 20
 LOOKUP_THREADS = 8  # a market batch's follow-ups (slug lookups, resolutions) in flight at once
+WALK_THREADS = 32  # windows split off wallets' walks, in flight at once (walk.py)
+MAX_PARTS = 8  # windows one split makes, at most
+ROOM_PER_WALK = 2  # split only when the trades bucket has this much room per walk in flight
+ROOM_WITHIN_S = 1.0  # ... over the next second (a walk takes ~4 pages a second at ~250 ms each)
 END_MARGIN_S = 120  # the run's `end` trails the feed's own lag by this much more
 
 
@@ -111,9 +115,10 @@ class PolymarketClient:
             ) from None
 
     def trade_pages(
-        self, wallet: str, start: int, end: int
+        self, wallet: str, start: int, end: int, depth: int = 0
     ) -> Iterator[tuple[Page, list[dict[str, Any]]]]:
-        """The wallet's rows in [start, end], page by page, with the raw rows (for `extra`)."""
+        """The wallet's rows in [start, end], page by page, with the raw rows (for `extra`).
+        `depth`: the pages this wallet's walk had before this window (ranks it in the limiter)."""
         params: Params = [
             ("user", wallet),
             ("start", start),
@@ -124,7 +129,7 @@ class PolymarketClient:
             ("limit", self.page_limit),
         ]
         raws: dict[int, list[dict[str, Any]]] = {}
-        pages = itertools.count()  # deeper pages first: a long walk is not starved by new ones
+        pages = itertools.count(depth)  # deeper pages first: a long walk is not starved by new ones
 
         def get_page(cursor: str | None, where: str) -> Page:
             page_params = [*params, ("cursor", cursor)] if cursor else params
@@ -275,6 +280,10 @@ class PolymarketSource(Source):
         self, spec: SourceSpec, limiter: RateLimiter, telemetry: Telemetry | None = None
     ) -> None:
         self._http = HttpClient(spec.http, limiter, telemetry)
+        self._limiter = limiter
+        self._split = spec.split_walks
+        self._walks_lock = threading.Lock()
+        self._walks_active = 0  # window walks in progress in this process
         self.client = PolymarketClient(spec, self._http)
         self._run_id = spec.run_id
         self._end = spec.trades_end
@@ -282,6 +291,7 @@ class PolymarketSource(Source):
         # A batch's follow-up requests go out together, not one after another. Submitted to only
         # from a batch's own thread and never from the pool's, so it cannot deadlock.
         self._pool = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="polymarket-lookup")
+        self._walk_pool = ThreadPoolExecutor(WALK_THREADS, thread_name_prefix="polymarket-walk")
 
     def trades_end(self) -> int:
         """The run's fixed `end` (set at launch; asked of /v2/status once if not)."""
@@ -291,23 +301,75 @@ class PolymarketSource(Source):
             return self._end
 
     def trade_pages(self, wallet: str, start_time: int | None) -> Iterator[list[dict[str, Any]]]:
-        ordinals = ids.Ordinals()
+        """The wallet's walk, split into windows walked at once when the trades bucket has room
+        (walk.py says why and when)."""
         start = 1 if start_time is None else max(1, int(start_time))
-        for page, raws in self.client.trade_pages(wallet, start, self.trades_end()):
-            fetched_at = format_timestamp(time.time())
-            out = []
-            for index, (item, raw) in enumerate(zip(page.items, raws, strict=True)):
-                if item["proxy_wallet"].lower() != wallet:
-                    raise PageError(
-                        f"wallet {wallet} trades: item {index} belongs to {item['proxy_wallet']}"
-                    )
-                key = ids.fill_key(wallet, item)
-                ordinal = ordinals.next(key)
-                trade_id = ids.trade_id(key, ordinal)
-                out.append(
-                    rows.trade_row(wallet, item, raw, trade_id, ordinal, self._run_id, fetched_at)
+        span = walk.Span(start, self.trades_end())
+
+        def walk_window(window: walk.Span, depth: int, whole: walk.Walk) -> Iterator[list[dict]]:
+            return self._walk_window(wallet, window, depth, whole)
+
+        yield from walk.Walk(walk_window, self._walk_pool, self._room).pages(span)
+
+    def _room(self) -> int:
+        """Windows a walk may split into now: only while the trades bucket has more room than
+        the walks in flight will take (the run's tail, or a dip), never in the steady state."""
+        if not self._split:
+            return 0
+        with self._walks_lock:
+            active = max(1, self._walks_active)
+        return min(
+            MAX_PARTS,
+            self._limiter.room(ROUTES["trades"], ROOM_WITHIN_S) // (ROOM_PER_WALK * active),
+        )
+
+    def _walk_window(
+        self, wallet: str, window: walk.Span, depth: int, whole: walk.Walk
+    ) -> Iterator[list[dict[str, Any]]]:
+        """One window by cursor; after a page that says more, it may hand its rest to windows."""
+        ordinals = ids.Ordinals()  # no group of identical rows crosses a window's bounds
+        with self._walks_lock:
+            self._walks_active += 1
+        pages = self.client.trade_pages(wallet, window.start, window.end, depth)
+        try:
+            for number, (page, raws) in enumerate(pages):
+                cut = None
+                if page.has_more and page.next_cursor is not None and page.items:
+                    parts = whole.parts()
+                    if parts >= 2:
+                        cut = walk.cut(window, [int(i["timestamp"]) for i in page.items], parts)
+                if cut is None:
+                    yield self._rows(wallet, page.items, raws, ordinals)
+                    continue
+                whole.split(cut.windows, depth + number + 1)
+                yield self._rows(wallet, page.items[: cut.keep], raws[: cut.keep], ordinals)
+                return
+        finally:
+            pages.close()
+            with self._walks_lock:
+                self._walks_active -= 1
+
+    def _rows(
+        self,
+        wallet: str,
+        items: list[dict[str, Any]],
+        raws: list[dict[str, Any]],
+        ordinals: ids.Ordinals,
+    ) -> list[dict[str, Any]]:
+        fetched_at = format_timestamp(time.time())
+        out = []
+        for index, (item, raw) in enumerate(zip(items, raws, strict=True)):
+            if item["proxy_wallet"].lower() != wallet:
+                raise PageError(
+                    f"wallet {wallet} trades: item {index} belongs to {item['proxy_wallet']}"
                 )
-            yield out
+            key = ids.fill_key(wallet, item)
+            ordinal = ordinals.next(key)
+            trade_id = ids.trade_id(key, ordinal)
+            out.append(
+                rows.trade_row(wallet, item, raw, trade_id, ordinal, self._run_id, fetched_at)
+            )
+        return out
 
     def markets(self, refs: Sequence[MarketRef]) -> Lookup:
         slugs = {cid.lower(): slug for cid, slug in refs}
@@ -368,4 +430,5 @@ class PolymarketSource(Source):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._walk_pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()

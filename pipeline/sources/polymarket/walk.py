@@ -1,0 +1,190 @@
+"""One wallet's walk through /v2/trades, split into time windows walked at once when the rate
+limit has room that would otherwise go unused.
+
+Why: a wallet's pages come one after another (each needs the previous page's cursor), so a wallet
+of 40 pages takes 40 round trips whatever the limit allows. At the end of a run a few deep wallets
+page alone while the trades bucket idles (issue 14's tail). /v2/trades takes `start` and `end`
+(inclusive, block time, honoured with `user`): a window can be walked by its own cursor, at the
+same time as the others, and the windows of a partition together serve exactly the whole range.
+
+Where a walk splits: after a page that says more (`has_more` and a cursor), when the caller says
+there is room. The page shows which way the walk goes: newest first (timestamps fall) or oldest
+first (they rise); the API does not document its order, so a page that shows neither (one second
+only, or unsorted) never splits and the walk goes on by cursor. Newest first, the keyset order
+(the cursor anchors on block time) means every row newer than the page's last second `b` has been
+served, and some of `b`'s; the page's rows at `b` are dropped and [start, b] is walked again as
+windows: near ones of about PAGES_PER_WINDOW pages at this page's density, the far rest in one,
+whose first page jumps straight to its newest rows (and may split again). Oldest first, the same
+mirrored. Identical rows share a second, so no group of identical rows is ever cut: each window
+numbers its groups exactly as the whole walk would (ids.Ordinals), and the trade ids agree.
+
+Cost: at most one partial page per window, and a window can come back empty when the density
+changes. Walks split only when the bucket has room the walks in flight leave unused, so the extra
+requests spend allowance that would otherwise be lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+NEWEST_FIRST, UNKNOWN, OLDEST_FIRST = -1, 0, 1
+PAGES_PER_WINDOW = 4  # a near window's size, in pages at the density of the page that split
+MAX_WINDOWS = 256  # per wallet: a source that serves nonsense cannot multiply the walks forever
+
+
+@dataclass(frozen=True)
+class Span:
+    """Block times from `start` to `end`, both inclusive (as /v2/trades takes them)."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a walk stops: keep the page's first `keep` rows, walk `windows` instead of the rest."""
+
+    keep: int
+    windows: tuple[Span, ...]
+
+
+def order_of(timestamps: Sequence[int]) -> int:
+    """NEWEST_FIRST or OLDEST_FIRST if the page proves it (two seconds or more, sorted), else
+    UNKNOWN."""
+    if len(timestamps) < 2 or timestamps[0] == timestamps[-1]:
+        return UNKNOWN
+    pairs = list(itertools.pairwise(timestamps))
+    if timestamps[0] > timestamps[-1]:
+        return NEWEST_FIRST if all(a >= b for a, b in pairs) else UNKNOWN
+    return OLDEST_FIRST if all(a <= b for a, b in pairs) else UNKNOWN
+
+
+def cut(span: Span, timestamps: Sequence[int], parts: int) -> Cut | None:
+    """How a walk of `span` whose latest page has these timestamps (in the order served) hands its
+    rest to `parts` windows; None when it must go on by cursor instead."""
+    order = order_of(timestamps)
+    if order == UNKNOWN or parts < 2:
+        return None
+    if min(timestamps) < span.start or max(timestamps) > span.end:
+        return None  # rows outside the asked window: the server's order cannot be trusted
+    boundary = timestamps[-1]
+    keep = next(i for i, ts in enumerate(timestamps) if ts == boundary)
+    step = (abs(timestamps[0] - boundary) + 1) * PAGES_PER_WINDOW
+    windows: list[Span] = []
+    if order == NEWEST_FIRST:
+        high = boundary
+        while len(windows) < parts - 1 and high - step + 1 > span.start:
+            windows.append(Span(high - step + 1, high))
+            high -= step
+        windows.append(Span(span.start, high))
+    else:
+        low = boundary
+        while len(windows) < parts - 1 and low + step - 1 < span.end:
+            windows.append(Span(low, low + step - 1))
+            low += step
+        windows.append(Span(low, span.end))
+    return Cut(keep, tuple(windows))
+
+
+Rows = list[dict[str, Any]]
+# Walks one window: yields its pages' rows; may hand its rest to other windows through the Walk.
+WindowWalk = Callable[[Span, int, "Walk"], Iterator[Rows]]
+
+
+class _Done:
+    pass
+
+
+_DONE = _Done()
+
+
+class Walk:
+    """A wallet's windows: the first walked on the caller's thread, the ones split off on `pool`,
+    their pages yielded by `pages()` as they come (bounded queue: memory stays flat)."""
+
+    def __init__(
+        self,
+        walk_window: WindowWalk,
+        pool: Executor,
+        room: Callable[[], int],
+        max_windows: int = MAX_WINDOWS,
+    ) -> None:
+        self._walk_window, self._pool, self._room = walk_window, pool, room
+        self._results: queue.Queue = queue.Queue(maxsize=16)
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._windows_left = max_windows - 1
+        self._stopped = threading.Event()
+
+    def parts(self) -> int:
+        """Into how many windows a walk may split now (below 2: it must not)."""
+        if self._stopped.is_set():
+            return 0
+        with self._lock:
+            left = self._windows_left
+        return min(self._room(), left + 1)
+
+    def split(self, windows: Sequence[Span], depth: int) -> None:
+        """Walks these windows on the pool; `depth` ranks their pages against other walks'."""
+        with self._lock:
+            self._outstanding += len(windows)
+            self._windows_left -= len(windows) - 1
+        for window in windows:
+            self._pool.submit(self._run, window, depth)
+
+    def _put(self, item: Any) -> None:
+        """Hands an item to `pages()`; once it has stopped listening, drops it (never blocks a
+        pool thread for good on a queue no one reads)."""
+        while not self._stopped.is_set():
+            try:
+                self._results.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self, window: Span, depth: int) -> None:
+        try:
+            for rows in self._walk_window(window, depth, self):
+                if self._stopped.is_set():
+                    return
+                self._put(rows)
+        except BaseException as error:
+            self._put(error)
+        finally:
+            self._put(_DONE)
+
+    def _take(self, block: bool) -> Iterator[Rows]:
+        while True:
+            try:
+                item = self._results.get(block=block)
+            except queue.Empty:
+                return
+            if item is _DONE:
+                with self._lock:
+                    self._outstanding -= 1
+                if block:
+                    return
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+
+    def pages(self, span: Span) -> Iterator[Rows]:
+        """Every row of `span`, page by page; the first failure of any window ends it (raised)."""
+        try:
+            for rows in self._walk_window(span, 0, self):
+                yield rows
+                yield from self._take(block=False)
+            while True:
+                with self._lock:
+                    if self._outstanding == 0:
+                        break
+                yield from self._take(block=True)
+        finally:
+            self._stopped.set()  # windows still out stop at their next page
