@@ -476,7 +476,10 @@ class PolymarketRoutes:
         window = range(0)
         oldest_first = sim.config.pm_oldest_first
         if w is not None:
-            window = view.window(w, state["v"], state["s"], state["e"])
+            if sim.config.pm_ignore_bounds:
+                window = view.window(w, state["v"], 1, view.served_until())
+            else:
+                window = view.window(w, state["v"], state["s"], state["e"])
             if oldest_first:  # positions run newest first: walk them backwards
                 first = window.stop - 1 if state["p"] is None else state["p"]
                 positions = range(first, window.start - 1, -1)

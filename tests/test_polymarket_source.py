@@ -43,6 +43,10 @@ class Recorder(Telemetry):
         with self.lock:
             self.counts["slowed"] += 1
 
+    def outside_window(self, endpoint, rows):
+        with self.lock:
+            self.counts["outside_window"] += rows
+
 
 def make_source(server, telemetry=None, page_limit=1000, limits=None, http=FAST, **spec):
     return open_source(
@@ -142,6 +146,31 @@ def test_a_deep_walk_split_into_windows_lands_the_same_rows_and_ids(sim_server, 
     # At most one partial page per window, and windows made only while there was room.
     pages = -(-len(truth) // 20)
     assert pages < seen.counts["requests_trades"] <= 2 * pages
+
+
+def test_a_server_ignoring_the_windows_bounds_still_lands_each_row_once(sim_server):
+    """Split windows trust `start`/`end`: a server that ignores them serves every window the
+    whole history. Rows outside the window asked for are dropped (counted), so none lands twice."""
+    server = sim_server(
+        seed=9,
+        wallets=3,
+        trade_counts={0: 300},
+        pm_ignore_bounds=True,
+        pm_limits={"trades": None, "data": None},  # every window walks the whole history
+    )
+    wallet = server.simulator.wallet_addresses()[0]
+    roomy = {"trades": 1000}
+    source = make_source(server, seen := Recorder(), page_limit=20, limits=roomy)
+    end = source.trades_end()
+    truth = [
+        r for r in server.wallet_truth(wallet, source="polymarket")["rows"] if r["timestamp"] <= end
+    ]
+    rows = walk(source, wallet)
+    assert Counter(map(content, rows)) == Counter(map(truth_content, truth))
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert seen.counts["outside_window"] > 0  # windows were split, and each saw the others' rows
+    whole = walk(make_source(server, page_limit=20, limits=roomy, split_walks=False), wallet)
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in whole)
 
 
 def test_trade_id_ignores_number_formatting_and_key_order():

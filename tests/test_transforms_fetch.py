@@ -14,7 +14,8 @@ from tests.support import seed_traders
 from transforms.api import ApiHandle
 from transforms.batch import BatchPerKey
 from transforms.fetch_markets import FetchEvents, FetchMarkets
-from transforms.fetch_trades import FetchTrades
+from transforms.fetch_trades import LOOKUP_FAILURES, FetchTrades
+from transforms.lookups import LookupSettings
 from transforms.select_wallets import RefreshPolicy
 
 
@@ -40,7 +41,9 @@ def setup(sim_server, monkeypatch, tmp_path):
     return server, config, ApiHandle(config.source)
 
 
-def test_fetch_trades_pages_outcomes_and_condition_ids(setup):
+def test_fetch_trades_pages_outcomes_and_their_markets_and_events(setup):
+    """Dome: the trades name markets, the markets name events (Dome's trades do not); both are
+    looked up inside the trades stage, each key once, in batches."""
     server, config, api = setup
     simulator = server.simulator
     wallets = simulator.wallet_addresses()
@@ -50,9 +53,16 @@ def test_fetch_trades_pages_outcomes_and_condition_ids(setup):
     expected_ids = sorted(trade_id(w, o) for w in good for o in simulator.orders(w))
     # The broken wallet's first page was fetched before its failure: it is staged but never landed.
     first_page = [trade_id(broken, o) for o in simulator.orders(broken)[:100]]
+    policy = RefreshPolicy(now=config.started_at, refresh_after_s=None, overlap_s=3600.0)
+    lookups = LookupSettings(config.warehouse_ref, policy, 100, 1)
     with TestPipeline() as p:
         fetch = FetchTrades(
-            api, config.run_id, "dome", config.staging.kind_folder("trades"), config.fetch_threads
+            api,
+            config.run_id,
+            "dome",
+            config.staging.kind_folder("trades"),
+            config.fetch_threads,
+            lookups=lookups,
         )
         out = p | beam.Create([(w, None) for w in wallets]) | fetch
         ids = out["trade_pages"] | "Ids" >> beam.FlatMap(lambda page: [row["id"] for row in page])
@@ -63,9 +73,18 @@ def test_fetch_trades_pages_outcomes_and_condition_ids(setup):
         expected_outcomes = [(w, True, simulator.trade_count(w)) for w in good]
         expected_outcomes.append((broken, False, 100))
         assert_that(outcomes, equal_to(expected_outcomes), label="outcomes")
-        traded = sorted({o["condition_id"] for w in wallets for o in simulator.orders(w)})
-        distinct = out["market_refs"] | beam.Map(lambda ref: ref[0]) | beam.Distinct()
-        assert_that(distinct, equal_to(traded), label="condition_ids")
+        # Every market a fetched page names (the broken wallet's first page too), each once.
+        named = [*(o for w in good for o in simulator.orders(w)), *simulator.orders(broken)[:100]]
+        traded = sorted({o["condition_id"] for o in named})
+        markets = out["markets"] | "MarketIds" >> beam.Map(lambda m: m["condition_id"])
+        assert_that(markets, equal_to(traded), label="markets")
+        by_id = {m["condition_id"]: m for m in simulator.markets()}
+        slugs = sorted({by_id[c]["event_slug"] for c in traded if by_id[c].get("event_slug")})
+        events = out["events"] | "EventSlugs" >> beam.Map(lambda e: e["event_slug"])
+        assert_that(events, equal_to(slugs), label="events")
+        assert_that(out[LOOKUP_FAILURES], equal_to([]), label="lookup failures")
+    requests = server.stats()["requests"]
+    assert requests["events"] == len(slugs)  # one slug per request, each once
 
 
 def test_fetch_markets_once_per_id_in_batches_then_events(setup):

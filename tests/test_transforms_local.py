@@ -14,7 +14,7 @@ from tests.support import query, seed_traders
 from transforms.dedup import DedupFirst
 from transforms.read_wallets import ReadWallets, normalize_wallet
 from transforms.select_wallets import NEW, REFRESH, RefreshPolicy, SelectWallets, plan_fetch
-from transforms.skip_known import SkipKnown, needs_fetch
+from transforms.skip_known import KeyPlan, SkipKnown, needs_fetch
 from transforms.stage import WriteStaging
 
 A = "0x" + "a" * 40
@@ -174,6 +174,49 @@ def test_skip_known_drops_markets_missing_at_the_source_unless_production_holds_
     with TestPipeline() as p:
         to_fetch = p | beam.Create(wanted) | known
         assert_that(to_fetch, equal_to([("0xtwice", None), ("0xback", None), ("0xnew", "n")]))
+
+
+def test_key_plan_decides_as_skip_known_does(tmp_path):
+    """The plan the trades stage's lookups read (SkipKnown's semantics, before any trade): 0xgone
+    (missing three times, not held) and 0xdone (held closed) and 0xfresh (held open, fetched
+    just now) are skipped whoever names them; 0xback (missing three times but landed since: open
+    and stale) is asked for whoever names it; 0xtwice and 0xnew are asked for when named."""
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, [])
+    found_missing = [("0xgone", r) for r in ("r1", "r2", "r3")]
+    found_missing += [("0xtwice", r) for r in ("r1", "r2")]
+    found_missing += [("0xback", r) for r in ("r1", "r2", "r3")]
+    for key, run in found_missing:
+        query(
+            db,
+            "INSERT INTO backfill_missing (kind, key, seen_at, run_id) "
+            f"VALUES ('markets', '{key}', to_timestamp(1), '{run}')",
+        )
+    now = time.time()
+    for key, status, updated in (
+        ("0xback", "open", 1),
+        ("0xdone", "closed", 1),
+        ("0xfresh", "open", int(now)),
+    ):
+        query(
+            db,
+            "INSERT INTO markets (condition_id, status, run_id, updated_at) "
+            f"VALUES ('{key}', '{status}', 'r4', to_timestamp({updated}))",
+        )
+    policy = RefreshPolicy(now=now + 1, refresh_after_s=3600.0, overlap_s=0.0)
+    with WarehouseRef(f"duckdb:{db}", TableNames()).open() as warehouse:
+        plan = KeyPlan.of(
+            list(warehouse.read_known_markets()),
+            list(warehouse.read_unlanded_markets()),
+            list(warehouse.read_missing_markets()),
+            policy,
+        )
+    assert plan.skip == {"0xgone", "0xdone", "0xfresh"}
+    assert plan.always == (("0xback", None),)
+    off = RefreshPolicy(now=now + 1, refresh_after_s=None, overlap_s=0.0)
+    assert KeyPlan.of([("0xback", "open", 1.0)], [("0xu", "slug")], [], off).always == (
+        ("0xu", "slug"),
+    )
 
 
 def test_max_wallets_picks_the_same_wallets_every_time(tmp_path):

@@ -1,4 +1,9 @@
-"""FetchMarkets and FetchEvents: what the trades refer to, each key requested once per run.
+"""FetchMarkets and FetchEvents: markets and events for keys that arrive as a PCollection, each key
+requested once per run (a run-wide dedup, SkipKnown's anti-join, full batches).
+
+The backfill graph does not use them: it looks the keys its trades name up inside the trades stage
+(transforms/lookups.py), because these barriers made every lookup wait for the last trade page.
+They stay for keys given as a collection; both share the batch lookup (`look_up`).
 
 A failed lookup batch is retried by later runs (its keys stay pending). But when every batch of a
 run failed as if the source were gone (RunHealth's classification: refused, unreachable, retries
@@ -9,74 +14,45 @@ that a Gamma API that is gone cannot read as success run after run.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import apache_beam as beam
 
-from pipeline.schema import format_timestamp
-from pipeline.sources.errors import SourceError
 from pipeline.warehouse import WarehouseRef
 from transforms.api import ApiHandle
 from transforms.batch import BatchPerKey
 from transforms.concurrent import ConcurrentFetchFn, Emit
 from transforms.dedup import DedupFirst
-from transforms.run_health import Attempts, SourceVerdict
+from transforms.lookups import ATTEMPTS as LOOKUP_ATTEMPTS
+from transforms.lookups import EVENT_SLUGS, GONE_TEMPLATE, MISSING, look_up
+from transforms.run_health import SourceVerdict
 from transforms.select_wallets import RefreshPolicy
 from transforms.skip_known import SkipKnown
 
 log = logging.getLogger(__name__)
 
-EVENT_SLUGS = "event_slugs"
-MISSING = "missing"  # rows of the staged kind "missing" (pipeline.schema.MISSING_COLUMNS)
 ATTEMPTS = "attempts"  # one Attempts per batch: whether the source answered it
 RUN_FAILURES = "run_failures"  # why the run failed: every lookup batch failed as if it were gone
-GONE_TEMPLATE = (
-    "{kind}: all {{gone}} lookup batches failed as if the source were gone ({kind} not fetched "
-    "stay pending: the next run asks again); the last: {{last}}"
-)
 
 
 class _LookupFn(ConcurrentFetchFn):
-    """Looks one batch up; a failed batch is counted and logged, and later runs ask again (its
-    keys stay named by production trades and absent from production). A key the source answered
-    without is emitted as a `missing` row: the warehouse counts the runs that found it missing,
-    and after enough of them no run asks again. A failed batch emits none: a failure says nothing
-    about whether the source has the key."""
+    """Looks one batch up (transforms.lookups.look_up: a failed batch is counted and emits no
+    `missing` row, its keys stay pending); attempts go to ATTEMPTS, event slugs to EVENT_SLUGS."""
 
     def __init__(self, api: ApiHandle, threads: int, kind: str) -> None:
         super().__init__(api, threads)
         self._kind = kind
 
     def fetch(self, batch: list[Any], emit: Emit) -> None:
-        keys = [item[0] if isinstance(item, tuple) else item for item in batch]
-        try:
-            if self._kind == "markets":
-                found = self.api.source.markets(batch)
+        def out(tag: str, value: Any) -> None:
+            if tag == self._kind:
+                emit(None, value)
+            elif tag == LOOKUP_ATTEMPTS[self._kind]:
+                emit(ATTEMPTS, value)
             else:
-                found = self.api.source.events(batch)
-        except SourceError as exc:
-            self.counters.add(f"{self._kind}_failed", len(keys))
-            log.warning("%s %s.. (%d keys) failed: %s", self._kind, keys[0], len(keys), exc)
-            emit(ATTEMPTS, Attempts.of(exc))
-            return
-        emit(ATTEMPTS, Attempts.of(None))
-        if found.missing:
-            self.counters.add(f"{self._kind}_missing", len(found.missing))
-            seen_at = format_timestamp(time.time())
-            for key in found.missing:
-                emit(MISSING, {"kind": self._kind, "key": key, "seen_at": seen_at})
-            log.warning(
-                "the source has no %s for %d keys, e.g. %s",
-                self._kind,
-                len(found.missing),
-                found.missing[0],
-            )
-        self.counters.add(self._kind, len(found.rows))
-        for row in found.rows:
-            emit(None, row)
-        for slug in found.event_slugs:
-            emit(EVENT_SLUGS, slug)
+                emit(tag, value)
+
+        look_up(self.api.source, self._kind, batch, self.counters, out)
 
 
 class FetchMarkets(beam.PTransform):

@@ -10,63 +10,61 @@ source answered none of its wallets, the ones still held are dropped and the run
 from __future__ import annotations
 
 import logging
-import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import AsList, AsSingleton
+from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 
 from pipeline.rows import outcome_row
 from pipeline.schema import format_timestamp
 from pipeline.sources.errors import SourceError
 from transforms.api import ApiHandle
 from transforms.concurrent import ConcurrentFetchFn, Emit
+from transforms.lookups import (
+    ATTEMPTS as LOOKUP_ATTEMPTS,
+)
+from transforms.lookups import (
+    EVENTS,
+    MARKETS,
+    MISSING,
+    LookupPlan,
+    Lookups,
+    LookupSettings,
+    LookupSpec,
+    ReadLookupPlan,
+)
+from transforms.lookups import GONE_TEMPLATE as LOOKUPS_GONE_TEMPLATE
 from transforms.metrics import NAMESPACE
 from transforms.run_health import Attempts, RunHealth, SourceVerdict
 
 log = logging.getLogger(__name__)
 
 OUTCOMES = "outcomes"
-MARKET_REFS = "market_refs"
-EVENT_SLUGS = "event_slugs"
 RUN_FAILURES = "run_failures"  # why a worker stopped the run (the source looks gone), once each
+LOOKUP_FAILURES = (
+    "lookup_failures"  # every markets (events) batch failed as if the source were gone
+)
 HELD = "held"  # failed outcomes held at a bundle's end: failures unless the run's source is gone
 ATTEMPTS = "attempts"  # what each bundle's wallets told about the source (Attempts)
+# One element besides the wallets: where the keys production wants whoever names them are queued,
+# once per run (also when no wallet is fetched at all).
+LOOKUPS_START = None
 GONE_TEMPLATE = (
     "all {gone} wallets the run tried failed as if the source were gone, none got an answer; "
     "the last: {last}"
 )
-SEEN_CAP = 200_000  # keys a worker remembers having named; past it, it forgets and starts again
-
-
-class FirstSeen:
-    """The keys this worker has not named yet, of those given: a cheap filter in front of the
-    run-wide dedup (DedupFirst), so that each market or event travels once per worker instead of
-    once per page. Thread-safe; bounded (forgetting only lets a repeat through to the dedup)."""
-
-    def __init__(self, cap: int = SEEN_CAP) -> None:
-        self._cap = cap
-        self._seen: set[Any] = set()
-        self._lock = threading.Lock()
-
-    def new(self, keys: Iterable[Any], key=lambda item: item) -> list[Any]:
-        out = []
-        with self._lock:
-            for item in keys:
-                k = key(item)
-                if k not in self._seen:
-                    if len(self._seen) >= self._cap:
-                        self._seen.clear()
-                    self._seen.add(k)
-                    out.append(item)
-        return out
 
 
 class _FetchWalletFn(ConcurrentFetchFn):
-    """Main output: one list of trade rows per page; an API failure is an outcome, never a crash."""
+    """Main output: one list of trade rows per page; an API failure is an outcome, never a crash.
+
+    With `lookups`, the markets and events the pages name are looked up here too, as the pages
+    come (transforms/lookups.py says why): the plan of what production holds arrives as a side
+    input, and the bundle ends once its lookups have."""
 
     def __init__(
         self,
@@ -76,16 +74,51 @@ class _FetchWalletFn(ConcurrentFetchFn):
         trades_folder: str,
         threads: int,
         deadline: float | None = None,
+        lookups: LookupSpec | None = None,
     ) -> None:
         super().__init__(api, threads)
         self._run_id, self._source, self._trades_folder = run_id, source_name, trades_folder
         self._deadline = deadline
+        self._lookup_spec = lookups
 
     def setup(self) -> None:
         super().setup()
         # One per instance, shared by its threads: the streak is what this worker saw in a row.
         self.health = RunHealth()
-        self._markets_named, self._events_named = FirstSeen(), FirstSeen()
+        self.lookups: Lookups | None = None
+        if self._lookup_spec is not None:
+            self.lookups = Lookups(self._lookup_spec, self.api.source, self.counters)
+
+    def teardown(self) -> None:
+        if getattr(self, "lookups", None) is not None:
+            self.lookups.close()
+        super().teardown()
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        if self.lookups is not None:
+            self.lookups.start_bundle()
+
+    def process(self, element: Any, plan: LookupPlan | None = None) -> Iterator[Any]:
+        if self.lookups is not None and plan is not None:
+            self.lookups.plan(plan, queue_always=element is LOOKUPS_START)
+        if element is not LOOKUPS_START:
+            yield from super().process(element)
+        yield from self._lookup_outputs(self.lookups.take() if self.lookups else (), False)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self.lookups is None:
+            yield from super().finish_bundle()
+            return
+        self.lookups.drain()  # no wallet starts any more: partial batches need not wait to fill
+        yield from super().finish_bundle()
+        yield from self._lookup_outputs(self.lookups.wait(), True)
+        self.api.telemetry.counters.flush()
+        self.counters.flush()
+
+    def _lookup_outputs(self, outputs: Iterable[tuple[str, Any]], windowed: bool) -> Iterator[Any]:
+        for tag, value in outputs:
+            yield TaggedOutput(tag, self._windowed(value) if windowed else value)
 
     def should_start(self) -> bool:
         if self.health.stopped is not None:
@@ -117,15 +150,11 @@ class _FetchWalletFn(ConcurrentFetchFn):
                 if not rows:
                     continue
                 emit(None, rows)
-                refs = sorted({(r["condition_id"], r["market_slug"]) for r in rows})
-                refs = self._markets_named.new(refs, key=lambda ref: ref[0])
-                slugs = self._events_named.new(
-                    sorted({r["event_slug"] for r in rows if r.get("event_slug")})
-                )
-                if refs:
-                    emit(MARKET_REFS, refs)
-                if slugs:
-                    emit(EVENT_SLUGS, slugs)
+                if self.lookups is not None:
+                    refs = sorted({(r["condition_id"], r["market_slug"]) for r in rows})
+                    self.lookups.named(MARKETS, refs)
+                    slugs = sorted({r["event_slug"] for r in rows if r.get("event_slug")})
+                    self.lookups.named(EVENTS, slugs)
                 count += len(rows)
                 page_newest = max(row["timestamp"] for row in rows)
                 newest = page_newest if newest is None else max(newest, page_newest)
@@ -174,9 +203,14 @@ def _unless_stopped(reason: str, streaks: list[str]) -> Iterator[str]:
 
 class FetchTrades(beam.PTransform):
     """(wallet, start_time) requests -> `trade_pages` (lists of trade rows), `outcomes` (one row per
-    wallet), `market_refs` ((condition_id, slug) pairs), `event_slugs` (strings) and
-    `run_failures` (why the run stopped, if the source looked gone; else empty): a worker's streak,
-    or the whole run's wallets failing as if the source were gone with not one answered.
+    wallet) and `run_failures` (why the run stopped, if the source looked gone; else empty): a
+    worker's streak, or the whole run's wallets failing as if the source were gone with not one
+    answered.
+
+    With `lookups`, also what the trades name, looked up while the trades are fetched
+    (transforms/lookups.py): `markets` and `events` rows, `missing` rows (keys the source has
+    not got) and `lookup_failures` (one reason per kind whose every batch failed as if the source
+    were gone; else empty). Without, those are empty.
 
     Each outcome names `trades_folder` (where the run stages trades) and the source it came from.
     No wallet starts after `deadline` (unix seconds; None: no time budget).
@@ -190,13 +224,38 @@ class FetchTrades(beam.PTransform):
         trades_folder: str,
         threads: int,
         deadline: float | None = None,
+        lookups: LookupSettings | None = None,
     ) -> None:
         super().__init__()
-        self._fn = _FetchWalletFn(api, run_id, source_name, trades_folder, threads, deadline)
+        self._lookups = lookups
+        spec = None
+        if lookups is not None:
+            # A fresh tag per graph: each process's claims are this run's only.
+            tag = f"lookups-{run_id}-{uuid.uuid4().hex}"
+            spec = LookupSpec(lookups.markets_per_batch, lookups.events_per_batch, threads, tag)
+        self._fn = _FetchWalletFn(
+            api, run_id, source_name, trades_folder, threads, deadline, lookups=spec
+        )
 
     def expand(self, wallets):
-        fetched = wallets | "FetchPages" >> beam.ParDo(self._fn).with_outputs(
-            OUTCOMES, MARKET_REFS, EVENT_SLUGS, RUN_FAILURES, HELD, ATTEMPTS, main="trade_pages"
+        side_inputs = []
+        if self._lookups is not None:
+            plan = wallets.pipeline | "ReadLookupPlan" >> ReadLookupPlan(
+                self._lookups.warehouse, self._lookups.policy
+            )
+            side_inputs.append(AsSingleton(plan))
+            start = wallets.pipeline | "LookupsStart" >> beam.Create([LOOKUPS_START])
+            wallets = (start, wallets) | "AndLookupsStart" >> beam.Flatten()
+        fetched = wallets | "FetchPages" >> beam.ParDo(self._fn, *side_inputs).with_outputs(
+            OUTCOMES,
+            RUN_FAILURES,
+            HELD,
+            ATTEMPTS,
+            MARKETS,
+            EVENTS,
+            MISSING,
+            *LOOKUP_ATTEMPTS.values(),
+            main="trade_pages",
         )
         verdict = fetched[ATTEMPTS] | "SourceVerdict" >> SourceVerdict(GONE_TEMPLATE)
         held = fetched[HELD] | "FailedUnlessGone" >> beam.FlatMap(
@@ -205,10 +264,19 @@ class FetchTrades(beam.PTransform):
         run_wide = verdict["reasons"] | "UnlessStopped" >> beam.FlatMap(
             _unless_stopped, AsList(fetched[RUN_FAILURES])
         )
+        # Why the lookups fail the run: every batch of a kind failed as if the source were gone.
+        lookup_failures = [
+            fetched[LOOKUP_ATTEMPTS[kind]]
+            | f"{kind.title()}Verdict" >> SourceVerdict(LOOKUPS_GONE_TEMPLATE.format(kind=kind))
+            for kind in (MARKETS, EVENTS)
+        ]
         return {
             "trade_pages": fetched.trade_pages,
             OUTCOMES: (fetched[OUTCOMES], held) | "AllOutcomes" >> beam.Flatten(),
-            MARKET_REFS: fetched[MARKET_REFS] | "OnePerRef" >> beam.FlatMap(lambda refs: refs),
-            EVENT_SLUGS: fetched[EVENT_SLUGS] | "OnePerSlug" >> beam.FlatMap(lambda slugs: slugs),
             RUN_FAILURES: (fetched[RUN_FAILURES], run_wide) | "AllRunFailures" >> beam.Flatten(),
+            MARKETS: fetched[MARKETS],
+            EVENTS: fetched[EVENTS],
+            MISSING: fetched[MISSING],
+            LOOKUP_FAILURES: tuple(v["reasons"] for v in lookup_failures)
+            | "LookupFailures" >> beam.Flatten(),
         }

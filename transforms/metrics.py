@@ -58,3 +58,6 @@ class CountingTelemetry(Telemetry):
 
     def unknown_fields(self, kind: str, counts: Counter[str]) -> None:
         self.counters.add(f"unknown_fields_{kind}", sum(counts.values()))
+
+    def outside_window(self, endpoint: str, rows: int) -> None:
+        self.counters.add(f"{endpoint}_outside_window", rows)

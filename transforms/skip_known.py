@@ -87,3 +87,35 @@ class SkipKnown(beam.PTransform):
             | "AntiJoin" >> beam.CoGroupByKey()
             | "ToFetch" >> beam.FlatMap(_to_fetch, self._policy)
         )
+
+
+class KeyPlan:
+    """One kind's keys as production decides them before any trade is fetched (SkipKnown's
+    semantics, computed in Python so that the lookups can run inside the trades stage): `skip`,
+    the keys no trade may make the run ask for (held final or fresh, or missing at the source and
+    not held); `always`, (key, value) pairs the run asks for whoever names them (named by
+    production's trades but not held, or held open and stale). Any other key is asked for when a
+    trade of this run names it. Picklable: it travels as a side input."""
+
+    def __init__(self, skip: frozenset[str], always: tuple[tuple[str, Any], ...]) -> None:
+        self.skip, self.always = skip, always
+
+    @classmethod
+    def of(
+        cls,
+        known: Iterable[tuple],
+        unlanded: Iterable[tuple],
+        missing: Iterable[tuple],
+        policy: RefreshPolicy,
+    ) -> KeyPlan:
+        """From the warehouse reads SkipKnown joins: known (key, status, updated_at), unlanded
+        (key[, value]) and missing-at-the-source (key,) rows."""
+        held = {row[0]: (row[1], row[2]) for row in known}
+        skip = {key for key, state in held.items() if not needs_fetch(False, [state], policy)}
+        always: dict[str, Any] = {key: None for key in held if key not in skip}
+        skip.update(row[0] for row in missing if row[0] not in held)
+        for row in unlanded:
+            key, value = row[0], row[1] if len(row) > 1 else None
+            if key not in skip and always.get(key) is None:
+                always[key] = value
+        return cls(frozenset(skip), tuple(sorted(always.items())))

@@ -73,6 +73,9 @@ class Telemetry:
     def unknown_fields(self, kind: str, counts: Counter[str]) -> None:
         pass
 
+    def outside_window(self, endpoint: str, rows: int) -> None:
+        """Rows served outside the time window asked for (dropped, not landed)."""
+
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent."""

@@ -331,23 +331,50 @@ class PolymarketSource(Source):
         with self._walks_lock:
             self._walks_active += 1
         pages = self.client.trade_pages(wallet, window.start, window.end, depth)
+        strays = 0  # rows served outside the window: counted, logged once, never kept
         try:
             for number, (page, raws) in enumerate(pages):
+                items, raws = self._inside(window, page.items, raws)
                 cut = None
-                if page.has_more and page.next_cursor is not None and page.items:
+                if len(items) < len(page.items):  # the server ignored the bounds: no split
+                    strays += len(page.items) - len(items)
+                elif page.has_more and page.next_cursor is not None and items:
                     parts = whole.parts()
                     if parts >= 2:
-                        cut = walk.cut(window, [int(i["timestamp"]) for i in page.items], parts)
+                        cut = walk.cut(window, [int(i["timestamp"]) for i in items], parts)
                 if cut is None:
-                    yield self._rows(wallet, page.items, raws, ordinals)
+                    yield self._rows(wallet, items, raws, ordinals)
                     continue
                 whole.split(cut.windows, depth + number + 1)
-                yield self._rows(wallet, page.items[: cut.keep], raws[: cut.keep], ordinals)
+                yield self._rows(wallet, items[: cut.keep], raws[: cut.keep], ordinals)
                 return
         finally:
             pages.close()
             with self._walks_lock:
                 self._walks_active -= 1
+            if strays:
+                self._http.telemetry.outside_window("trades", strays)
+                log.warning(
+                    "wallet %s trades: %d rows served outside the window asked for (%d-%d), "
+                    "not kept (another window or run lands them)",
+                    wallet,
+                    strays,
+                    window.start,
+                    window.end,
+                )
+
+    @staticmethod
+    def _inside(
+        window: walk.Span, items: list[dict[str, Any]], raws: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The page's rows inside the window asked for. A row outside breaks the API's contract
+        (`start`/`end` are inclusive bounds); it is another window's, or another run's, to land,
+        never this one's (else a split walk would land it twice)."""
+        inside = [window.start <= int(item["timestamp"]) <= window.end for item in items]
+        if all(inside):
+            return items, raws
+        kept = [i for i, ok in enumerate(inside) if ok]
+        return [items[i] for i in kept], [raws[i] for i in kept]
 
     def _rows(
         self,

@@ -1,0 +1,320 @@
+"""Markets and events looked up inside the trades stage, while the trades are still being fetched.
+
+Why here and not in stages of their own: a Beam batch runner starts a stage after a barrier (a
+GroupByKey, a CoGroupByKey, a stateful DoFn's shuffle) only once everything before the barrier is
+done, so a run-wide dedup in front of the lookups made them wait for the last trade page, and then
+ran their request chains (Gamma's closed pass, open pass, slug fallbacks, resolutions; events after
+markets) one after another at the end of every run. Markets and events draw from other rate buckets
+than trades, so asking for them while the trades are fetched costs no trade throughput.
+
+So the trades DoFn hands the keys its pages name to `Lookups`, which, in the same process:
+- drops the keys production holds final or fresh, or that enough runs found missing at the source
+  (`KeyPlan`, read from the warehouse before the fetch, as a side input: SkipKnown's semantics);
+- drops the keys this process already claimed (`Claims`, one per process and run, shared by every
+  DoFn instance through Beam's `Shared`): each key is looked up once per process, so once per run
+  on the default DirectRunner; with several processes a key named in two of them is looked up by
+  each (the commit's MERGE keeps one row per key, the missing table counts distinct runs);
+- adds the keys production wants whoever names them (`KeyPlan.always`: unlanded, stale open
+  ones) when the run's one start element (LOOKUPS_START, flattened with the wallets) arrives:
+  once per run, in whichever process gets it, also in a run that fetches no wallet;
+- sends a batch as soon as it is full; once the bundle stops starting wallets (its end), a
+  partial batch goes at once (one partial at a time per kind, so the tail costs few extra
+  requests); the bundle ends only when every lookup it started has ended.
+Markets found name their events (Dome's trades do not): those slugs join the events as they come.
+A failed batch is counted and logged, emits no `missing` row (its keys stay pending, asked again
+by later runs), and is tallied (`Attempts`) for the run-level verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.utils.shared import Shared
+
+from pipeline.schema import format_timestamp
+from pipeline.sources import Source
+from pipeline.sources.errors import SourceError
+from pipeline.warehouse import WarehouseRef
+from transforms.metrics import ThreadCounters
+from transforms.run_health import Attempts
+from transforms.select_wallets import RefreshPolicy
+from transforms.skip_known import KeyPlan
+
+log = logging.getLogger(__name__)
+
+MARKETS, EVENTS = "markets", "events"
+KINDS = (MARKETS, EVENTS)
+MISSING = "missing"  # rows of the staged kind "missing" (pipeline.schema.MISSING_COLUMNS)
+ATTEMPTS = {MARKETS: "markets_attempts", EVENTS: "events_attempts"}  # one Attempts per batch
+EVENT_SLUGS = "event_slugs"  # the event slugs markets name
+GONE_TEMPLATE = (
+    "{kind}: all {{gone}} lookup batches failed as if the source were gone ({kind} not fetched "
+    "stay pending: the next run asks again); the last: {{last}}"
+)
+
+
+class LookupPlan:
+    """Both kinds' KeyPlans: the one side input the trades stage reads before fetching."""
+
+    def __init__(self, markets: KeyPlan, events: KeyPlan) -> None:
+        self.markets, self.events = markets, events
+
+    def of_kind(self, kind: str) -> KeyPlan:
+        return self.markets if kind == MARKETS else self.events
+
+
+class _ReadPlanFn(beam.DoFn):
+    """Reads what production holds, lacks and found missing, once, in one warehouse session."""
+
+    def __init__(self, warehouse: WarehouseRef, policy: RefreshPolicy) -> None:
+        self._warehouse, self._policy = warehouse, policy
+
+    def process(self, _: object) -> Iterator[LookupPlan]:
+        with self._warehouse.open() as warehouse:
+            plans = [
+                KeyPlan.of(
+                    list(getattr(warehouse, f"read_known_{kind}")()),
+                    list(getattr(warehouse, f"read_unlanded_{kind}")()),
+                    list(getattr(warehouse, f"read_missing_{kind}")()),
+                    self._policy,
+                )
+                for kind in KINDS
+            ]
+        yield LookupPlan(*plans)
+
+
+class ReadLookupPlan(beam.PTransform):
+    """One LookupPlan (a root of the graph): read it `AsSingleton`."""
+
+    def __init__(self, warehouse: WarehouseRef, policy: RefreshPolicy) -> None:
+        super().__init__()
+        self._fn = _ReadPlanFn(warehouse, policy)
+
+    def expand(self, pbegin):
+        return pbegin | "Start" >> beam.Create([None]) | "Read" >> beam.ParDo(self._fn)
+
+
+class Claims:
+    """The keys this process has claimed for lookup this run, per kind; thread-safe. Not capped:
+    it holds the keys the run looks up, each of which becomes a row anyway."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, set[str]] = {kind: set() for kind in KINDS}
+        self._planned = False
+
+    def new(self, kind: str, keys: list[str]) -> list[str]:
+        """Those of `keys` not claimed before, now claimed (in order, each once)."""
+        out = []
+        with self._lock:
+            seen = self._keys[kind]
+            for key in keys:
+                if key not in seen:
+                    seen.add(key)
+                    out.append(key)
+        return out
+
+    def take_plan(self) -> bool:
+        """True the first time only (a retried start element queues nothing twice)."""
+        with self._lock:
+            first, self._planned = not self._planned, True
+            return first
+
+
+class LookupSettings:
+    """What a graph's lookups need: where production's known keys are, the refresh policy that
+    says which are fresh, and the source's batch sizes."""
+
+    def __init__(
+        self,
+        warehouse: WarehouseRef,
+        policy: RefreshPolicy,
+        markets_per_batch: int,
+        events_per_batch: int,
+    ) -> None:
+        self.warehouse, self.policy = warehouse, policy
+        self.markets_per_batch, self.events_per_batch = markets_per_batch, events_per_batch
+
+
+class LookupSpec:
+    """What the trades stage needs to look markets and events up (picklable). `tag` names the
+    run's Claims in each process: a fresh one per graph, so two runs in one process (tests) do
+    not share claims."""
+
+    def __init__(self, markets_per_batch: int, events_per_batch: int, threads: int, tag: str):
+        self.sizes = {MARKETS: markets_per_batch, EVENTS: events_per_batch}
+        self.threads, self.tag = threads, tag
+        self._shared = Shared()
+
+    def claims(self) -> Claims:
+        return self._shared.acquire(Claims, tag=self.tag)
+
+
+def look_up(
+    source: Source,
+    kind: str,
+    batch: list[Any],
+    counters: ThreadCounters,
+    emit: Callable[[str, Any], None],
+) -> None:
+    """Looks one batch up and emits (tag, value): rows under `kind`, a `missing` row per key the
+    source answered without, the event slugs markets name (EVENT_SLUGS) and one Attempts under
+    ATTEMPTS[kind]. A failed batch is counted and logged and emits no `missing` row: a failure
+    says nothing about whether the source has the key, so its keys stay pending."""
+    keys = [item[0] if isinstance(item, tuple) else item for item in batch]
+    try:
+        found = source.markets(batch) if kind == MARKETS else source.events(batch)
+    except SourceError as exc:
+        counters.add(f"{kind}_failed", len(keys))
+        log.warning("%s %s.. (%d keys) failed: %s", kind, keys[0], len(keys), exc)
+        emit(ATTEMPTS[kind], Attempts.of(exc))
+        return
+    emit(ATTEMPTS[kind], Attempts.of(None))
+    if found.missing:
+        counters.add(f"{kind}_missing", len(found.missing))
+        seen_at = format_timestamp(time.time())
+        for key in found.missing:
+            emit(MISSING, {"kind": kind, "key": key, "seen_at": seen_at})
+        log.warning(
+            "the source has no %s for %d keys, e.g. %s", kind, len(found.missing), found.missing[0]
+        )
+    counters.add(kind, len(found.rows))
+    for row in found.rows:
+        emit(kind, row)
+    for slug in found.event_slugs:
+        emit(EVENT_SLUGS, slug)
+
+
+class _Crashed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class Lookups:
+    """One DoFn instance's lookups (made in `setup`): batches, a thread pool, an output queue
+    the bundle's thread drains (`take`, `wait`)."""
+
+    def __init__(self, spec: LookupSpec, source: Source, counters: ThreadCounters) -> None:
+        self._spec, self._source, self._counters = spec, source, counters
+        self._claims = spec.claims()
+        self._pool = ThreadPoolExecutor(spec.threads, thread_name_prefix="Lookups")
+        self._outputs: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._buffers: dict[str, list[Any]] = {kind: [] for kind in KINDS}
+        self._in_flight = 0
+        self._partial = dict.fromkeys(KINDS, False)  # a partial batch of the kind is in flight
+        self._eager = False
+        self._plan: LookupPlan | None = None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def start_bundle(self) -> None:
+        with self._lock:
+            self._eager = False
+
+    def plan(self, plan: LookupPlan, queue_always: bool = False) -> None:
+        """The run's plan (from the side input). `queue_always` (the one start element of the
+        run, wherever it lands) queues the keys production wants whoever names them: once per
+        run, even in a run that fetches no wallet."""
+        self._plan = plan
+        if queue_always and self._claims.take_plan():
+            self.named(MARKETS, list(plan.markets.always))  # (condition_id, slug) refs
+            self.named(EVENTS, [slug for slug, _ in plan.events.always])
+
+    def named(self, kind: str, items: list[Any]) -> None:
+        """Keys (markets: (condition_id, slug) refs; events: slugs) a page (or a market) names."""
+        if not items or self._plan is None:
+            return
+        skip = self._plan.of_kind(kind).skip
+        by_key = {}
+        for item in items:
+            key = item[0] if isinstance(item, tuple) else item
+            if key not in skip and key not in by_key:
+                by_key[key] = item
+        fresh = self._claims.new(kind, list(by_key))
+        if not fresh:
+            return
+        with self._lock:
+            buffer = self._buffers[kind]
+            buffer.extend(by_key[key] for key in fresh)
+            self._send_locked(kind)
+
+    def drain(self) -> None:
+        """No wallet starts any more in this bundle: partial batches go now, not when full."""
+        with self._lock:
+            self._eager = True
+            for kind in KINDS:
+                self._send_locked(kind)
+
+    def _send_locked(self, kind: str) -> None:
+        size, buffer = self._spec.sizes[kind], self._buffers[kind]
+        while len(buffer) >= size:
+            self._submit_locked(kind, buffer[:size], partial=False)
+            del buffer[:size]
+        if buffer and self._eager and not self._partial[kind]:
+            self._submit_locked(kind, list(buffer), partial=True)
+            buffer.clear()
+
+    def _submit_locked(self, kind: str, batch: list[Any], partial: bool) -> None:
+        self._in_flight += 1
+        self._partial[kind] = self._partial[kind] or partial
+        self._pool.submit(self._run, kind, batch, partial)
+
+    def _run(self, kind: str, batch: list[Any], partial: bool) -> None:
+        try:
+            self._fetch(kind, batch)
+        except BaseException as error:  # a bug of ours, not an API failure: fail the bundle
+            self._outputs.put(_Crashed(error))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                if partial:
+                    self._partial[kind] = False
+                self._send_locked(kind)
+            self._outputs.put(None)  # wakes `wait`
+
+    def _fetch(self, kind: str, batch: list[Any]) -> None:
+        def emit(tag: str, value: Any) -> None:
+            if tag == EVENT_SLUGS:
+                self.named(EVENTS, [value])
+            else:
+                self._outputs.put((tag, value))
+
+        look_up(self._source, kind, batch, self._counters, emit)
+
+    def take(self) -> Iterator[tuple[str, Any]]:
+        """(tag, value) outputs ready now; raises a lookup thread's crash."""
+        while True:
+            try:
+                item = self._outputs.get_nowait()
+            except queue.Empty:
+                return
+            yield from self._item(item)
+
+    def wait(self) -> Iterator[tuple[str, Any]]:
+        """Every output, until no lookup is in flight or buffered (call after `drain`)."""
+        while True:
+            with self._lock:
+                if self._in_flight == 0:
+                    for kind in KINDS:  # nothing can be left here after `drain`; be sure
+                        self._send_locked(kind)
+                    if self._in_flight == 0:
+                        break
+            yield from self._item(self._outputs.get())
+        yield from self.take()
+
+    @staticmethod
+    def _item(item: Any) -> Iterator[tuple[str, Any]]:
+        if item is None:
+            return
+        if isinstance(item, _Crashed):
+            raise item.error
+        yield item
