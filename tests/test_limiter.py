@@ -203,3 +203,24 @@ def test_room_counts_the_slots_free_over_a_span_and_none_while_paused():
     # The refusal also halved the capacity (2 of 5): room only once slots free past the pause.
     assert limiter.room(["trades"], within_s=2.5) == 0
     assert limiter.room(["trades"], within_s=8.0) == 1
+
+
+def test_a_window_held_to_the_answer_frees_a_slow_requests_slot_only_a_window_after_it():
+    """A send stalled past the margin (a busy machine) must not let the next window in early."""
+    clock = _Clock()
+    held = Window("trades", 1, 10.0, margin_s=0.25, held_to_answer=True)
+    limiter = RateLimiter([held], clock=clock)
+    slots: list = []
+    limiter.acquire(taken=slots)
+    clock.now = 0.6  # answered 0.6 s after the stamp: the arrival may be as late as that
+    limiter.answered(slots)
+    clock.now = 10.3
+    assert limiter.room(["trades"]) == 0  # the margin alone would have freed it at 10.25
+    clock.now = 10.6
+    assert limiter.room(["trades"]) == 1
+    slots = []
+    limiter.acquire(taken=slots)
+    clock.now = 10.7  # a quick answer still frees the slot sooner than the margin
+    limiter.answered(slots)
+    clock.now = 20.7
+    assert limiter.room(["trades"]) == 1

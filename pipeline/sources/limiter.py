@@ -29,7 +29,11 @@ class Window:
 
     `margin_s` lengthens the window as the client sees it: the server counts arrivals, which trail
     the client's stamp by a variable delay. `backoff`: whether a refusal shrinks this window's
-    capacity (by `backoff_factor`) until successes win it back.
+    capacity (by `backoff_factor`) until successes win it back. `held_to_answer`: a request's slot
+    frees one window after its answer, never sooner: the arrival is only known to come before the
+    answer, and a send stalled past the margin (a busy machine) would otherwise let the next
+    window's first request in while the server still counts it (a 429). It costs a long window
+    little (the answer trails the stamp by a fraction of it); a 1 s window keeps the margin alone.
     """
 
     bucket: str
@@ -38,6 +42,7 @@ class Window:
     margin_s: float = 0.25
     backoff: bool = True
     backoff_factor: float = 0.5
+    held_to_answer: bool = False
 
     def __post_init__(self) -> None:
         if not (self.limit > 0 and math.isfinite(self.limit)):
@@ -222,15 +227,18 @@ class RateLimiter:
     def answered(self, taken: Sequence[Slot]) -> None:
         """The server has answered the request that took these slots, so it arrived by now: its
         slots free one window from now, if that is sooner than the margin allows (the margin
-        covers an arrival trailing the stamp; an answer bounds it)."""
+        covers an arrival trailing the stamp; an answer bounds it), or in any case for windows
+        `held_to_answer`."""
         with self._lock:
             now = self._clock()
             freed = False
             for state, slot in taken:
-                sooner = now + state.window.seconds
-                if sooner < slot[0]:
-                    slot[0] = sooner
+                bound = now + state.window.seconds
+                if bound < slot[0]:
+                    slot[0] = bound
                     freed = True
+                elif state.window.held_to_answer:
+                    slot[0] = bound
             if freed:
                 self._wake_heads()
 

@@ -73,7 +73,7 @@ class RateLimit:
         bursts_only = self.per_second > self.per_10s / 10
         return (
             Window(BUCKET, self.per_second, 1.0, margin_s=0.25 if bursts_only else 0.04),
-            Window(BUCKET, self.per_10s, 10.0, margin_s=0.25, backoff=False),
+            Window(BUCKET, self.per_10s, 10.0, margin_s=0.25, backoff=False, held_to_answer=True),
         )
 
 

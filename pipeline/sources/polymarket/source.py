@@ -71,7 +71,10 @@ END_MARGIN_S = 120  # the run's `end` trails the feed's own lag by this much mor
 def windows(overrides: dict[str, float] | None = None) -> tuple[Window, ...]:
     """The job's windows: the published limits, or lower ones from --bucket_limits."""
     limits = {**LIMITS_PER_10S, **(overrides or {})}
-    return tuple(Window(bucket, limit, 10.0, margin_s=0.25) for bucket, limit in limits.items())
+    return tuple(
+        Window(bucket, limit, 10.0, margin_s=0.25, held_to_answer=True)
+        for bucket, limit in limits.items()
+    )
 
 
 def run_end(lag_seconds: int, now: float | None = None) -> int:
