@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineRunner
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.local_runner import local_runner
 from pipeline.options import BackfillConfig
 from pipeline.sources import source_class
 from transforms.api import ApiHandle
@@ -15,29 +15,10 @@ from transforms.read_wallets import ReadWallets
 from transforms.select_wallets import RefreshPolicy, SelectWallets
 from transforms.stage import CommitRun, WriteStaging
 
-DIRECT_RUNNER_NAMES = (None, "DirectRunner", "direct", "SwitchingDirectRunner")
-
-
-def local_runner(options: PipelineOptions) -> PipelineRunner | None:
-    """The DirectRunner's in-process runner (the FnApiRunner, in-memory or multi_processing), or
-    None for any other runner (Dataflow). Why not the DirectRunner itself: given a graph with no
-    stateful step (the lookups need none since they run inside the trades stage), it first tries
-    Prism, which it downloads from GitHub (offline: a failed attempt per run; online: another
-    runner than the one every test runs on)."""
-    if options.view_as(StandardOptions).runner not in DIRECT_RUNNER_NAMES:
-        return None
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    # As the DirectRunner does: multi_processing workers read the options from here.
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
-
 
 def build_pipeline(options: PipelineOptions, config: BackfillConfig) -> beam.Pipeline:
-    """Builds (does not run) the graph, so tests and the launcher construct the very same job."""
+    """Builds (does not run) the graph, so tests and the launcher construct the very same job.
+    Locally on LocalRunner (the DirectRunner's FnApiRunner, never Prism: pipeline/local_runner.py)."""
     pipeline = beam.Pipeline(runner=local_runner(options), options=options)
     api = ApiHandle(config.source)  # one source and rate limiter per worker process
     source = source_class(config.source.name)

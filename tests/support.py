@@ -18,11 +18,13 @@ from typing import Any
 import duckdb
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
 from google.api_core.client_options import ClientOptions
 from google.api_core.exceptions import NotFound
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
+from pipeline.local_runner import LocalRunner
 from pipeline.options import BackfillConfig, resolve
 from pipeline.schema import (
     CHECKPOINT_COLUMNS,
@@ -41,6 +43,13 @@ from tests.bq_emulator import BigQueryEmulator
 
 REPO = Path(__file__).resolve().parent.parent
 INVALID_TRADERS = [None, "", "0x123", "not-a-wallet", "0x" + "g" * 40]
+
+
+def local_pipeline(**kwargs: Any) -> TestPipeline:
+    """A TestPipeline on the runner every local run uses (LocalRunner: the DirectRunner's
+    FnApiRunner, never Prism, which the DirectRunner would download from GitHub). Every test's
+    TestPipeline comes from here."""
+    return TestPipeline(runner=LocalRunner(), **kwargs)
 
 
 def query(db_path: Path, sql: str) -> list[tuple]:

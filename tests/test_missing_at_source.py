@@ -2,26 +2,25 @@
 MISSING_AFTER runs no longer asked for; a failed fetch is not "missing", it is retried.
 
 The simulator's Polymarket view has traded markets Gamma knows by no lookup (its combo markets):
-FetchMarkets must name them in its `missing` output, the warehouse must count the runs that did,
-and the runs after the third must not ask Gamma for them again.
+the lookups (`transforms.lookups.look_up`, which the trades stage calls per batch) must emit a
+`missing` row for each, the warehouse must count the runs that did, and the runs after the third
+must not ask Gamma for them again.
 """
 
 from __future__ import annotations
 
-import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.options import resolve
 from pipeline.run import run_backfill
 from pipeline.warehouse import TableNames, WarehouseRef
 from pipeline.warehouse.base import MISSING_AFTER
 from tests.support import seed_traders, source_argv, source_stats
-from transforms.api import ApiHandle
-from transforms.fetch_markets import MISSING, FetchEvents, FetchMarkets
-from transforms.select_wallets import RefreshPolicy
+from transforms.api import ProcessApi
+from transforms.lookups import ATTEMPTS, EVENTS, MARKETS, MISSING, look_up
+from transforms.metrics import ThreadCounters
+from transforms.run_health import Attempts
 
 NO_SUCH_EVENT = "no-such-event-anywhere"
 GAMMA_MARKETS = ("gamma_markets", "gamma_markets_slug")
@@ -29,7 +28,7 @@ GAMMA_MARKETS = ("gamma_markets", "gamma_markets_slug")
 
 @pytest.fixture
 def polymarket(sim_server, tmp_path):
-    """A simulator, an empty DuckDB warehouse (tables made) and a Polymarket config against both."""
+    """A simulator and the Polymarket source (its real client) against it."""
     server = sim_server(seed=5, wallets=8, max_trades=300, tier="unlimited")
     db = tmp_path / "w.duckdb"
     seed_traders(db, [])  # the tables, traders empty
@@ -45,68 +44,59 @@ def polymarket(sim_server, tmp_path):
             ]
         )
     )
-    policy = RefreshPolicy(now=config.started_at, refresh_after_s=None, overlap_s=3600.0)
-    return server, config, policy
+    return server, ProcessApi(config.source).source
 
 
-def _fetch_markets(config, policy) -> FetchMarkets:
-    return FetchMarkets(
-        ApiHandle(config.source), config.warehouse_ref, policy, 50, config.fetch_threads
+def _look_up(source, kind: str, batch: list) -> tuple[dict[str, list], ThreadCounters]:
+    """One batch through `look_up`: what it emitted, by tag, and its counters."""
+    emitted: dict[str, list] = {}
+    counters = ThreadCounters()
+    look_up(
+        source, kind, batch, counters, lambda tag, value: emitted.setdefault(tag, []).append(value)
     )
-
-
-def _keys(rows, label: str):
-    return rows | label >> beam.Map(lambda row: (row["kind"], row["key"], bool(row["seen_at"])))
+    return emitted, counters
 
 
 def _assert_found_and_missing(
-    fetched, kind: str, key: str, found: list[str], missing: list[str]
+    emitted: dict[str, list], kind: str, key: str, found: list[str], missing: list[str]
 ) -> None:
-    """In the pipeline: the `kind` output of a fetch holds exactly the rows of `found` (by `key`),
-    and its `missing` output names exactly the keys of `missing`, each with when it was seen."""
-    assert_that(
-        fetched[kind] | f"{kind} keys" >> beam.Map(lambda row: row[key]),
-        equal_to(found),
-        label=kind,
-    )
-    assert_that(
-        _keys(fetched[MISSING], f"missing {kind} keys"),
-        equal_to([(kind, k, True) for k in missing]),
-        label=f"missing {kind}",
-    )
+    """The `kind` rows emitted are exactly those of `found` (by `key`); the `missing` rows name
+    exactly the keys of `missing`, each with its kind and when it was seen; one answered attempt."""
+    assert sorted(row[key] for row in emitted.get(kind, [])) == found
+    rows = emitted.get(MISSING, [])
+    assert sorted((r["kind"], r["key"]) for r in rows) == [(kind, k) for k in missing]
+    assert all(r["seen_at"] for r in rows)
+    assert emitted[ATTEMPTS[kind]] == [Attempts(answered=1)]
 
 
-def test_fetch_markets_and_events_emit_a_missing_row_per_key_the_source_lacks(polymarket):
-    server, config, policy = polymarket
+def test_look_up_emits_a_missing_row_per_key_the_source_lacks(polymarket):
+    server, source = polymarket
     truth = server.truth(source="polymarket")
     gone = sorted(truth["missing_markets"])
     assert gone, "the world must hold a traded market Gamma does not know"
     found = sorted(m["conditionId"].lower() for m in truth["markets"])
     slugs = {m["condition_id"]: m["market_slug"] for m in server.simulator.markets()}
     refs = [(cid, slugs[cid]) for cid in found + gone]
+    emitted, _ = _look_up(source, MARKETS, refs)
+    _assert_found_and_missing(emitted, MARKETS, "condition_id", found, gone)
     events = sorted(e["slug"] for e in truth["events"])[:3]
-    with TestPipeline() as p:
-        fetched = p | beam.Create(refs) | _fetch_markets(config, policy)
-        _assert_found_and_missing(fetched, "markets", "condition_id", found, gone)
-        asked = p | "Slugs" >> beam.Create([*events, NO_SUCH_EVENT])
-        looked_up = asked | FetchEvents(
-            ApiHandle(config.source), config.warehouse_ref, policy, 20, config.fetch_threads
-        )
-        _assert_found_and_missing(looked_up, "events", "event_slug", events, [NO_SUCH_EVENT])
+    emitted, _ = _look_up(source, EVENTS, [*events, NO_SUCH_EVENT])
+    _assert_found_and_missing(emitted, EVENTS, "event_slug", events, [NO_SUCH_EVENT])
 
 
 def test_a_failed_lookup_is_not_missing(polymarket):
     """Gamma refuses every keyset request: the batch failed, which says nothing about whether the
-    source has its markets, so no `missing` row (the next run asks again)."""
-    server, config, policy = polymarket
+    source has its markets, so no `missing` row (the next run asks again), only the failed
+    attempt (counted)."""
+    server, source = polymarket
     gone = server.truth(source="polymarket")["missing_markets"]
     slugs = {m["condition_id"]: m["market_slug"] for m in server.simulator.markets()}
     refs = [(cid, slugs[cid]) for cid in gone]
     server.set_faults([{"kind": "http_4xx", "endpoint": "gamma_markets"}])
-    with TestPipeline() as p:
-        fetched = p | beam.Create(refs) | _fetch_markets(config, policy)
-        assert_that(fetched["markets"], equal_to([]), label="markets")
-        assert_that(fetched[MISSING], equal_to([]), label="missing")
+    emitted, counters = _look_up(source, MARKETS, refs)
+    assert set(emitted) == {ATTEMPTS[MARKETS]}  # no market row, no missing row
+    assert [a.answered + a.gone for a in emitted[ATTEMPTS[MARKETS]]] == [1]
+    assert counters._counts["markets_failed"] == len(refs)
     assert source_stats(server, "polymarket")["requests"]["gamma_markets"] >= 1
 
 

@@ -7,11 +7,11 @@ import traceback
 
 import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.run import RunReport
 from pipeline.sources.errors import HTTPStatusError, PageError, SourceUnavailable
+from tests.support import local_pipeline
 from transforms.run_health import Attempts, RunHealth, RunStopped, SourceVerdict
 from transforms.stage import _one_reason
 
@@ -107,7 +107,7 @@ GONE_410 = Attempts.of(HTTPStatusError("HTTP 410", 410))
     ],
 )
 def test_the_verdict_names_a_gone_source_once_and_nothing_else(parts, reasons):
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         attempts = p | beam.Create(parts, reshuffle=False)
         verdict = attempts | SourceVerdict("all {gone} gone; the last: {last}")
         assert_that(verdict["reasons"], equal_to(reasons))

@@ -1,22 +1,32 @@
-"""The fetching steps in a TestPipeline, with the real client against the simulator."""
+"""The fetching steps, with the real client against the simulator: FetchTrades in a TestPipeline,
+the lookups it runs (transforms/lookups.py) on their own."""
 
 from __future__ import annotations
+
+import uuid
 
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.options import resolve
 from pipeline.sources.dome.ids import trade_id
-from tests.support import seed_traders
+from tests.support import local_pipeline, seed_traders
 from transforms.api import ApiHandle
-from transforms.batch import BatchPerKey
-from transforms.fetch_markets import FetchEvents, FetchMarkets
 from transforms.fetch_trades import LOOKUP_FAILURES, FetchTrades
-from transforms.lookups import LookupSettings
+from transforms.lookups import (
+    EVENTS,
+    MARKETS,
+    MISSING,
+    LookupPlan,
+    Lookups,
+    LookupSettings,
+    LookupSpec,
+)
+from transforms.metrics import ThreadCounters
 from transforms.select_wallets import RefreshPolicy
+from transforms.skip_known import KeyPlan
 
 
 @pytest.fixture
@@ -55,7 +65,7 @@ def test_fetch_trades_pages_outcomes_and_their_markets_and_events(setup):
     first_page = [trade_id(broken, o) for o in simulator.orders(broken)[:100]]
     policy = RefreshPolicy(now=config.started_at, refresh_after_s=None, overlap_s=3600.0)
     lookups = LookupSettings(config.warehouse_ref, policy, 100, 1)
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         fetch = FetchTrades(
             api,
             config.run_id,
@@ -87,36 +97,44 @@ def test_fetch_trades_pages_outcomes_and_their_markets_and_events(setup):
     assert requests["events"] == len(slugs)  # one slug per request, each once
 
 
-def test_fetch_markets_once_per_id_in_batches_then_events(setup):
+def _run_lookups(lookups: Lookups, refs: list) -> dict[str, list]:
+    """Names `refs` (markets) as trade pages would, in two calls, then ends the bundle: every
+    output, by tag."""
+    nothing = KeyPlan(frozenset(), ())
+    lookups.plan(LookupPlan(nothing, nothing), queue_always=True)
+    half = len(refs) // 2
+    lookups.named(MARKETS, refs[:half])
+    lookups.named(MARKETS, refs[half:])
+    lookups.drain()
+    outputs: dict[str, list] = {}
+    for tag, value in lookups.wait():
+        outputs.setdefault(tag, []).append(value)
+    return outputs
+
+
+def test_lookups_ask_for_each_market_once_in_batches_then_its_events(setup):
+    """What the trades stage does with the markets its pages name: each id once per process
+    (however many pages, or DoFn instances, name it), in full batches of the source's size and
+    one partial at the bundle's end; the events the markets name follow, each once."""
     server, config, api = setup
-    simulator = server.simulator
-    markets = simulator.markets()
+    markets = server.simulator.markets()
     ids = [m["condition_id"] for m in markets]
     slugs = sorted({m["event_slug"] for m in markets if m.get("event_slug")})
-    warehouse, threads = config.warehouse_ref, config.fetch_threads
-    policy = RefreshPolicy(now=config.started_at, refresh_after_s=None, overlap_s=3600.0)
-    with TestPipeline() as p:
-        refs = [(cid, None) for cid in ids + ids[:5] + ["0xnot-a-market"]]
-        fetched = p | beam.Create(refs) | FetchMarkets(api, warehouse, policy, 100, threads)
-        assert_that(
-            fetched["markets"] | "MarketIds" >> beam.Map(lambda m: m["condition_id"]),
-            equal_to(ids),
-            label="markets",
-        )
-        events = fetched["event_slugs"] | FetchEvents(api, warehouse, policy, 1, threads)
-        assert_that(
-            events["events"] | "Slugs" >> beam.Map(lambda e: e["event_slug"]),
-            equal_to(slugs),
-            label="events",
-        )
-    requests = server.stats()["requests"]
-    assert requests["markets"] == -(-(len(ids) + 1) // 100)
-    assert requests["events"] == len(slugs)
-
-
-def test_batch_per_key_fills_batches_and_flushes_the_rest():
-    with TestPipeline() as p:
-        batches = (
-            p | beam.Create([("k", str(i)) for i in range(250)]) | BatchPerKey(100) | beam.Map(len)
-        )
-        assert_that(batches, equal_to([100, 100, 50]))
+    refs = [(cid, None) for cid in ids + ids[:5] + ["0xnot-a-market"] + ids[-5:]]
+    spec = LookupSpec(100, 1, config.fetch_threads, f"test-{uuid.uuid4().hex}")
+    source = api.acquire().source
+    first, again = (Lookups(spec, source, ThreadCounters()) for _ in range(2))
+    try:
+        outputs = _run_lookups(first, refs)
+        assert sorted(m["condition_id"] for m in outputs[MARKETS]) == sorted(ids)
+        assert sorted(e["event_slug"] for e in outputs[EVENTS]) == slugs
+        assert [(r["kind"], r["key"]) for r in outputs[MISSING]] == [(MARKETS, "0xnot-a-market")]
+        requests = server.stats()["requests"]
+        assert requests["markets"] == -(-(len(ids) + 1) // 100)
+        assert requests["events"] == len(slugs)
+        # Another instance in the same process and run shares the claims: it asks for nothing.
+        assert _run_lookups(again, refs) == {}
+        assert server.stats()["requests"] == requests
+    finally:
+        first.close()
+        again.close()

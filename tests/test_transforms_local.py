@@ -1,20 +1,20 @@
-"""The graph's steps that need no API, each in a TestPipeline on the DirectRunner with a real DuckDB."""
+"""The graph's steps that need no API, each in a TestPipeline on the local runner with a real DuckDB."""
 
 import json
+import pickle
 import time
 
 import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.staging import RunStaging
 from pipeline.warehouse import TableNames, WarehouseRef
-from tests.support import query, seed_traders
-from transforms.dedup import DedupFirst
+from tests.support import local_pipeline, query, seed_traders
+from transforms.lookups import EVENTS, MARKETS, Claims, LookupSpec
 from transforms.read_wallets import ReadWallets, normalize_wallet
 from transforms.select_wallets import NEW, REFRESH, RefreshPolicy, SelectWallets, plan_fetch
-from transforms.skip_known import KeyPlan, SkipKnown, needs_fetch
+from transforms.skip_known import KeyPlan, needs_fetch
 from transforms.stage import WriteStaging
 
 A = "0x" + "a" * 40
@@ -41,7 +41,7 @@ def test_normalize_wallet(raw, expected):
 def test_read_wallets_normalizes_dedups_and_rejects(tmp_path):
     db = tmp_path / "w.duckdb"
     seed_traders(db, [A, A.upper().replace("0X", "0x"), f" {B}", None, "junk"])
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         read = p | ReadWallets(WarehouseRef(f"duckdb:{db}", TableNames()), "run1")
         assert_that(read["wallets"], equal_to([A, B]), label="wallets")
         reasons = read["rejects"] | beam.Map(
@@ -80,7 +80,7 @@ def test_select_wallets_skips_done_and_keeps_failed(tmp_path):
     seed_traders(db, [])
     _checkpoint_done(db, A, True)
     _checkpoint_done(db, B, False)
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         requests = p | beam.Create([A, B, C]) | _select(db)
         assert_that(requests, equal_to([(B, None), (C, None)]))
 
@@ -92,7 +92,7 @@ def test_refresh_picks_stale_done_wallets_from_last_trade_minus_overlap(tmp_path
     _checkpoint_done(db, A, True, last_trade_at=1_700_000_000, refreshed=now - 7200)
     _checkpoint_done(db, B, True, last_trade_at=1_700_000_000, refreshed=now - 60)
     select = _select(db, refresh_after_s=3600.0, overlap_s=600.0)
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         requests = p | beam.Create([A, B, C]) | select
         assert_that(requests, equal_to([(A, 1_700_000_000 - 600), (C, None)]))
 
@@ -102,7 +102,7 @@ def test_new_wallets_come_before_refreshes_within_max_wallets(tmp_path):
     seed_traders(db, [])
     _checkpoint_done(db, A, True, last_trade_at=1_700_000_000, refreshed=1)
     select = _select(db, refresh_after_s=3600.0, max_wallets=2)
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         requests = p | beam.Create([A, B, C]) | select
         assert_that(requests, equal_to([(B, None), (C, None)]))
 
@@ -141,10 +141,13 @@ def test_needs_fetch(wanted, known, refresh_after, expected):
     assert needs_fetch(wanted, known, policy) is expected
 
 
-def test_skip_known_drops_markets_missing_at_the_source_unless_production_holds_them(tmp_path):
-    """0xgone: three runs found it missing, so it is not asked again, whoever names it; 0xtwice:
-    two runs only, asked again; 0xback: missing three times but landed since, so it is known (an
-    open, stale market: refreshed); 0xnew: never seen."""
+def test_key_plan_decides_what_the_lookups_ask_for(tmp_path):
+    """The plan the trades stage's lookups read before any trade: 0xgone (missing three times,
+    not held: asking again would cost a request every run for an answer already given), 0xdone
+    (held closed) and 0xfresh (held open, fetched just now) are skipped whoever names them;
+    0xback (missing three times but landed since: open and stale) is asked for whoever names it;
+    0xtwice (missing twice only) and 0xnew (missing as an event, not as a market) are asked for
+    when a trade names them."""
     db = tmp_path / "w.duckdb"
     seed_traders(db, [])
     found_missing = [("0xgone", r) for r in ("r1", "r2", "r3")]
@@ -156,41 +159,9 @@ def test_skip_known_drops_markets_missing_at_the_source_unless_production_holds_
             "INSERT INTO backfill_missing (kind, key, seen_at, run_id) "
             f"VALUES ('markets', '{key}', to_timestamp(1), '{run}')",
         )
-    query(db, "INSERT INTO backfill_missing VALUES ('events', '0xnew', to_timestamp(1), 'r1')")
-    query(
-        db,
-        "INSERT INTO markets (condition_id, status, run_id, updated_at) "
-        "VALUES ('0xback', 'open', 'r4', to_timestamp(1))",
-    )
-    policy = RefreshPolicy(now=time.time(), refresh_after_s=3600.0, overlap_s=0.0)
-    known = SkipKnown(
-        WarehouseRef(f"duckdb:{db}", TableNames()),
-        policy,
-        "read_known_markets",
-        "read_unlanded_markets",
-        "read_missing_markets",
-    )
-    wanted = [("0xgone", "gone-slug"), ("0xtwice", None), ("0xback", None), ("0xnew", "n")]
-    with TestPipeline() as p:
-        to_fetch = p | beam.Create(wanted) | known
-        assert_that(to_fetch, equal_to([("0xtwice", None), ("0xback", None), ("0xnew", "n")]))
-
-
-def test_key_plan_decides_as_skip_known_does(tmp_path):
-    """The plan the trades stage's lookups read (SkipKnown's semantics, before any trade): 0xgone
-    (missing three times, not held) and 0xdone (held closed) and 0xfresh (held open, fetched
-    just now) are skipped whoever names them; 0xback (missing three times but landed since: open
-    and stale) is asked for whoever names it; 0xtwice and 0xnew are asked for when named."""
-    db = tmp_path / "w.duckdb"
-    seed_traders(db, [])
-    found_missing = [("0xgone", r) for r in ("r1", "r2", "r3")]
-    found_missing += [("0xtwice", r) for r in ("r1", "r2")]
-    found_missing += [("0xback", r) for r in ("r1", "r2", "r3")]
-    for key, run in found_missing:
+    for run in ("r1", "r2", "r3"):
         query(
-            db,
-            "INSERT INTO backfill_missing (kind, key, seen_at, run_id) "
-            f"VALUES ('markets', '{key}', to_timestamp(1), '{run}')",
+            db, f"INSERT INTO backfill_missing VALUES ('events', '0xnew', to_timestamp(1), '{run}')"
         )
     now = time.time()
     for key, status, updated in (
@@ -211,8 +182,15 @@ def test_key_plan_decides_as_skip_known_does(tmp_path):
             list(warehouse.read_missing_markets()),
             policy,
         )
+        events = KeyPlan.of(
+            list(warehouse.read_known_events()),
+            list(warehouse.read_unlanded_events()),
+            list(warehouse.read_missing_events()),
+            policy,
+        )
     assert plan.skip == {"0xgone", "0xdone", "0xfresh"}
     assert plan.always == (("0xback", None),)
+    assert events.skip == {"0xnew"}  # three runs found it missing as an event
     off = RefreshPolicy(now=now + 1, refresh_after_s=None, overlap_s=0.0)
     assert KeyPlan.of([("0xback", "open", 1.0)], [("0xu", "slug")], [], off).always == (
         ("0xu", "slug"),
@@ -224,17 +202,31 @@ def test_max_wallets_picks_the_same_wallets_every_time(tmp_path):
     seed_traders(db, [])
     wallets = ["0x" + f"{i:040x}" for i in range(50)]
     for order in (wallets, list(reversed(wallets))):
-        with TestPipeline() as p:
+        with local_pipeline() as p:
             chosen = p | beam.Create(order) | _select(db, max_wallets=5)
             assert_that(chosen, equal_to([(w, None) for w in sorted(wallets)[:5]]))
 
 
-def test_dedup_first_emits_each_key_once():
-    keys = ["m1", "m2", "m1", "m3", "m2", "m1"]
-    with TestPipeline() as p:
-        pairs = p | beam.Create(keys) | beam.Map(lambda key: (key, None))
-        firsts = pairs | DedupFirst() | beam.Map(lambda pair: pair[0])
-        assert_that(firsts, equal_to(["m1", "m2", "m3"]))
+def test_claims_hand_out_each_key_once_per_kind_and_the_plan_once():
+    """What keeps a market or event from being asked for twice in a process: the first to name a
+    key claims it, in order; markets and events are claimed apart."""
+    claims = Claims()
+    assert claims.new(MARKETS, ["m1", "m2", "m1", "m3", "m2"]) == ["m1", "m2", "m3"]
+    assert claims.new(MARKETS, ["m3", "m4", "m1"]) == ["m4"]
+    assert claims.new(EVENTS, ["m1", "e1"]) == ["m1", "e1"]
+    assert [claims.take_plan(), claims.take_plan()] == [True, False]
+
+
+def test_one_claims_per_process_and_run():
+    """Every DoFn instance of a run (the same spec, pickled or not) shares its process's Claims;
+    another run's (another tag) are its own."""
+    spec = LookupSpec(50, 50, 2, "test-claims-run-1")
+    held = spec.claims()
+    held.new(MARKETS, ["m1"])
+    assert spec.claims() is held
+    assert pickle.loads(pickle.dumps(spec)).claims() is held
+    other = LookupSpec(50, 50, 2, "test-claims-run-2").claims()
+    assert other.new(MARKETS, ["m1"]) == ["m1"]
 
 
 def _one_file(files):
@@ -244,7 +236,7 @@ def _one_file(files):
 def test_write_staging_writes_ndjson_and_returns_final_files(tmp_path):
     staging = RunStaging(str(tmp_path), "r1")
     pages = [[{"id": "1"}, {"id": "2"}], [{"id": "3"}]]
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         trade_files = (
             p | "Pages" >> beam.Create(pages) | "T" >> WriteStaging(staging, "trades", True)
         )

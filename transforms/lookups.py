@@ -9,7 +9,7 @@ than trades, so asking for them while the trades are fetched costs no trade thro
 
 So the trades DoFn hands the keys its pages name to `Lookups`, which, in the same process:
 - drops the keys production holds final or fresh, or that enough runs found missing at the source
-  (`KeyPlan`, read from the warehouse before the fetch, as a side input: SkipKnown's semantics);
+  (`KeyPlan`, read from the warehouse before the fetch, as a side input);
 - drops the keys this process already claimed (`Claims`, one per process and run, shared by every
   DoFn instance through Beam's `Shared`): each key is looked up once per process, so once per run
   on the default DirectRunner; with several processes a key named in two of them is looked up by
