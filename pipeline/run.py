@@ -12,8 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
@@ -34,6 +38,10 @@ from transforms.metrics import NAMESPACE
 from transforms.run_health import RunStopped
 
 log = logging.getLogger(__name__)
+
+# Seconds after the graph starts to run when the commit's preparation is done: by then the run's
+# first requests have left, and its CPU takes nothing from start-up.
+PREPARE_COMMIT_AFTER_S = 5.0
 
 
 @dataclass
@@ -104,13 +112,13 @@ def counters_of(result: PipelineResult) -> dict[str, int]:
 
 def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunReport:
     options = PipelineOptions(argv)
-    config: BackfillConfig = resolve(options)
-    recovered = lifecycle.prepare(config)  # takes the warehouse's lease
+    config: BackfillConfig = resolve(options)  # every option checked before anything starts
+    config, pipeline, recovered = _start(options, config)  # takes the warehouse's lease
     handed_over = False  # a submitted Dataflow job gives the lease back from its commit step
     try:
-        config = dataclasses.replace(config, source=prepare_run(config.source))
-        pipeline = build_pipeline(options, config)
         try:
+            if not is_dataflow(options):
+                _prepare_commit_later(config)
             result = pipeline.run()
             if is_dataflow(options):
                 handed_over = True
@@ -126,6 +134,48 @@ def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunReport:
     finally:
         if not handed_over:  # locally the commit step gave it back already, unless it never ran
             lifecycle.release(config)
+
+
+def _prepare_commit_later(config: BackfillConfig) -> None:
+    """Once the run is fetching (its main thread mostly waits then), makes what its commit
+    would otherwise make first (`Warehouse.prepare_commit`), in a daemon thread: the commit is
+    the last thing before the run exits. A run that ends sooner commits without it."""
+
+    def prepare() -> None:
+        try:
+            config.warehouse_ref.open().prepare_commit()
+        except Exception as exc:  # only time is at stake: the commit makes it itself
+            log.debug("could not prepare the commit ahead: %s", exc)
+
+    timer = threading.Timer(PREPARE_COMMIT_AFTER_S, prepare)
+    timer.daemon = True
+    timer.start()
+
+
+def _start(
+    options: PipelineOptions, config: BackfillConfig
+) -> tuple[BackfillConfig, beam.Pipeline, list[CommitOutcome]]:
+    """Start-up's two halves at once: the warehouse's (lease, tables, claim, recovery of earlier
+    runs: `lifecycle.prepare`) in a thread, while this one asks the source what the run fixes
+    (Polymarket: /v2/status) and builds the graph. Neither changes anything the other reads,
+    and the graph runs only once both are done: the lease is held, and earlier runs are
+    recovered, before the run's first step. The warehouse's error comes first, as when the two
+    ran one after the other (a busy warehouse is reported as busy even if the source is down);
+    a run whose warehouse is ready but whose source or graph fails gives its lease and run id
+    back (`lifecycle.release`)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
+        preparing = pool.submit(lifecycle.prepare, config)
+        try:
+            config = dataclasses.replace(config, source=prepare_run(config.source))
+            pipeline = build_pipeline(options, config)
+        except BaseException:
+            wait_for([preparing])
+            if preparing.exception() is None:
+                lifecycle.release(config)
+            else:  # prepare gave back what it had taken already
+                raise preparing.exception() from None
+            raise
+        return config, pipeline, preparing.result()
 
 
 class _HideRunStoppedTraces(logging.Filter):

@@ -35,6 +35,7 @@ from pipeline.warehouse import CommitReport, TableNames, WarehouseRef, open_ware
 from tests.support import (
     assert_production_is_truth,
     local_config,
+    local_pipeline,
     outcome,
     query,
     seed_traders,
@@ -266,6 +267,40 @@ def test_staging_that_disagrees_with_its_outcomes_is_refused_once_and_parked(
     assert code == 2 and len(lines) == 1 and "is refused" in lines[0] and named in lines[0]
     assert (folder / REFUSED).exists()
     assert production(db) == ([], [])
+
+
+def test_a_refusal_wins_over_a_load_that_fails_at_the_same_time(tmp_path):
+    """DuckDB loads while the count check reads the staging: when the check refuses and the load
+    fails, the run is refused (as when the check ran first) and production is untouched."""
+    root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
+    staging = staged_run(root)
+    folder = Path(staging.folder)
+    drop_line(folder / "trades/part-0.json", "0xa")
+    with (folder / "trades/part-1.json").open("a") as unloadable:  # no id: the load fails
+        unloadable.write(json.dumps({"wallet_address": "0xz"}) + "\n")
+    warehouse = new_warehouse(db)
+    outcome_ = commit_staged_run(staging, warehouse)
+    assert outcome_.refused and "0xa outcome 3, staged 2" in outcome_.error
+    assert production(db) == ([], []) and (folder / REFUSED).exists()
+
+
+def test_staging_writes_one_whole_file_per_bundle_and_none_without_rows(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.stage import WriteStaging
+
+    staging = RunStaging(str(tmp_path), "r1")
+    with local_pipeline() as p:
+        pages = p | "Pages" >> beam.Create([[{"id": "1"}, {"id": "2"}], [{"id": "3"}]])
+        written = pages | "Trades" >> WriteStaging(staging, "trades", batched=True)
+        none = p | "None" >> beam.Create([]) | "Rejects" >> WriteStaging(staging, "rejects")
+        assert_that(none, equal_to([]), label="no file")
+        lines = written | beam.FlatMap(lambda path: Path(path).read_text().splitlines())
+        assert_that(
+            lines | beam.Map(lambda line: json.loads(line)["id"]), equal_to(["1", "2", "3"])
+        )
+    assert not Path(staging.kind_folder("rejects")).exists()
 
 
 @pytest.mark.world(seed=17, wallets=8, max_trades=400)

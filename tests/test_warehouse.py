@@ -785,6 +785,63 @@ def test_a_run_with_only_rejects_staged_has_nothing_to_commit(
     assert wh.committed_run_ids() == set()
 
 
+def test_what_stops_a_commit_before_its_transaction_leaves_production_and_no_load_table(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    # The staging's self-check runs while DuckDB loads (`before_transaction`): its refusal
+    # must stop the commit after the load and before anything lands.
+    class Refused(Exception):
+        pass
+
+    def refuse() -> None:
+        raise Refused
+
+    before = snapshot(db, wh)
+    with pytest.raises(Refused):
+        wh.commit_run(
+            "r1", busy_run(tmp_path), committed_at=COMMITTED_AT, before_transaction=refuse
+        )
+    assert snapshot(db, wh) == before and wh.committed_run_ids() == set()
+    assert load_tables_left(db, wh) == []
+    checked: list[bool] = []
+    report = wh.commit_run(
+        "r1",
+        busy_run(tmp_path),
+        committed_at=COMMITTED_AT,
+        before_transaction=lambda: checked.append(True),
+    )
+    assert checked == [True] and report.trades_inserted == 2  # the done wallet's two
+
+
+def test_duckdb_translations_are_cached_without_the_load_tables_names() -> None:
+    # A commit attempt's load tables are named by its nonce: the cached translation takes them
+    # in afterwards, and must read exactly as translating with them in place.
+    import sqlglot
+    from sqlglot.errors import ErrorLevel
+
+    tables = TableNames(trades="t_x", checkpoint="ckpt")
+    for statement in [*wsql.ALL_STATEMENTS, *wsql.DUCKDB_CREATE_LOAD_TABLE.values()]:
+        if statement.dialect != "bigquery":
+            continue
+        for run_id, nonce in ((None, ""), ("r-1", "ab12"), ("r_1", "")):
+            names = {k: f"`{v}`" for k, v in wsql._table_map(tables, run_id, nonce).items()}
+            try:
+                text = wsql._fill(statement, names)
+            except ValueError:  # needs a load table and got no run id: so must rendering
+                with pytest.raises(ValueError, match="pass run_id"):
+                    wsql.render_duckdb(statement, tables, run_id, nonce)
+                continue
+            (direct,) = sqlglot.transpile(
+                text,
+                read="bigquery",
+                write="duckdb",
+                identify=True,
+                pretty=True,
+                unsupported_level=ErrorLevel.RAISE,
+            )
+            assert wsql.render_duckdb(statement, tables, run_id, nonce) == direct, statement.name
+
+
 def test_load_tables_a_killed_commit_left_are_dropped_at_start_up(
     db: Engine, wh: Warehouse, tmp_path: Path
 ) -> None:

@@ -6,14 +6,19 @@ the work done is kept, and the failure is not mistaken for a success.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsList
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import failpoints
 from pipeline.rows import to_ndjson
@@ -27,6 +32,54 @@ log = logging.getLogger(__name__)
 
 def _after(row: object, _finished: list) -> object:
     return row
+
+
+class _WriteFilesFn(beam.DoFn):
+    """Writes each bundle's rows to one new file and outputs its name once the file is whole.
+
+    The file is named at random (`<prefix>-<uuid>.json`), so a bundle the runner retries writes a
+    new file instead of touching the first; only the names that a successful bundle outputs reach
+    the commit (which lists them in the manifest and loads nothing else), so a file left by a
+    failed bundle is never read. A bundle without rows writes no file (WriteToText left an empty
+    shard, which the commit step had to list, one match per file, to leave out). This is what
+    WriteToText's temporary-then-rename finalisation gave, without its dozen steps per kind in
+    the graph (each costs time to build, and to run before the first request).
+    """
+
+    def __init__(self, prefix: str, batched: bool) -> None:
+        self._prefix, self._batched = prefix, batched
+        self._path: str | None = None
+        self._handle: Any = None
+
+    def start_bundle(self) -> None:
+        self._abandon()  # a bundle that failed on this instance: its file is never listed
+
+    def process(self, row: Any) -> None:
+        line = (to_ndjson(row) if self._batched else json.dumps(row)) + "\n"
+        if self._handle is None:
+            self._path = f"{self._prefix}-{uuid.uuid4().hex}.json"
+            self._handle = FileSystems.create(self._path, mime_type="application/json")
+        self._handle.write(line.encode())
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._handle is None:
+            return
+        path, handle = self._path, self._handle
+        self._path = self._handle = None
+        handle.close()  # whole from here on (on gs://, the object exists only now)
+        yield GlobalWindows.windowed_value(path, GlobalWindow().max_timestamp())
+
+    def teardown(self) -> None:
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if self._handle is None:
+            return
+        path, handle = self._path, self._handle
+        self._path = self._handle = None
+        with contextlib.suppress(Exception):  # litter at worst: no manifest ever names it
+            handle.close()
+            FileSystems.delete([path])
 
 
 class WriteStaging(beam.PTransform):
@@ -50,25 +103,7 @@ class WriteStaging(beam.PTransform):
     def expand(self, rows):
         if self._after is not None:
             rows = rows | "WaitForEarlierWrite" >> beam.Map(_after, AsList(self._after))
-        encode = to_ndjson if self._batched else json.dumps
-        return (
-            rows
-            | "ToJsonLines" >> beam.Map(encode)
-            | "Write" >> beam.io.WriteToText(self._prefix, file_name_suffix=".json")
-        )
-
-
-def _non_empty(paths: list[str]) -> list[str]:
-    """The files that hold rows: a writer that got none still leaves an empty shard, and a run
-    whose every file is empty must reach the warehouse as "nothing to commit" (no load job)."""
-    if not paths:
-        return []
-    sizes = {
-        meta.path: meta.size_in_bytes
-        for result in FileSystems.match(list(paths))
-        for meta in result.metadata_list
-    }
-    return [path for path in paths if sizes.get(path, 1) > 0]
+        return rows | "Write" >> beam.ParDo(_WriteFilesFn(self._prefix, self._batched))
 
 
 def _one_reason(run_failures: list[str]) -> str:
@@ -91,7 +126,8 @@ class _CommitFn(beam.DoFn):
     def process(
         self, run_id: str, run_failures: list[str], **files: list[str]
     ) -> Iterator[CommitOutcome]:
-        files = {kind: _non_empty(paths) for kind, paths in files.items()}
+        # Every file named holds rows (a writer that got none wrote none), so a run that staged
+        # nothing reaches the warehouse as "nothing to commit" with no file to list or load.
         self._staging.write_manifest(files)  # from here on, start-up recovery can commit the run
         failpoints.reached(failpoints.STAGED)
         try:

@@ -19,7 +19,7 @@ import dataclasses
 import datetime as dt
 import logging
 import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -404,6 +404,12 @@ class Warehouse(abc.ABC):
     remote_schemes: tuple[str, ...] = ()
     # A run with more successful wallets commits without listing them (WALLETS_LISTED_AT_MOST).
     wallets_listed_at_most: int = WALLETS_LISTED_AT_MOST
+    # True when a commit's load tables are the committing session's own (DuckDB's temporary
+    # tables): loading changes nothing anyone else sees, so the staging's self-check may run
+    # while the load does, as long as it passes before the transaction (`commit_run`'s
+    # `before_transaction`). False (BigQuery: load tables are tables of the dataset): the
+    # check runs first, and a refused run never reaches the warehouse at all.
+    loads_privately: bool = False
     _tables: TableNames
 
     @property
@@ -483,6 +489,10 @@ class Warehouse(abc.ABC):
     @abc.abstractmethod
     def _drop_table(self, name: str) -> None:
         """Drop one load table found by `_load_table_names` (sql.drop_orphan_load_table)."""
+
+    def prepare_commit(self) -> None:  # noqa: B027 - optional hook: most engines need nothing
+        """Makes ahead of time, in this process, what a commit would make first (DuckDB: the
+        translations of its statements); touches no table. By default nothing."""
 
     @contextlib.contextmanager
     def _commit_session(self) -> Iterator[Any]:
@@ -586,6 +596,7 @@ class Warehouse(abc.ABC):
         files: Mapping[str, Sequence[str]],
         *,
         committed_at: dt.datetime | None = None,
+        before_transaction: Callable[[], object] | None = None,
     ) -> CommitReport:
         """Load the run's staging files and land them in one transaction (design.md, step 3).
 
@@ -599,7 +610,9 @@ class Warehouse(abc.ABC):
         transaction reads production trades for those only, as the @wallets array parameter
         that BigQuery prunes clustered blocks with (more than `wallets_listed_at_most`: by
         subquery, unpruned, the same result). Raises CommitError after a rollback; the load
-        tables of this attempt are dropped either way.
+        tables of this attempt are dropped either way. `before_transaction`: called once the
+        files are loaded, before anything else; what it raises ends the commit there (the
+        load tables dropped, production untouched) and propagates.
         """
         validate_run_id(run_id)
         checked = check_files(run_id, files, self.remote_schemes)
@@ -615,6 +628,8 @@ class Warehouse(abc.ABC):
             try:
                 self._load(session, run_id, checked, nonce)
                 failpoints.reached(failpoints.LOADED)
+                if before_transaction is not None:
+                    before_transaction()
                 wallets = self._landing_wallets(session, run_id, nonce)
                 try:
                     counts = self._transaction(session, run_id, committed_at, nonce, wallets)

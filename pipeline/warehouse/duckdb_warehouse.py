@@ -42,7 +42,10 @@ class DuckDBWarehouse(Warehouse):
     workers are separate processes: so every method opens its own short-lived connection, waits
     (with backoff) while another process holds the file, and closes it before returning. The
     object itself holds only the path and the table names, so it pickles and builds for free.
+    A commit loads into temporary tables (its connection's own): see `sql.DUCKDB_CREATE_LOAD_TABLE`.
     """
+
+    loads_privately = True
 
     def __init__(
         self,
@@ -195,6 +198,22 @@ class DuckDBWarehouse(Warehouse):
         # One connection for the whole commit: the file lock makes it exclusive across processes.
         return self._connection()
 
+    def prepare_commit(self) -> None:
+        """Translates the commit's statements (cached for the process, whatever the run id and
+        nonce): ~0.1 s of CPU that a run's commit, the last thing before it exits, then does
+        not spend."""
+        for statement in (
+            q.SELECT_RUN,
+            *q.DUCKDB_CREATE_LOAD_TABLE.values(),
+            q.SELECT_LANDING_WALLETS,
+            q.COMMIT_LOCK,
+            q.RUN_COMMITTED,
+            *q.commit_statements(wallets_listed=True),
+            *q.DROP_LOAD_TABLE.values(),
+            q.LEASE_RELEASE,
+        ):
+            q.render_duckdb(statement, self._tables, "prepare-commit")
+
     def _load(
         self,
         session: duckdb.DuckDBPyConnection,
@@ -204,7 +223,7 @@ class DuckDBWarehouse(Warehouse):
     ) -> None:
         for kind in q.COMMITTED_KINDS:
             try:
-                self._execute(session, q.CREATE_LOAD_TABLE[kind], run_id=run_id, nonce=nonce)
+                self._execute(session, q.DUCKDB_CREATE_LOAD_TABLE[kind], run_id=run_id, nonce=nonce)
                 if files[kind].paths:
                     load = q.DUCKDB_LOAD_FILES[kind]
                     params = {"files": files[kind].paths}

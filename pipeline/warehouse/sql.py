@@ -284,6 +284,19 @@ CREATE_LOAD_TABLE: dict[str, Statement] = {
     for kind, columns in STAGED_KINDS.items()
 }
 
+# DuckDB loads into temporary tables: they live in the committing connection only and never go
+# through the database file's write-ahead log, so the load writes nothing to disk and dropping
+# them costs nothing (as persistent tables, the load and the drop of a run's 35,000 trades wrote
+# and checkpointed them: ~0.4 s of the commit). A killed commit leaves none behind; start-up
+# still drops the persistent ones older versions left (`Warehouse.drop_orphan_load_tables`).
+DUCKDB_CREATE_LOAD_TABLE: dict[str, Statement] = {
+    kind: Statement(
+        f"duckdb_create_load_table_{kind}",
+        statement.sql.replace("CREATE OR REPLACE TABLE", "CREATE OR REPLACE TEMP TABLE", 1),
+    )
+    for kind, statement in CREATE_LOAD_TABLE.items()
+}
+
 DROP_LOAD_TABLE: dict[str, Statement] = {
     kind: Statement(f"drop_load_table_{kind}", f"DROP TABLE IF EXISTS {{load_{kind}}}")
     for kind in STAGED_KINDS
@@ -526,7 +539,7 @@ LEGACY_SOURCE = "dome"
 ADDRESS_PREFIX = "0x"
 ADDRESS_PATTERN = r"^0x[0-9a-f]+$"  # and ADDRESS_LENGTH long: 0x + 40 hex (no braces in SQL)
 ADDRESS_LENGTH = 42
-# The `kind` of the missing table's rows (schema constants, as transforms.fetch_markets stages them).
+# The `kind` of the missing table's rows (schema constants, as transforms.lookups stages them).
 MISSING_MARKETS = "markets"
 MISSING_EVENTS = "events"
 SQL_CONSTANTS: frozenset[str] = frozenset(
@@ -1480,20 +1493,40 @@ def render(
     return f"{text}\n{statement.storage}" if statement.storage else text
 
 
-@functools.lru_cache(maxsize=512)
 def render_duckdb(
     statement: Statement, tables: TableNames, run_id: str | None = None, nonce: str = ""
 ) -> str:
     """The statement as DuckDB SQL: sqlglot's translation of the BigQuery text, cached.
 
     The BigQuery-only storage clause is left out here, deliberately; anything else sqlglot
-    cannot translate raises instead of being dropped with a warning.
+    cannot translate raises instead of being dropped with a warning. The translation is cached
+    without the load tables' names (every commit attempt has its own, by its nonce): they are
+    put in after it, so a commit does not translate its statements again (~0.1 s).
     """
+    names = _table_map(tables, run_id, nonce)  # validates run_id and nonce
     if statement.dialect == "duckdb":
-        return _fill(statement, _table_map(tables, run_id, nonce))
-    names = {key: f"`{name}`" for key, name in _table_map(tables, run_id, nonce).items()}
+        return _fill(statement, names)
+    text = _translate_duckdb(statement, tables, run_id is not None)
+    if run_id is not None:
+        for kind in STAGED_KINDS:
+            text = text.replace(f'"{_load_placeholder(kind)}"', f'"{names[f"load_{kind}"]}"')
+    return text
+
+
+def _load_placeholder(kind: str) -> str:
+    """What stands for a load table's name while a statement is translated: no table has it
+    (a load table's name starts with LOAD_TABLE_PREFIX)."""
+    return f"__load_table_placeholder_{kind}__"
+
+
+@functools.lru_cache(maxsize=512)
+def _translate_duckdb(statement: Statement, tables: TableNames, with_load_tables: bool) -> str:
+    names = tables.as_dict()
+    if with_load_tables:
+        names.update({f"load_{kind}": _load_placeholder(kind) for kind in STAGED_KINDS})
+    quoted = {key: f"`{name}`" for key, name in names.items()}
     (translated,) = sqlglot.transpile(
-        _fill(statement, names),
+        _fill(statement, quoted),
         read="bigquery",
         write="duckdb",
         identify=True,
