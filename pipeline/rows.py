@@ -38,5 +38,5 @@ def outcome_row(
 
 
 def to_ndjson(rows: Iterable[Mapping[str, Any]]) -> str:
-    """Rows as newline-delimited JSON without the final newline (WriteToText adds it)."""
+    """Rows as newline-delimited JSON without the final newline (the staging writer adds it)."""
     return "\n".join(json.dumps(row, separators=(",", ":")) for row in rows)

@@ -224,3 +224,24 @@ def test_a_window_held_to_the_answer_frees_a_slow_requests_slot_only_a_window_af
     limiter.answered(slots)
     clock.now = 20.7
     assert limiter.room(["trades"]) == 1
+
+
+def test_a_slow_request_does_not_hold_up_the_slots_freed_after_it():
+    """Slots free in answer order: the next window starts with the first slot that frees."""
+    clock = _Clock()
+    limiter = RateLimiter(
+        [Window("trades", 2, 10.0, margin_s=0.25, held_to_answer=True)], clock=clock
+    )
+    slow, quick = [], []
+    limiter.acquire(taken=slow)  # stamped at 0.0, answered late
+    limiter.acquire(taken=quick)  # stamped at 0.0, answered at once
+    clock.now = 0.05
+    limiter.answered(quick)
+    clock.now = 3.0
+    limiter.answered(slow)
+    clock.now = 10.1  # the quick one's slot is free; the slow one's until 13.0
+    assert limiter.room(["trades"]) == 1
+    went = threading.Event()
+    threading.Thread(target=lambda: (limiter.acquire(["trades"]), went.set()), daemon=True).start()
+    assert went.wait(2.0)  # (waiting for the slow one's slot would wait for good: the clock stands)
+    assert limiter.room(["trades"]) == 0

@@ -1,6 +1,6 @@
 """The production path on its closest stand-ins: the whole graph on the DirectRunner, staging on
 `gs://` through Beam's real GCS filesystem (gcp-storage-emulator), the BigQuery warehouse through
-the official client (bqemulator), the Dome API simulator. What this covers: Beam's WriteToText,
+the official client (bqemulator), the Dome API simulator. What this covers: the staging writer on gs://,
 FileSystems.match/exists/create on gs://, BigQuery load jobs from those gs:// URIs, the
 parameterised commit transaction, reads in the graph through the BigQuery client. What it cannot:
 Dataflow itself, real IAM and quotas, BigQuery's own SQL engine (bqemulator runs DuckDB)."""

@@ -70,7 +70,7 @@ def names_under(bucket: storage.Bucket, folder: str) -> set[str]:
 
 def stage_by_hand(bucket: storage.Bucket, staging: RunStaging, trades: list[dict]) -> dict:
     """0xa's outcome says 2 trades, 0xb's 1; `trades` is what is actually staged (and an empty
-    shard beside it, as WriteToText may leave)."""
+    shard beside it, as older staging writers left)."""
     run_id = staging.run_id
     files = {
         "trades": [f"{staging.kind_folder('trades')}part-{n}.json" for n in (0, 1)],

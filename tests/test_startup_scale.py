@@ -42,7 +42,7 @@ from tests.support import local_config, outcome, query, trade
 PROJECT = "test-project"
 BUCKET = "startup-scale"
 DAY = 86_400.0
-PARTS = 2  # part files per kind, as WriteToText shards a small run
+PARTS = 2  # part files per kind, as a small run stages (one per bundle)
 
 
 def write_lines(path: str, rows: list[dict]) -> str:

@@ -95,15 +95,19 @@ class _WindowState:
         return max(1, math.floor(self.capacity * self.factor))
 
     def wait(self, now: float) -> float:
+        """Seconds until one more request fits (0: now). Slots free in any order (one answered
+        sooner frees sooner than an older one still out), so what counts is how many are still
+        held, not which: a slow request at the head never holds up the ones behind it."""
         slots = self.slots
         while slots and slots[0][0] <= now:
             slots.popleft()
-        excess = len(slots) - self.allowed() + 1
-        if excess > 0:
-            # The oldest `excess` must free (an answered one can free before an older one that
-            # is still out: waiting for the latest of them is exact or early-safe).
-            return max(slots[i][0] for i in range(excess)) - now
-        return 0.0
+        if len(slots) > 2 * self.capacity:  # freed ones piled up behind a slow head
+            self.slots = slots = deque(slot for slot in slots if slot[0] > now)
+        held = [slot[0] for slot in slots if slot[0] > now]
+        excess = len(held) - self.allowed() + 1
+        if excess <= 0:
+            return 0.0
+        return heapq.nsmallest(excess, held)[-1] - now
 
     def free(self, at: float) -> int:
         """Slots free at `at` (now or later), if no one takes any before."""
