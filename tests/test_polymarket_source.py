@@ -148,6 +148,22 @@ def test_a_deep_walk_split_into_windows_lands_the_same_rows_and_ids(sim_server, 
     assert pages < seen.counts["requests_trades"] <= 2 * pages
 
 
+@pytest.mark.parametrize(
+    "fault",
+    ["http_4xx:endpoint=trades,rate=0.2,status=404", "absurd_value:endpoint=trades,rate=0.2"],
+)
+def test_a_window_that_fails_fails_its_wallet_whole(sim_server, fault):
+    """The seeded faults spare the walk's first page (the first draw), so the failure comes from
+    a window the split made: one bad window fails the wallet, with its name, never a part of
+    the history passed off as the whole."""
+    server = sim_server(seed=9, wallets=3, trade_counts={0: 900}, faults=fault)
+    wallet = server.simulator.wallet_addresses()[0]
+    source = make_source(server, seen := Recorder(), page_limit=20)
+    with pytest.raises(SourceError, match=wallet):
+        walk(source, wallet)
+    assert seen.counts["requests_trades"] > 1  # the first page passed: windows were walked
+
+
 def test_a_server_ignoring_the_windows_bounds_still_lands_each_row_once(sim_server):
     """Split windows trust `start`/`end`: a server that ignores them serves every window the
     whole history. Rows outside the window asked for are dropped (counted), so none lands twice."""
