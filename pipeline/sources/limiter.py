@@ -94,16 +94,21 @@ class _WindowState:
     def allowed(self) -> int:
         return max(1, math.floor(self.capacity * self.factor))
 
+    def _held(self, at: float) -> list[float]:
+        """When each slot still held at `at` (now or later) frees. Slots free in any order (one
+        answered sooner frees sooner than an older one still out), so what counts is how many,
+        not which."""
+        return [slot[0] for slot in self.slots if slot[0] > at]
+
     def wait(self, now: float) -> float:
-        """Seconds until one more request fits (0: now). Slots free in any order (one answered
-        sooner frees sooner than an older one still out), so what counts is how many are still
-        held, not which: a slow request at the head never holds up the ones behind it."""
+        """Seconds until one more request fits (0: now): a slow request at the head never holds
+        up the ones behind it."""
         slots = self.slots
         while slots and slots[0][0] <= now:
             slots.popleft()
         if len(slots) > 2 * self.capacity:  # freed ones piled up behind a slow head
-            self.slots = slots = deque(slot for slot in slots if slot[0] > now)
-        held = [slot[0] for slot in slots if slot[0] > now]
+            self.slots = deque(slot for slot in slots if slot[0] > now)
+        held = self._held(now)
         excess = len(held) - self.allowed() + 1
         if excess <= 0:
             return 0.0
@@ -111,8 +116,7 @@ class _WindowState:
 
     def free(self, at: float) -> int:
         """Slots free at `at` (now or later), if no one takes any before."""
-        held = sum(1 for slot in self.slots if slot[0] > at)
-        return max(0, self.allowed() - held)
+        return max(0, self.allowed() - len(self._held(at)))
 
     def take(self, now: float) -> list[float]:
         slot = [now + self.length]
