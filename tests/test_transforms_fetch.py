@@ -3,6 +3,7 @@ the lookups it runs (transforms/lookups.py) on their own."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import apache_beam as beam
@@ -97,14 +98,33 @@ def test_fetch_trades_pages_outcomes_and_their_markets_and_events(setup):
     assert requests["events"] == len(slugs)  # one slug per request, each once
 
 
-def _run_lookups(lookups: Lookups, refs: list) -> dict[str, list]:
-    """Names `refs` (markets) as trade pages would, in two calls, then ends the bundle: every
-    output, by tag."""
+def _nothing_known() -> LookupPlan:
+    """A plan of a production that holds nothing (module-level: a spec must pickle)."""
     nothing = KeyPlan(frozenset(), ())
-    lookups.plan(LookupPlan(nothing, nothing), queue_always=True)
-    half = len(refs) // 2
-    lookups.named(MARKETS, refs[:half])
-    lookups.named(MARKETS, refs[half:])
+    return LookupPlan(nothing, nothing)
+
+
+class _GatedPlan:
+    """A plan whose reading waits for the test to open the gate, and counts its reads."""
+
+    def __init__(self, plan: LookupPlan) -> None:
+        self.plan, self.gate, self.reads = plan, threading.Event(), 0
+
+    def __call__(self) -> LookupPlan:
+        self.reads += 1
+        assert self.gate.wait(30), "the test never opened the gate"
+        return self.plan
+
+
+def _failing_plan() -> LookupPlan:
+    raise RuntimeError("the warehouse is not there")
+
+
+def _spec(read_plan=_nothing_known, markets_per_batch: int = 100) -> LookupSpec:
+    return LookupSpec(markets_per_batch, 1, 4, f"test-{uuid.uuid4().hex}", read_plan)
+
+
+def _end_bundle(lookups: Lookups) -> dict[str, list]:
     lookups.drain()
     outputs: dict[str, list] = {}
     for tag, value in lookups.wait():
@@ -112,16 +132,26 @@ def _run_lookups(lookups: Lookups, refs: list) -> dict[str, list]:
     return outputs
 
 
+def _run_lookups(lookups: Lookups, refs: list) -> dict[str, list]:
+    """Names `refs` (markets) as trade pages would, in two calls, then ends the bundle: every
+    output, by tag."""
+    lookups.start()
+    half = len(refs) // 2
+    lookups.named(MARKETS, refs[:half])
+    lookups.named(MARKETS, refs[half:])
+    return _end_bundle(lookups)
+
+
 def test_lookups_ask_for_each_market_once_in_batches_then_its_events(setup):
     """What the trades stage does with the markets its pages name: each id once per process
     (however many pages, or DoFn instances, name it), in full batches of the source's size and
     one partial at the bundle's end; the events the markets name follow, each once."""
-    server, config, api = setup
+    server, _, api = setup
     markets = server.simulator.markets()
     ids = [m["condition_id"] for m in markets]
     slugs = sorted({m["event_slug"] for m in markets if m.get("event_slug")})
     refs = [(cid, None) for cid in ids + ids[:5] + ["0xnot-a-market"] + ids[-5:]]
-    spec = LookupSpec(100, 1, config.fetch_threads, f"test-{uuid.uuid4().hex}")
+    spec = _spec()
     source = api.acquire().source
     first, again = (Lookups(spec, source, ThreadCounters()) for _ in range(2))
     try:
@@ -138,3 +168,47 @@ def test_lookups_ask_for_each_market_once_in_batches_then_its_events(setup):
     finally:
         first.close()
         again.close()
+
+
+def test_keys_named_before_the_plan_is_read_wait_for_it_and_follow_it(setup):
+    """The plan is read beside the first trade requests: keys their pages name meanwhile are not
+    asked for until it is in, and then only those it does not skip; the start element's keys too.
+    Every instance of the process shares one reading."""
+    server, _, api = setup
+    ids = [m["condition_id"] for m in server.simulator.markets()]
+    known, wanted = ids[:10], ids[10:]
+    # Production holds `known` final, and wants wanted[0] whoever names it.
+    markets = KeyPlan(frozenset(known), ((wanted[0], None),))
+    gated = _GatedPlan(LookupPlan(markets, KeyPlan(frozenset(), ())))
+    spec = _spec(gated)
+    source = api.acquire().source
+    first, second = (Lookups(spec, source, ThreadCounters()) for _ in range(2))
+    try:
+        first.start()
+        first.named(MARKETS, [(cid, None) for cid in known + wanted[1:]])
+        first.drain()
+        assert list(first.take()) == []
+        assert server.stats()["requests"]["markets"] == 0  # nothing asked before the plan
+        gated.gate.set()
+        outputs = _end_bundle(first)
+        assert sorted(m["condition_id"] for m in outputs[MARKETS]) == sorted(wanted)
+        assert gated.reads == 1
+        assert _end_bundle(second) == {}  # same process and run: the same plan and claims
+        assert gated.reads == 1
+    finally:
+        gated.gate.set()
+        first.close()
+        second.close()
+
+
+def test_a_plan_that_cannot_be_read_fails_the_bundle_that_waits_for_it(setup):
+    """A warehouse that cannot say what it holds must not let the lookups guess (all, or none):
+    the bundle fails with the warehouse's error, as the run did when the plan was a stage."""
+    _, _, api = setup
+    lookups = Lookups(_spec(_failing_plan), api.acquire().source, ThreadCounters())
+    try:
+        lookups.named(MARKETS, [("0xabc", None)])
+        with pytest.raises(RuntimeError, match="the warehouse is not there"):
+            _end_bundle(lookups)
+    finally:
+        lookups.close()

@@ -217,15 +217,19 @@ def test_claims_hand_out_each_key_once_per_kind_and_the_plan_once():
     assert [claims.take_plan(), claims.take_plan()] == [True, False]
 
 
+def _no_plan() -> None:
+    """Never read here: these specs only hand out claims."""
+
+
 def test_one_claims_per_process_and_run():
     """Every DoFn instance of a run (the same spec, pickled or not) shares its process's Claims;
     another run's (another tag) are its own."""
-    spec = LookupSpec(50, 50, 2, "test-claims-run-1")
+    spec = LookupSpec(50, 50, 2, "test-claims-run-1", _no_plan)
     held = spec.claims()
     held.new(MARKETS, ["m1"])
     assert spec.claims() is held
     assert pickle.loads(pickle.dumps(spec)).claims() is held
-    other = LookupSpec(50, 50, 2, "test-claims-run-2").claims()
+    other = LookupSpec(50, 50, 2, "test-claims-run-2", _no_plan).claims()
     assert other.new(MARKETS, ["m1"]) == ["m1"]
 
 

@@ -31,7 +31,6 @@ from transforms.lookups import (
     EVENTS,
     MARKETS,
     MISSING,
-    LookupPlan,
     Lookups,
     LookupSettings,
     LookupSpec,
@@ -63,8 +62,8 @@ class _FetchWalletFn(ConcurrentFetchFn):
     """Main output: one list of trade rows per page; an API failure is an outcome, never a crash.
 
     With `lookups`, the markets and events the pages name are looked up here too, as the pages
-    come (transforms/lookups.py says why): the plan of what production holds arrives as a side
-    input, and the bundle ends once its lookups have."""
+    come (transforms/lookups.py says why): the plan of what production holds is read as the
+    stage starts, and the bundle ends once its lookups have."""
 
     def __init__(
         self,
@@ -99,10 +98,11 @@ class _FetchWalletFn(ConcurrentFetchFn):
         if self.lookups is not None:
             self.lookups.start_bundle()
 
-    def process(self, element: Any, plan: LookupPlan | None = None) -> Iterator[Any]:
-        if self.lookups is not None and plan is not None:
-            self.lookups.plan(plan, queue_always=element is LOOKUPS_START)
-        if element is not LOOKUPS_START:
+    def process(self, element: Any) -> Iterator[Any]:
+        if element is LOOKUPS_START:
+            if self.lookups is not None:
+                self.lookups.start()
+        else:
             yield from super().process(element)
         yield from self._lookup_outputs(self.lookups.take() if self.lookups else (), False)
 
@@ -232,21 +232,19 @@ class FetchTrades(beam.PTransform):
         if lookups is not None:
             # A fresh tag per graph: each process's claims are this run's only.
             tag = f"lookups-{run_id}-{uuid.uuid4().hex}"
-            spec = LookupSpec(lookups.markets_per_batch, lookups.events_per_batch, threads, tag)
+            read_plan = ReadLookupPlan(lookups.warehouse, lookups.policy)
+            spec = LookupSpec(
+                lookups.markets_per_batch, lookups.events_per_batch, threads, tag, read_plan
+            )
         self._fn = _FetchWalletFn(
             api, run_id, source_name, trades_folder, threads, deadline, lookups=spec
         )
 
     def expand(self, wallets):
-        side_inputs = []
         if self._lookups is not None:
-            plan = wallets.pipeline | "ReadLookupPlan" >> ReadLookupPlan(
-                self._lookups.warehouse, self._lookups.policy
-            )
-            side_inputs.append(AsSingleton(plan))
             start = wallets.pipeline | "LookupsStart" >> beam.Create([LOOKUPS_START])
             wallets = (start, wallets) | "AndLookupsStart" >> beam.Flatten()
-        fetched = wallets | "FetchPages" >> beam.ParDo(self._fn, *side_inputs).with_outputs(
+        fetched = wallets | "FetchPages" >> beam.ParDo(self._fn).with_outputs(
             OUTCOMES,
             RUN_FAILURES,
             HELD,

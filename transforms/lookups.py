@@ -9,7 +9,8 @@ than trades, so asking for them while the trades are fetched costs no trade thro
 
 So the trades DoFn hands the keys its pages name to `Lookups`, which, in the same process:
 - drops the keys production holds final or fresh, or that enough runs found missing at the source
-  (`KeyPlan`, read from the warehouse before the fetch, as a side input);
+  (`KeyPlan`, read from the warehouse once per process as the stage starts, in a thread of its
+  own: the first trade requests do not wait for it, the keys their pages name do);
 - drops the keys this process already claimed (`Claims`, one per process and run, shared by every
   DoFn instance through Beam's `Shared`): each key is looked up once per process, so once per run
   on the default DirectRunner; with several processes a key named in two of them is looked up by
@@ -32,10 +33,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import apache_beam as beam
 from apache_beam.utils.shared import Shared
 
 from pipeline.schema import format_timestamp
@@ -61,7 +61,7 @@ GONE_TEMPLATE = (
 
 
 class LookupPlan:
-    """Both kinds' KeyPlans: the one side input the trades stage reads before fetching."""
+    """Both kinds' KeyPlans: what each process of the trades stage reads once, as it starts."""
 
     def __init__(self, markets: KeyPlan, events: KeyPlan) -> None:
         self.markets, self.events = markets, events
@@ -70,13 +70,14 @@ class LookupPlan:
         return self.markets if kind == MARKETS else self.events
 
 
-class _ReadPlanFn(beam.DoFn):
-    """Reads what production holds, lacks and found missing, once, in one warehouse session."""
+class ReadLookupPlan:
+    """Reads what production holds, lacks and found missing, in one warehouse session
+    (picklable: it travels in the LookupSpec and runs in each worker process)."""
 
     def __init__(self, warehouse: WarehouseRef, policy: RefreshPolicy) -> None:
         self._warehouse, self._policy = warehouse, policy
 
-    def process(self, _: object) -> Iterator[LookupPlan]:
+    def __call__(self) -> LookupPlan:
         with self._warehouse.open() as warehouse:
             plans = [
                 KeyPlan.of(
@@ -87,18 +88,22 @@ class _ReadPlanFn(beam.DoFn):
                 )
                 for kind in KINDS
             ]
-        yield LookupPlan(*plans)
+        return LookupPlan(*plans)
 
 
-class ReadLookupPlan(beam.PTransform):
-    """One LookupPlan (a root of the graph): read it `AsSingleton`."""
+class _PlanReading:
+    """The plan being read in a thread of its own, once per process and run (via `Shared`):
+    the trades start meanwhile, and the keys their first pages name wait for it (`Lookups`)."""
 
-    def __init__(self, warehouse: WarehouseRef, policy: RefreshPolicy) -> None:
-        super().__init__()
-        self._fn = _ReadPlanFn(warehouse, policy)
+    def __init__(self, read: Callable[[], LookupPlan]) -> None:
+        self.future: Future[LookupPlan] = Future()
+        threading.Thread(target=self._read, args=(read,), name="LookupPlan", daemon=True).start()
 
-    def expand(self, pbegin):
-        return pbegin | "Start" >> beam.Create([None]) | "Read" >> beam.ParDo(self._fn)
+    def _read(self, read: Callable[[], LookupPlan]) -> None:
+        try:
+            self.future.set_result(read())
+        except BaseException as error:  # the bundles that wait for it fail with it
+            self.future.set_exception(error)
 
 
 class Claims:
@@ -145,16 +150,29 @@ class LookupSettings:
 
 class LookupSpec:
     """What the trades stage needs to look markets and events up (picklable). `tag` names the
-    run's Claims in each process: a fresh one per graph, so two runs in one process (tests) do
-    not share claims."""
+    run's Claims and plan in each process: a fresh one per graph, so two runs in one process
+    (tests) share neither. `read_plan` reads the run's LookupPlan (ReadLookupPlan)."""
 
-    def __init__(self, markets_per_batch: int, events_per_batch: int, threads: int, tag: str):
+    def __init__(
+        self,
+        markets_per_batch: int,
+        events_per_batch: int,
+        threads: int,
+        tag: str,
+        read_plan: Callable[[], LookupPlan],
+    ):
         self.sizes = {MARKETS: markets_per_batch, EVENTS: events_per_batch}
-        self.threads, self.tag = threads, tag
-        self._shared = Shared()
+        self.threads, self.tag, self.read_plan = threads, tag, read_plan
+        # One Shared per object: a Shared holds one object, and another tag replaces it.
+        self._claims, self._plan = Shared(), Shared()
 
     def claims(self) -> Claims:
-        return self._shared.acquire(Claims, tag=self.tag)
+        return self._claims.acquire(Claims, tag=self.tag)
+
+    def plan(self) -> _PlanReading:
+        """This process's plan for the run, read once (started by the first caller; `Shared`
+        keeps it while a caller holds it)."""
+        return self._plan.acquire(lambda: _PlanReading(self.read_plan), tag=self.tag)
 
 
 def look_up(
@@ -199,7 +217,8 @@ class _Crashed:
 
 class Lookups:
     """One DoFn instance's lookups (made in `setup`): batches, a thread pool, an output queue
-    the bundle's thread drains (`take`, `wait`)."""
+    the bundle's thread drains (`take`, `wait`). The process's plan is read meanwhile: keys named
+    before it is in wait for it, so no trade waits for the warehouse."""
 
     def __init__(self, spec: LookupSpec, source: Source, counters: ThreadCounters) -> None:
         self._spec, self._source, self._counters = spec, source, counters
@@ -212,6 +231,11 @@ class Lookups:
         self._partial = dict.fromkeys(KINDS, False)  # a partial batch of the kind is in flight
         self._eager = False
         self._plan: LookupPlan | None = None
+        self._settled = False  # the plan is in (or failed) and what waited for it went on
+        self._early: list[tuple[str, list[Any]]] = []  # named before the plan was in
+        self._start_early = False  # the start element came before the plan
+        self._reading = spec.plan()  # held: Shared keeps the reading while someone holds it
+        self._reading.future.add_done_callback(self._plan_in)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -220,20 +244,55 @@ class Lookups:
         with self._lock:
             self._eager = False
 
-    def plan(self, plan: LookupPlan, queue_always: bool = False) -> None:
-        """The run's plan (from the side input). `queue_always` (the one start element of the
-        run, wherever it lands) queues the keys production wants whoever names them: once per
-        run, even in a run that fetches no wallet."""
-        self._plan = plan
-        if queue_always and self._claims.take_plan():
-            self.named(MARKETS, list(plan.markets.always))  # (condition_id, slug) refs
-            self.named(EVENTS, [slug for slug, _ in plan.events.always])
+    def _plan_in(self, future: Future[LookupPlan]) -> None:
+        """The plan is read (in the reading thread): what waited for it goes on now."""
+        try:
+            plan = future.result()
+        except BaseException as error:  # the warehouse could not say: the bundle fails with it
+            with self._lock:
+                self._settled = True
+            self._outputs.put(_Crashed(error))
+            return
+        with self._lock:
+            self._plan = plan
+            early, self._early = self._early, []
+            start, self._start_early = self._start_early, False
+        if start:
+            self._queue_always(plan)
+        for kind, items in early:
+            self._named(kind, items, plan)
+        with self._lock:
+            self._settled = True
+        self._outputs.put(None)  # wakes `wait`
+
+    def start(self) -> None:
+        """The run's one start element, wherever it lands: queues the keys production wants
+        whoever names them, once per run, even in a run that fetches no wallet."""
+        with self._lock:
+            plan = self._plan
+            if plan is None:
+                self._start_early = True
+                return
+        self._queue_always(plan)
+
+    def _queue_always(self, plan: LookupPlan) -> None:
+        if self._claims.take_plan():
+            self._named(MARKETS, list(plan.markets.always), plan)  # (condition_id, slug) refs
+            self._named(EVENTS, [slug for slug, _ in plan.events.always], plan)
 
     def named(self, kind: str, items: list[Any]) -> None:
         """Keys (markets: (condition_id, slug) refs; events: slugs) a page (or a market) names."""
-        if not items or self._plan is None:
+        if not items:
             return
-        skip = self._plan.of_kind(kind).skip
+        with self._lock:
+            plan = self._plan
+            if plan is None:
+                self._early.append((kind, list(items)))
+                return
+        self._named(kind, items, plan)
+
+    def _named(self, kind: str, items: list[Any], plan: LookupPlan) -> None:
+        skip = plan.of_kind(kind).skip
         by_key = {}
         for item in items:
             key = item[0] if isinstance(item, tuple) else item
@@ -300,10 +359,11 @@ class Lookups:
             yield from self._item(item)
 
     def wait(self) -> Iterator[tuple[str, Any]]:
-        """Every output, until no lookup is in flight or buffered (call after `drain`)."""
+        """Every output, until the plan is in and no lookup is in flight or buffered (call
+        after `drain`)."""
         while True:
             with self._lock:
-                if self._in_flight == 0:
+                if self._settled and self._in_flight == 0:
                     for kind in KINDS:  # nothing can be left here after `drain`; be sure
                         self._send_locked(kind)
                     if self._in_flight == 0:

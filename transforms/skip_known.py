@@ -39,8 +39,7 @@ class KeyPlan:
     Python, so that the lookups can run inside the trades stage): `skip`, the keys no trade may
     make the run ask for (held final or fresh, or missing at the source and not held); `always`,
     (key, value) pairs the run asks for whoever names them (named by production's trades but not
-    held, or held open and stale). Any other key is asked for when a trade of this run names it.
-    Picklable: it travels as a side input."""
+    held, or held open and stale). Any other key is asked for when a trade of this run names it."""
 
     def __init__(self, skip: frozenset[str], always: tuple[tuple[str, Any], ...]) -> None:
         self.skip, self.always = skip, always
