@@ -38,12 +38,14 @@ def test_normalize_wallet(raw, expected):
     assert normalize_wallet(raw) == expected
 
 
-def test_read_wallets_normalizes_dedups_and_rejects(tmp_path):
+def test_read_wallets_normalizes_and_rejects(tmp_path):
+    """Two spellings of one address come out as one address, twice (SelectWallets makes them one
+    request: test_select_wallets_asks_once_for_a_wallet_listed_twice)."""
     db = tmp_path / "w.duckdb"
     seed_traders(db, [A, A.upper().replace("0X", "0x"), f" {B}", None, "junk"])
     with local_pipeline() as p:
         read = p | ReadWallets(WarehouseRef(f"duckdb:{db}", TableNames()), "run1")
-        assert_that(read["wallets"], equal_to([A, B]), label="wallets")
+        assert_that(read["wallets"], equal_to([A, A, B]), label="wallets")
         reasons = read["rejects"] | beam.Map(
             lambda r: (r["wallet_address"], r["reason"], r["run_id"])
         )
@@ -83,6 +85,19 @@ def test_select_wallets_skips_done_and_keeps_failed(tmp_path):
     with local_pipeline() as p:
         requests = p | beam.Create([A, B, C]) | _select(db)
         assert_that(requests, equal_to([(B, None), (C, None)]))
+
+
+def test_select_wallets_asks_once_for_a_wallet_listed_twice(tmp_path):
+    """ReadWallets passes an address listed twice on twice: the selection makes it one request,
+    with and without the cap."""
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, [])
+    _checkpoint_done(db, B, False)
+    with local_pipeline() as p:
+        wallets = p | beam.Create([A, B, A, C, B, A])
+        assert_that(wallets | _select(db), equal_to([(A, None), (B, None), (C, None)]))
+        capped = wallets | "Capped" >> _select(db, max_wallets=2)
+        assert_that(capped, equal_to([(A, None), (B, None)]), label="capped")
 
 
 def test_refresh_picks_stale_done_wallets_from_last_trade_minus_overlap(tmp_path):

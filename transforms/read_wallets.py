@@ -72,7 +72,10 @@ class _NormalizeFn(beam.DoFn):
 
 
 class ReadWallets(beam.PTransform):
-    """Distinct normalized wallets (main output) and reject rows (`rejects`) from `traders`."""
+    """Normalized wallets (main output) and reject rows (`rejects`) from `traders`.
+
+    An address listed twice (or in two spellings) comes out twice: SelectWallets groups by wallet
+    anyway, and a Distinct of its own here was one more barrier in front of the first request."""
 
     def __init__(self, warehouse: WarehouseRef, run_id: str) -> None:
         super().__init__()
@@ -83,5 +86,4 @@ class ReadWallets(beam.PTransform):
         checked = raw | "Normalize" >> beam.ParDo(_NormalizeFn(self._run_id)).with_outputs(
             REJECTS, main="wallets"
         )
-        wallets = checked.wallets | "Distinct" >> beam.Distinct()
-        return {"wallets": wallets, REJECTS: checked[REJECTS]}
+        return {"wallets": checked.wallets, REJECTS: checked[REJECTS]}

@@ -58,10 +58,13 @@ def _planned(element: tuple[str, dict[str, list]], policy: RefreshPolicy) -> Ite
 
 
 class SelectWallets(beam.PTransform):
-    """Wallets -> `(wallet, start_time)` requests, at most `max_wallets`, then redistributed.
+    """Wallets (an address may come more than once) -> one `(wallet, start_time)` request per
+    wallet to fetch, at most `max_wallets`.
 
-    The cap keeps the first N by (new before refresh, address), so the same state always selects
-    the same wallets; the Reshuffle spreads them over workers before the rate-limited fetching.
+    The join with the checkpoint groups by wallet, which makes each one request and spreads them
+    over workers by key. The cap keeps the first N by (new before refresh, address), so the same
+    state always selects the same wallets; they come out of it as one list, which a Reshuffle
+    spreads again. No other barrier stands before the first request: each costs a stage.
     """
 
     def __init__(
@@ -83,13 +86,11 @@ class SelectWallets(beam.PTransform):
             | "Plan" >> beam.FlatMap(_planned, self._policy)
         )
         if self._max_wallets is not None:
+            # One list of the first N: spread them over workers again before the fetching.
             plans = (
                 plans
                 | "FirstN" >> beam.combiners.Top.Smallest(self._max_wallets)
                 | "Unlist" >> beam.FlatMap(lambda chosen: chosen)
+                | "Reshuffle" >> beam.Reshuffle()
             )
-        return (
-            plans
-            | "Request" >> beam.Map(lambda plan: (plan[1], plan[2]))
-            | "Reshuffle" >> beam.Reshuffle()
-        )
+        return plans | "Request" >> beam.Map(lambda plan: (plan[1], plan[2]))
