@@ -249,6 +249,11 @@ def summarize(
     # The trades bucket: the bottleneck.
     trades = bucket_count("trades")
     t_first, t_last = first_last(samples, trades) or (first, last)
+    # The simulator's own arrival stamps, where it has them, are exact (the polls: ±0.05 s).
+    first_at, last_at = stats.get("first_request_at") or {}, stats.get("last_request_at") or {}
+    if first_at and last_at:
+        first, last = min(first_at.values()), max(last_at.values())
+        t_first, t_last = first_at.get("trades", t_first), last_at.get("trades", t_last)
     n_trades = stats["buckets"]["trades"]["requests"] - stats["buckets"]["trades"]["http_429"]
     steady_from = t_first + STEADY_AFTER_S
     steady_s = t_last - steady_from

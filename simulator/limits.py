@@ -185,6 +185,9 @@ class PmStats:
             self._statuses: collections.Counter[str] = collections.Counter()
             self._faults = dict.fromkeys(FAULT_KINDS, 0)
             self._by_wallet: collections.Counter[str] = collections.Counter()
+            # Unix time of each endpoint's first and last arrival: benches time start-up by them.
+            self._first_at: dict[str, float] = {}
+            self._last_at: dict[str, float] = {}
             self._buckets = {
                 name: {
                     "limit": limit,
@@ -199,8 +202,11 @@ class PmStats:
             self._peaks = {name: _Peak(self._window) for name in self._limits}
 
     def arrive(self, endpoint: str, buckets: tuple[str, ...], wallet: str | None) -> None:
+        at = time.time()
         with self._lock:
             self._requests[endpoint] += 1
+            self._first_at.setdefault(endpoint, at)
+            self._last_at[endpoint] = at
             for bucket in buckets:
                 self._buckets[bucket]["requests"] += 1
             if wallet is not None:
@@ -245,6 +251,8 @@ class PmStats:
                 "responses_by_status": dict(sorted(self._statuses.items())),
                 "faults_injected": dict(self._faults),
                 "trades_requests_by_wallet": dict(sorted(self._by_wallet.items())),
+                "first_request_at": dict(self._first_at),
+                "last_request_at": dict(self._last_at),
                 "window_s": self._window,
                 "buckets": buckets,
             }

@@ -19,8 +19,8 @@ from pipeline.sources.errors import (
     PaginationError,
     SourceError,
 )
-from pipeline.sources.http import HttpSettings, Telemetry
-from pipeline.sources.limiter import RateLimiter
+from pipeline.sources.http import HttpClient, HttpSettings, Telemetry
+from pipeline.sources.limiter import RateLimiter, Window
 
 UNLIMITED = RateLimit(10_000, 100_000)
 FAST = HttpSettings(read_timeout_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2)
@@ -254,3 +254,30 @@ def test_without_log_index_ids_stay_unique(sim_server):
     wallet = server.simulator.wallet_addresses()[0]
     orders = fetch_all(make_client(server), wallet)
     assert len(set(ids(wallet, orders))) == len(orders) == 3_000
+
+
+def test_the_client_tells_the_limiter_when_a_request_is_sent(sim_server):
+    """The real requests session over a socket: the limiter learns of the send (after the stamp,
+    before the answer), so a slow answer frees the slot from the send plus the margin; a request
+    that never left (a refused connection) is never said to be sent."""
+    server = sim_server(seed=3, wallets=1, latency_ms=600, latency_sigma=0.0)
+    window = Window("data", 5, 10.0, margin_s=0.25, held_to_answer=True)
+    limiter = RateLimiter([window])
+    client = HttpClient(FAST, limiter)
+    started = time.monotonic()
+    status = client.get_json(
+        f"{server.data_api_url}/v2/status", [], endpoint="status", buckets=["data"], where="status"
+    )
+    answered = time.monotonic()
+    assert status and answered - started >= 0.6
+    ((free_at, seen),) = [tuple(slot) for slot in limiter._states[0].slots]
+    assert seen
+    # From the send (< 0.6 s before the answer), not from the answer: sooner than answer + 10.
+    assert started + 10.25 <= free_at < answered + 10.0
+
+    refused = RateLimiter([window])
+    with pytest.raises(SourceError):
+        HttpClient(FAST, refused).get_json(
+            "http://127.0.0.1:9/v2/status", [], endpoint="status", buckets=["data"], where="x"
+        )
+    assert [slot[1] for slot in refused._states[0].slots] == [0.0] * FAST.max_attempts

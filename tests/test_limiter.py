@@ -245,3 +245,42 @@ def test_a_slow_request_does_not_hold_up_the_slots_freed_after_it():
     threading.Thread(target=lambda: (limiter.acquire(["trades"]), went.set()), daemon=True).start()
     assert went.wait(2.0)  # (waiting for the slow one's slot would wait for good: the clock stands)
     assert limiter.room(["trades"]) == 0
+
+
+def test_a_request_seen_sent_frees_a_window_and_the_margin_after_its_send_despite_a_slow_answer():
+    """The latency's long tail: an answer 3 s after the send no longer holds the slot to 13 s,
+    since the request arrived within the margin of its send; a quick answer still frees it
+    sooner. A window not held to the answer counts from the send too: a send that stalled after
+    the stamp (a busy machine) pushes its slot later, never sooner."""
+    clock = _Clock()
+    held = Window("trades", 1, 10.0, margin_s=0.25, held_to_answer=True)
+    limiter = RateLimiter([held], clock=clock)
+    slots: list = []
+    limiter.acquire(taken=slots)
+    clock.now = 0.4  # stamped at 0, written to the socket at 0.4
+    limiter.sent(slots)
+    clock.now = 3.0
+    limiter.answered(slots)  # the slow answer: as if unsent, 13.0
+    clock.now = 10.6
+    assert limiter.room(["trades"]) == 0  # 0.4 + 10.25 = 10.65
+    clock.now = 10.7
+    assert limiter.room(["trades"]) == 1
+
+    slots = []
+    limiter.acquire(taken=slots)  # at 10.7
+    limiter.sent(slots)
+    clock.now = 10.8
+    limiter.answered(slots)  # quick: 10.8 + 10 beats 10.7 + 10.25
+    clock.now = 20.8
+    assert limiter.room(["trades"]) == 1
+
+    plain = RateLimiter([Window("dome", 1, 1.0, margin_s=0.04)], clock=clock)
+    slots = []
+    clock.now = 30.0
+    plain.acquire(taken=slots)
+    clock.now = 30.5  # the send stalled half a second after the stamp
+    plain.sent(slots)
+    clock.now = 31.1
+    assert plain.room(["dome"]) == 0  # the stamp's 31.04 would have let the next one in
+    clock.now = 31.6
+    assert plain.room(["dome"]) == 1

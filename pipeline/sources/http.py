@@ -22,6 +22,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from pipeline.sources.errors import (
     ConfigError,
@@ -118,6 +120,35 @@ class _Latency:
             return slow
 
 
+class _SendSeen(HTTPAdapter):
+    """An adapter whose connections call `on_sent` once a request is written to the socket (in
+    the calling thread): the limiter then counts the request's arrival from its send, not from its
+    stamp (RateLimiter.sent). requests has no hook there, so the pools get connection classes of
+    their own; through a proxy (another pool manager) no send is seen, and the limiter holds the
+    slots to the answer as before."""
+
+    def __init__(self, on_sent: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+        class Connection(HTTPConnection):
+            def request(self, *args: Any, **kw: Any) -> None:
+                super().request(*args, **kw)
+                on_sent()
+
+        class SecureConnection(HTTPSConnection):
+            def request(self, *args: Any, **kw: Any) -> None:
+                super().request(*args, **kw)
+                on_sent()
+
+        class Pool(HTTPConnectionPool):
+            ConnectionCls = Connection
+
+        class SecurePool(HTTPSConnectionPool):
+            ConnectionCls = SecureConnection
+
+        self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": SecurePool}
+
+
 class HttpClient:
     """One per worker process, shared by its threads (the session and the limiter are thread-safe).
 
@@ -139,8 +170,11 @@ class HttpClient:
         self.telemetry = telemetry or Telemetry()
         self._secret = secret
         self._latency = _Latency()
+        self._sending = threading.local()  # the slots of the request this thread is sending
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
+        adapter = _SendSeen(
+            self._on_sent, pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0
+        )
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["Accept"] = "application/json"
@@ -154,6 +188,12 @@ class HttpClient:
 
     def close(self) -> None:
         self._session.close()
+
+    def _on_sent(self) -> None:
+        slots = getattr(self._sending, "slots", None)
+        if slots:  # once per attempt: a redirect's request was never stamped
+            self._sending.slots = None
+            self.limiter.sent(slots)
 
     def scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
@@ -178,6 +218,7 @@ class HttpClient:
         self.telemetry.request(endpoint)
         timeout = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
         started = time.monotonic()
+        self._sending.slots = slots
         try:
             response = self._session.get(url, params=params, timeout=timeout)
             self.limiter.answered(slots)  # it arrived by now: its slots may free sooner
@@ -186,6 +227,8 @@ class HttpClient:
         except requests.RequestException as exc:
             # Covers resets, refused connections and bodies cut short; the text has no headers.
             raise TransientError(f"{where}: {type(exc).__name__}") from None
+        finally:
+            self._sending.slots = None
         if self._latency.is_slow(endpoint, time.monotonic() - started, self.settings):
             self.limiter.slowed(buckets)
             self.telemetry.slowed(endpoint)

@@ -29,11 +29,13 @@ class Window:
 
     `margin_s` lengthens the window as the client sees it: the server counts arrivals, which trail
     the client's stamp by a variable delay. `backoff`: whether a refusal shrinks this window's
-    capacity (by `backoff_factor`) until successes win it back. `held_to_answer`: a request's slot
-    frees one window after its answer, never sooner: the arrival is only known to come before the
-    answer, and a send stalled past the margin (a busy machine) would otherwise let the next
-    window's first request in while the server still counts it (a 429). It costs a long window
-    little (the answer trails the stamp by a fraction of it); a 1 s window keeps the margin alone.
+    capacity (by `backoff_factor`) until successes win it back. `held_to_answer`: a request whose
+    send was not seen (`RateLimiter.sent`) frees its slot one window after its answer, never
+    sooner: its arrival is only known to come before the answer, and a send stalled past the
+    margin (a busy machine) would otherwise let the next window's first request in while the
+    server still counts it (a 429). A request seen sent frees one window and the margin after the
+    send, or one window after the answer if that is sooner: a slow answer (the latency's long
+    tail) then no longer pushes every later window back. A 1 s window keeps the margin alone.
     """
 
     bucket: str
@@ -87,7 +89,8 @@ class _WindowState:
         # Fractional shares are floored: a share must never round up past the whole.
         self.capacity = max(1, math.floor(window.limit))
         self.length = window.seconds + window.margin_s
-        # One entry per request in the window, in the order sent: [when its slot frees].
+        # One entry per request in the window, in the order taken: [when its slot frees, whether
+        # its send was seen (RateLimiter.sent)].
         self.slots: deque[list[float]] = deque()
         self.factor = 1.0
 
@@ -119,7 +122,7 @@ class _WindowState:
         return max(0, self.allowed() - len(self._held(at)))
 
     def take(self, now: float) -> list[float]:
-        slot = [now + self.length]
+        slot = [now + self.length, 0.0]
         self.slots.append(slot)
         return slot
 
@@ -232,11 +235,21 @@ class RateLimiter:
                 if queue:
                     queue[0].cond.notify()
 
+    def sent(self, taken: Sequence[Slot]) -> None:
+        """The request that took these slots is written to the connection now: it arrives within
+        the margin of now (not of its stamp, which a busy machine may have left well behind), so
+        its slots free one window and the margin from now unless its answer frees them sooner."""
+        with self._lock:
+            now = self._clock()
+            for state, slot in taken:
+                slot[0] = max(slot[0], now + state.length)
+                slot[1] = 1.0
+
     def answered(self, taken: Sequence[Slot]) -> None:
         """The server has answered the request that took these slots, so it arrived by now: its
         slots free one window from now, if that is sooner than the margin allows (the margin
-        covers an arrival trailing the stamp; an answer bounds it), or in any case for windows
-        `held_to_answer`."""
+        covers an arrival trailing the stamp or the send; an answer bounds it), or in any case
+        for windows `held_to_answer` whose send was not seen."""
         with self._lock:
             now = self._clock()
             freed = False
@@ -245,7 +258,7 @@ class RateLimiter:
                 if bound < slot[0]:
                     slot[0] = bound
                     freed = True
-                elif state.window.held_to_answer:
+                elif state.window.held_to_answer and not slot[1]:
                     slot[0] = bound
             if freed:
                 self._wake_heads()
