@@ -89,7 +89,7 @@ def commit_cli(db: Path, root: Path | str, run_id: str, capsys) -> tuple[int, li
 def production(db: Path) -> tuple[list[tuple], list[tuple]]:
     return (
         query(db, "SELECT wallet_address, id FROM trades ORDER BY id"),
-        query(db, "SELECT wallet_address, upload_successful FROM backfill_checkpoint"),
+        query(db, "SELECT wallet_address, upload_successful FROM backfill_checkpoint ORDER BY 1"),
     )
 
 

@@ -194,9 +194,12 @@ class DuckDBWarehouse(Warehouse):
 
     # -- the commit: one connection, its load tables, one transaction ---------------------------
 
-    def _commit_session(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+    @contextlib.contextmanager
+    def _commit_session(self) -> Iterator[duckdb.DuckDBPyConnection]:
         # One connection for the whole commit: the file lock makes it exclusive across processes.
-        return self._connection()
+        with self._connection() as conn:
+            self._execute(conn, q.DUCKDB_COMMIT_THREADS)
+            yield conn
 
     def prepare_commit(self) -> None:
         """Translates the commit's statements (cached for the process, whatever the run id and
