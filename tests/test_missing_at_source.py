@@ -66,7 +66,7 @@ def _assert_found_and_missing(
     rows = emitted.get(MISSING, [])
     assert sorted((r["kind"], r["key"]) for r in rows) == [(kind, k) for k in missing]
     assert all(r["seen_at"] for r in rows)
-    assert emitted[ATTEMPTS[kind]] == [Attempts(answered=1)]
+    assert emitted[ATTEMPTS] == [{kind: Attempts(answered=1)}]
 
 
 def test_look_up_emits_a_missing_row_per_key_the_source_lacks(polymarket):
@@ -94,8 +94,8 @@ def test_a_failed_lookup_is_not_missing(polymarket):
     refs = [(cid, slugs[cid]) for cid in gone]
     server.set_faults([{"kind": "http_4xx", "endpoint": "gamma_markets"}])
     emitted, counters = _look_up(source, MARKETS, refs)
-    assert set(emitted) == {ATTEMPTS[MARKETS]}  # no market row, no missing row
-    assert [a.answered + a.gone for a in emitted[ATTEMPTS[MARKETS]]] == [1]
+    assert set(emitted) == {ATTEMPTS}  # no market row, no missing row
+    assert [a[MARKETS].answered + a[MARKETS].gone for a in emitted[ATTEMPTS]] == [1]
     assert counters._counts["markets_failed"] == len(refs)
     assert source_stats(server, "polymarket")["requests"]["gamma_markets"] >= 1
 

@@ -12,7 +12,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.run import RunReport
 from pipeline.sources.errors import HTTPStatusError, PageError, SourceUnavailable
 from tests.support import local_pipeline
-from transforms.run_health import Attempts, RunHealth, RunStopped, SourceVerdict
+from transforms.run_health import (
+    Attempts,
+    RunHealth,
+    RunStopped,
+    SourceVerdict,
+    total_by_kind,
+)
 from transforms.stage import _one_reason
 
 GONE = SourceUnavailable("gave up after 5 attempts: /v2/trades: ConnectionError")
@@ -90,7 +96,7 @@ def test_one_answer_anywhere_in_the_run_means_the_source_is_there():
     assert not (refused + Attempts.of(None)).source_gone  # a success on another worker
     assert not (refused + Attempts.of(HTTPStatusError("HTTP 400", 400))).source_gone
     assert not (refused + Attempts.of(PageError("bad page"))).source_gone
-    total = Attempts.total([refused, Attempts.of(GONE), Attempts()])
+    total = refused + Attempts.of(GONE) + Attempts()
     assert total == Attempts(gone=2, last=max(str(GONE), "HTTP 403")) and total.source_gone
     assert pickle.loads(pickle.dumps(total)) == total
 
@@ -107,10 +113,26 @@ GONE_410 = Attempts.of(HTTPStatusError("HTTP 410", 410))
     ],
 )
 def test_the_verdict_names_a_gone_source_once_and_nothing_else(parts, reasons):
+    """Each kind is judged on its own attempts: the wallets' source gone says nothing of the
+    markets' (one answered lookup), and a kind with no attempt at all is no failure."""
+    templates = {kind: f"{kind}: all {{gone}} gone; the last: {{last}}" for kind in ("w", "m", "e")}
     with local_pipeline() as p:
-        attempts = p | beam.Create(parts, reshuffle=False)
-        verdict = attempts | SourceVerdict("all {gone} gone; the last: {last}")
-        assert_that(verdict["reasons"], equal_to(reasons))
+        marked = [{"w": part} for part in parts] + [{"m": Attempts.of(None)}]
+        verdict = p | beam.Create(marked, reshuffle=False) | SourceVerdict(templates)
+        assert_that(verdict["w"], equal_to([f"w: {r}" for r in reasons]), label="wallets")
+        assert_that(verdict["m"], equal_to([]), label="markets")
+        assert_that(verdict["e"], equal_to([]), label="events")
+        kinds = verdict["total"] | beam.Map(lambda total: sorted(total))
+        assert_that(kinds, equal_to([["m", "w"] if parts else ["m"]]), label="total")
+
+
+def test_sums_by_kind_add_up_whatever_the_grouping():
+    """CombineGlobally hands partial sums back in: every grouping gives the same total."""
+    a, b, c = {"w": GONE_410}, {"w": Attempts.of(None), "m": GONE_410}, {"m": GONE_410}
+    one_go = total_by_kind([a, b, c])
+    assert one_go == total_by_kind([total_by_kind([a, c]), b]) == total_by_kind([c, b, a])
+    assert one_go == {"w": GONE_410 + Attempts.of(None), "m": GONE_410 + GONE_410}
+    assert total_by_kind([]) == {}
 
 
 def test_the_stop_line_names_each_kind_of_reason_once():

@@ -25,9 +25,7 @@ from pipeline.sources.errors import SourceError
 from transforms.api import ApiHandle
 from transforms.concurrent import ConcurrentFetchFn, Emit
 from transforms.lookups import (
-    ATTEMPTS as LOOKUP_ATTEMPTS,
-)
-from transforms.lookups import (
+    ATTEMPTS,
     EVENTS,
     MARKETS,
     MISSING,
@@ -48,7 +46,7 @@ LOOKUP_FAILURES = (
     "lookup_failures"  # every markets (events) batch failed as if the source were gone
 )
 HELD = "held"  # failed outcomes held at a bundle's end: failures unless the run's source is gone
-ATTEMPTS = "attempts"  # what each bundle's wallets told about the source (Attempts)
+WALLETS = "wallets"  # the kind of a bundle's wallets' attempts ({WALLETS: Attempts} under ATTEMPTS)
 # One element besides the wallets: where the keys production wants whoever names them are queued,
 # once per run (also when no wallet is fetched at all).
 LOOKUPS_START = None
@@ -133,7 +131,7 @@ class _FetchWalletFn(ConcurrentFetchFn):
         held, attempts = self.health.end_bundle()
         outputs: list[tuple[str | None, Any]] = [(HELD, row) for row in held]
         if attempts:
-            outputs.append((ATTEMPTS, attempts))
+            outputs.append((ATTEMPTS, {WALLETS: attempts}))
         return outputs
 
     def _outcomes(self, rows: list[dict]) -> list[tuple[str | None, Any]]:
@@ -186,10 +184,10 @@ class _FetchWalletFn(ConcurrentFetchFn):
             emit(RUN_FAILURES, reason)
 
 
-def _failed_unless_gone(row: dict, attempts: Attempts) -> Iterator[dict]:
-    """A held outcome is the wallet's failure if the source answered anyone in the run; if it
-    answered no one, the wallet gets no outcome and stays pending."""
-    if not attempts.source_gone:
+def _failed_unless_gone(row: dict, total: dict[str, Attempts]) -> Iterator[dict]:
+    """A held outcome is the wallet's failure if the source answered any wallet in the run; if
+    it answered none, the wallet gets no outcome and stays pending."""
+    if not total.get(WALLETS, Attempts()).source_gone:
         Metrics.counter(NAMESPACE, "wallets_failed").inc()
         yield row
 
@@ -252,22 +250,21 @@ class FetchTrades(beam.PTransform):
             MARKETS,
             EVENTS,
             MISSING,
-            *LOOKUP_ATTEMPTS.values(),
             main="trade_pages",
         )
-        verdict = fetched[ATTEMPTS] | "SourceVerdict" >> SourceVerdict(GONE_TEMPLATE)
+        # The wallets' and the lookups' attempts, summed by kind over the whole run.
+        verdict = fetched[ATTEMPTS] | "SourceVerdict" >> SourceVerdict(
+            {
+                WALLETS: GONE_TEMPLATE,
+                **{kind: LOOKUPS_GONE_TEMPLATE.format(kind=kind) for kind in (MARKETS, EVENTS)},
+            }
+        )
         held = fetched[HELD] | "FailedUnlessGone" >> beam.FlatMap(
             _failed_unless_gone, AsSingleton(verdict["total"])
         )
-        run_wide = verdict["reasons"] | "UnlessStopped" >> beam.FlatMap(
+        run_wide = verdict[WALLETS] | "UnlessStopped" >> beam.FlatMap(
             _unless_stopped, AsList(fetched[RUN_FAILURES])
         )
-        # Why the lookups fail the run: every batch of a kind failed as if the source were gone.
-        lookup_failures = [
-            fetched[LOOKUP_ATTEMPTS[kind]]
-            | f"{kind.title()}Verdict" >> SourceVerdict(LOOKUPS_GONE_TEMPLATE.format(kind=kind))
-            for kind in (MARKETS, EVENTS)
-        ]
         return {
             "trade_pages": fetched.trade_pages,
             OUTCOMES: (fetched[OUTCOMES], held) | "AllOutcomes" >> beam.Flatten(),
@@ -275,6 +272,7 @@ class FetchTrades(beam.PTransform):
             MARKETS: fetched[MARKETS],
             EVENTS: fetched[EVENTS],
             MISSING: fetched[MISSING],
-            LOOKUP_FAILURES: tuple(v["reasons"] for v in lookup_failures)
+            # Why the lookups fail the run: every batch of a kind failed as if the source were gone.
+            LOOKUP_FAILURES: (verdict[MARKETS], verdict[EVENTS])
             | "LookupFailures" >> beam.Flatten(),
         }

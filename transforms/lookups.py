@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 MARKETS, EVENTS = "markets", "events"
 KINDS = (MARKETS, EVENTS)
 MISSING = "missing"  # rows of the staged kind "missing" (pipeline.schema.MISSING_COLUMNS)
-ATTEMPTS = {MARKETS: "markets_attempts", EVENTS: "events_attempts"}  # one Attempts per batch
+ATTEMPTS = "attempts"  # {kind: Attempts} per batch (run_health.SourceVerdict)
 EVENT_SLUGS = "event_slugs"  # the event slugs markets name
 GONE_TEMPLATE = (
     "{kind}: all {{gone}} lookup batches failed as if the source were gone ({kind} not fetched "
@@ -183,8 +183,8 @@ def look_up(
     emit: Callable[[str, Any], None],
 ) -> None:
     """Looks one batch up and emits (tag, value): rows under `kind`, a `missing` row per key the
-    source answered without, the event slugs markets name (EVENT_SLUGS) and one Attempts under
-    ATTEMPTS[kind]. A failed batch is counted and logged and emits no `missing` row: a failure
+    source answered without, the event slugs markets name (EVENT_SLUGS) and one {kind: Attempts}
+    under ATTEMPTS. A failed batch is counted and logged and emits no `missing` row: a failure
     says nothing about whether the source has the key, so its keys stay pending."""
     keys = [item[0] if isinstance(item, tuple) else item for item in batch]
     try:
@@ -192,9 +192,9 @@ def look_up(
     except SourceError as exc:
         counters.add(f"{kind}_failed", len(keys))
         log.warning("%s %s.. (%d keys) failed: %s", kind, keys[0], len(keys), exc)
-        emit(ATTEMPTS[kind], Attempts.of(exc))
+        emit(ATTEMPTS, {kind: Attempts.of(exc)})
         return
-    emit(ATTEMPTS[kind], Attempts.of(None))
+    emit(ATTEMPTS, {kind: Attempts.of(None)})
     if found.missing:
         counters.add(f"{kind}_missing", len(found.missing))
         seen_at = format_timestamp(time.time())

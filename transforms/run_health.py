@@ -73,14 +73,6 @@ class Attempts:
         that answers even once (a success or any wallet's own error) this is False."""
         return self.gone > 0 and self.answered == 0
 
-    @staticmethod
-    def total(parts: Iterable[Attempts]) -> Attempts:
-        """The sum of `parts` (a CombineGlobally function: it may get partial sums back)."""
-        out = Attempts()
-        for part in parts:
-            out = out + part
-        return out
-
 
 class RunHealth:
     def __init__(self, threshold: int = RUN_FAILURE_STREAK) -> None:
@@ -145,26 +137,43 @@ class RunHealth:
             return ([] if self._reason is not None else held), attempts
 
 
-def _reason_if_gone(attempts: Attempts, template: str) -> Iterator[str]:
+def total_by_kind(parts: Iterable[dict[str, Attempts]]) -> dict[str, Attempts]:
+    """The sum of `parts`, kind by kind (a CombineGlobally function: it gets partial sums back,
+    of the same shape)."""
+    out: dict[str, Attempts] = {}
+    for part in parts:
+        for kind, attempts in part.items():
+            out[kind] = out.get(kind, Attempts()) + attempts
+    return out
+
+
+def _reason_if_gone(total: dict[str, Attempts], kind: str, template: str) -> Iterator[str]:
+    attempts = total.get(kind, Attempts())
     if attempts.source_gone:
         yield template.format(gone=attempts.gone, last=attempts.last)
 
 
 class SourceVerdict(beam.PTransform):
-    """Attempts (from every bundle of every worker) -> `total` (their sum, one element: read it
-    as `AsSingleton`, it is ready only once the whole step is over) and `reasons`: one run failure,
-    `template` formatted with `gone` and `last`, if the source answered none of them. Summing over
-    the run is what lets it see a run too small for any streak, and what keeps one worker's few
-    refused wallets from stopping a run that other workers fetch from."""
+    """{kind: Attempts} parts (from every bundle of every worker) -> `total` (their sum by kind,
+    one element: read it `AsSingleton`, it is ready only once the whole step is over) and, under
+    each kind of `templates`, one run failure (the kind's template formatted with `gone` and
+    `last`) if the source answered none of that kind's attempts. Summing over the run is what
+    lets it see a run too small for any streak, and what keeps one worker's few refused wallets
+    from stopping a run that other workers fetch from. One sum for every kind: each sum is a
+    stage of its own after the fetch, on the way to the commit."""
 
-    def __init__(self, template: str) -> None:
+    def __init__(self, templates: dict[str, str]) -> None:
         super().__init__()
-        self._template = template
+        self._templates = dict(templates)
 
-    def expand(self, attempts):
-        total = attempts | "Total" >> beam.CombineGlobally(Attempts.total)
-        reasons = total | "ReasonIfGone" >> beam.FlatMap(_reason_if_gone, self._template)
-        return {"total": total, "reasons": reasons}
+    def expand(self, parts):
+        total = parts | "Total" >> beam.CombineGlobally(total_by_kind)
+        out = {"total": total}
+        for kind, template in self._templates.items():
+            out[kind] = total | f"{kind.title()}IfGone" >> beam.FlatMap(
+                _reason_if_gone, kind, template
+            )
+        return out
 
 
 class RunStopped(RuntimeError):
