@@ -56,14 +56,15 @@ def prepare(config: BackfillConfig) -> list[CommitOutcome]:
         raise
 
 
-def release(config: BackfillConfig) -> None:
+def release(config: BackfillConfig, lease: bool = True) -> None:
     """Gives the run's lease back (a run that ends before its commit step does), and its run id
     if the run staged nothing: its folder holds only the claim this run made (`run` calls this
     once its graph is over, or could not start; a folder holding anything else is never
     deleted, so a run that staged keeps it for recovery)."""
     try:
-        with config.warehouse_ref.open() as warehouse:
-            warehouse.release_lease(config.lease_holder)
+        if lease:  # False: the commit step gave it back already
+            with config.warehouse_ref.open() as warehouse:
+                warehouse.release_lease(config.lease_holder)
     except Exception as exc:  # it expires by itself; the error that ended the run matters more
         log.warning("could not give back the lease of %s: %s", config.lease_holder, exc)
     try:

@@ -36,6 +36,7 @@ from pipeline.sources.errors import SourceError
 from pipeline.staging import CommitOutcome
 from transforms.metrics import NAMESPACE
 from transforms.run_health import RunStopped
+from transforms.stage import LEASE_GIVEN_BACK
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunReport:
     config: BackfillConfig = resolve(options)  # every option checked before anything starts
     config, pipeline, recovered = _start(options, config)  # takes the warehouse's lease
     handed_over = False  # a submitted Dataflow job gives the lease back from its commit step
+    given_back = False  # the commit step gave the lease back (its counter says so)
     try:
         try:
             if not is_dataflow(options):
@@ -130,10 +132,12 @@ def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunReport:
             if stopped is None:
                 raise
             return RunReport(config.run_id, "STOPPED", recovered=recovered, stopped=stopped)
-        return RunReport(config.run_id, str(state), counters_of(result), recovered)
+        counters = counters_of(result)
+        given_back = counters.get(LEASE_GIVEN_BACK, 0) > 0
+        return RunReport(config.run_id, str(state), counters, recovered)
     finally:
         if not handed_over:  # locally the commit step gave it back already, unless it never ran
-            lifecycle.release(config)
+            lifecycle.release(config, lease=not given_back)
 
 
 def _prepare_commit_later(config: BackfillConfig) -> None:

@@ -142,3 +142,21 @@ def test_status_tells_a_live_holder_from_one_whose_process_ended(tmp_path, wareh
     assert warehouse.acquire_lease(dead, 600)
     report = show_status(spec, warehouse.tables)
     assert f"held by {dead}" in report and "that process has ended: the next run takes" in report
+
+
+def test_a_finished_run_gave_the_lease_back_from_its_commit_step(tmp_path, sim_server, monkeypatch):
+    """The commit step gives the lease back and says so (a counter), so `run` opens no warehouse
+    session to give it back again; the lease is free, and a second run starts."""
+    from pipeline.run import run_backfill
+    from tests.support import run_argv, seed_traders
+    from transforms.stage import LEASE_GIVEN_BACK
+
+    server = sim_server(seed=5, wallets=3, max_trades=40)
+    db, root = tmp_path / "w.duckdb", tmp_path / "staging"
+    seed_traders(db, server.simulator.wallet_addresses())
+    monkeypatch.setenv("DOME_API_KEY", server.api_key)
+    report = run_backfill(run_argv(db, root, server))
+    assert report.state == "DONE" and report.counters[LEASE_GIVEN_BACK] == 1
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        assert not warehouse.read_lease().held
+    assert run_backfill(run_argv(db, root, server)).state == "DONE"

@@ -27,6 +27,8 @@ from pipeline.warehouse import CommitError, WarehouseRef
 from transforms.metrics import NAMESPACE
 from transforms.run_health import RunStopped
 
+LEASE_GIVEN_BACK = "lease_given_back"  # the counter the commit step sets once it gave it back
+
 log = logging.getLogger(__name__)
 
 
@@ -150,6 +152,9 @@ class _CommitFn(beam.DoFn):
                 warehouse.release_lease(self._lease_holder)
         except Exception as exc:  # the lease expires by itself; the commit's outcome matters more
             log.warning("could not give back the lease of %s: %s", self._lease_holder, exc)
+            return
+        # `run` need not give it back once more (a warehouse session, the last thing before exit).
+        Metrics.counter(NAMESPACE, LEASE_GIVEN_BACK).inc()
 
 
 class CommitRun(beam.PTransform):
