@@ -159,8 +159,8 @@ class SourceVerdict(beam.PTransform):
     each kind of `templates`, one run failure (the kind's template formatted with `gone` and
     `last`) if the source answered none of that kind's attempts. Summing over the run is what
     lets it see a run too small for any streak, and what keeps one worker's few refused wallets
-    from stopping a run that other workers fetch from. One sum for every kind: each sum is a
-    stage of its own after the fetch, on the way to the commit."""
+    from stopping a run that other workers fetch from. One sum for all kinds, not one per kind:
+    each sum is a stage of its own between the fetch and the commit."""
 
     def __init__(self, templates: dict[str, str]) -> None:
         super().__init__()
