@@ -96,14 +96,9 @@ class _PlanReading:
     the trades start meanwhile, and the keys their first pages name wait for it (`Lookups`)."""
 
     def __init__(self, read: Callable[[], LookupPlan]) -> None:
-        self.future: Future[LookupPlan] = Future()
-        threading.Thread(target=self._read, args=(read,), name="LookupPlan", daemon=True).start()
-
-    def _read(self, read: Callable[[], LookupPlan]) -> None:
-        try:
-            self.future.set_result(read())
-        except BaseException as error:  # the bundles that wait for it fail with it
-            self.future.set_exception(error)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="LookupPlan")
+        self.future: Future[LookupPlan] = pool.submit(read)  # its error fails who waits for it
+        pool.shutdown(wait=False)  # the one read goes on; the thread ends with it
 
 
 class Claims:
