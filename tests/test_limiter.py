@@ -7,7 +7,7 @@ from bisect import bisect_left
 import pytest
 
 from pipeline.sources.dome.client import RateLimit
-from pipeline.sources.limiter import RateLimiter, Window, max_shares, share
+from pipeline.sources.limiter import RateLimiter, Window, arrival_bound, max_shares, share
 from pipeline.sources.polymarket.source import windows as polymarket_windows
 
 
@@ -284,3 +284,49 @@ def test_a_request_seen_sent_frees_a_window_and_the_margin_after_its_send_despit
     assert plain.room(["dome"]) == 0  # the stamp's 31.04 would have let the next one in
     clock.now = 31.6
     assert plain.room(["dome"]) == 1
+
+
+def test_a_measured_arrival_bound_replaces_the_margin_until_a_refusal_proves_it_wrong():
+    """A send over a connection whose handshake was timed counts its arrival within that bound
+    (`arrival_bound`), sooner than the stamp's margin; a bound larger than the margin is capped
+    by it; after a 429 on the bucket the margin is back for good."""
+    clock = _Clock()
+    limiter = RateLimiter([Window("dome", 1, 1.0, margin_s=0.04)], clock=clock)
+    slots: list = []
+    limiter.acquire(taken=slots)  # stamped at 0
+    limiter.sent(slots, arrival_bound(0.0005))  # a loopback handshake: 0.011
+    clock.now = 1.010
+    assert limiter.room(["dome"]) == 0
+    clock.now = 1.012
+    assert limiter.room(["dome"]) == 1
+
+    slots = []
+    limiter.acquire(taken=slots)  # at 1.012
+    limiter.sent(slots, arrival_bound(1.0))  # a slow network: capped by the 40 ms margin
+    clock.now = 2.051
+    assert limiter.room(["dome"]) == 0
+    clock.now = 2.053
+    assert limiter.room(["dome"]) == 1
+
+    limiter.throttled(["dome"], 0.5)
+    clock.now = 2.6
+    slots = []
+    limiter.acquire(taken=slots)  # at 2.6, after the pause
+    limiter.sent(slots, arrival_bound(0.0005))  # the bound is no longer trusted
+    clock.now = 3.63
+    assert limiter.room(["dome"]) == 0
+    clock.now = 3.641
+    assert limiter.room(["dome"]) == 1
+
+
+def test_a_slot_freed_sooner_by_its_send_wakes_a_caller_waiting_for_it():
+    """A caller that found the window full waits for the stamp's guess (the margin); the send's
+    tighter bound frees the slot sooner, and the caller must look again rather than oversleep."""
+    limiter = RateLimiter([Window("w", 1, 0.5, margin_s=5.0)])
+    slots: list = []
+    limiter.acquire(taken=slots)
+    went = threading.Event()
+    threading.Thread(target=lambda: (limiter.acquire(["w"]), went.set()), daemon=True).start()
+    _wait_for(lambda: limiter.waiting() == 1, "the second caller waits")
+    limiter.sent(slots, arrival_bound(0.0))
+    assert went.wait(3.0)  # 0.51 s after the send, not 5.5 s after the stamp

@@ -33,7 +33,7 @@ from pipeline.sources.errors import (
     SourceUnavailable,
     TransientError,
 )
-from pipeline.sources.limiter import RateLimiter, Slot
+from pipeline.sources.limiter import RateLimiter, Slot, arrival_bound
 
 log = logging.getLogger(__name__)
 
@@ -121,24 +121,38 @@ class _Latency:
 
 
 class _SendSeen(HTTPAdapter):
-    """An adapter whose connections call `on_sent` once a request is written to the socket (in
-    the calling thread): the limiter then counts the request's arrival from its send, not from its
-    stamp (RateLimiter.sent). requests has no hook there, so the pools get connection classes of
-    their own; through a proxy (another pool manager) no send is seen, and the limiter holds the
-    slots to the answer as before."""
+    """An adapter whose connections call `on_sent(handshake_s)` once a request is written to the
+    socket (in the calling thread), with the time their TCP handshake took (None if not timed):
+    the limiter then counts the request's arrival from its send, within a bound the round trip
+    gives (limiter.arrival_bound), not from its stamp (RateLimiter.sent). requests has no hook
+    there, so the pools get connection classes of their own; through a proxy (another pool
+    manager) no send is seen, and the limiter holds the slots to the answer as before."""
 
-    def __init__(self, on_sent: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, on_sent: Callable[[float | None], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
-        class Connection(HTTPConnection):
-            def request(self, *args: Any, **kw: Any) -> None:
-                super().request(*args, **kw)
-                on_sent()
+        class SendSeen:
+            """Mixed into urllib3's connections. `_new_conn` (the TCP connect, DNS included: a
+            bound too long is only cautious) has been urllib3's since 1.x; were it renamed, no
+            handshake would be timed and the limiter would keep the window's margin."""
 
-        class SecureConnection(HTTPSConnection):
+            handshake_s: float | None = None
+
+            def _new_conn(self) -> Any:
+                started = time.monotonic()
+                sock = super()._new_conn()  # type: ignore[misc]
+                self.handshake_s = time.monotonic() - started
+                return sock
+
             def request(self, *args: Any, **kw: Any) -> None:
-                super().request(*args, **kw)
-                on_sent()
+                super().request(*args, **kw)  # type: ignore[misc]
+                on_sent(self.handshake_s)
+
+        class Connection(SendSeen, HTTPConnection):
+            pass
+
+        class SecureConnection(SendSeen, HTTPSConnection):
+            pass
 
         class Pool(HTTPConnectionPool):
             ConnectionCls = Connection
@@ -189,11 +203,12 @@ class HttpClient:
     def close(self) -> None:
         self._session.close()
 
-    def _on_sent(self) -> None:
+    def _on_sent(self, handshake_s: float | None) -> None:
         slots = getattr(self._sending, "slots", None)
         if slots:  # once per attempt: a redirect's request was never stamped
             self._sending.slots = None
-            self.limiter.sent(slots)
+            bound = None if handshake_s is None else arrival_bound(handshake_s)
+            self.limiter.sent(slots, bound)
 
     def scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text

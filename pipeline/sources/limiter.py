@@ -22,20 +22,33 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+ARRIVAL_FLOOR_S = 0.01  # the server's own delay in counting an arrival it has received
+
+
+def arrival_bound(handshake_s: float) -> float:
+    """How long after its send a request may reach the server and be counted, from the time its
+    connection's TCP handshake took (one round trip, so twice the one-way delay): twice that
+    again for the delay's jitter, plus the server's own counting delay. Over loopback this is
+    ~10 ms, where the fixed margins (40-250 ms) would cost 1-4% of every window; over a network
+    it grows with the round trip, and the window's margin caps it."""
+    return ARRIVAL_FLOOR_S + 2.0 * max(0.0, handshake_s)
+
 
 @dataclass(frozen=True)
 class Window:
     """At most `limit` requests in any `seconds` (the whole job's, or one process's share).
 
     `margin_s` lengthens the window as the client sees it: the server counts arrivals, which trail
-    the client's stamp by a variable delay. `backoff`: whether a refusal shrinks this window's
-    capacity (by `backoff_factor`) until successes win it back. `held_to_answer`: a request whose
-    send was not seen (`RateLimiter.sent`) frees its slot one window after its answer, never
-    sooner: its arrival is only known to come before the answer, and a send stalled past the
-    margin (a busy machine) would otherwise let the next window's first request in while the
-    server still counts it (a 429). A request seen sent frees one window and the margin after the
-    send, or one window after the answer if that is sooner: a slow answer (the latency's long
-    tail) then no longer pushes every later window back. A 1 s window keeps the margin alone.
+    the client's stamp by a variable delay. It is the bound used when nothing better is known: a
+    request seen sent (`RateLimiter.sent`) over a connection whose handshake was timed counts its
+    arrival within `arrival_bound` of the send, until a refusal shows that bound wrong. `backoff`:
+    whether a refusal shrinks this window's capacity (by `backoff_factor`) until successes win it
+    back. `held_to_answer`: a request whose send was not seen frees its slot one window after its
+    answer, never sooner: its arrival is only known to come before the answer, and a send stalled
+    past the margin (a busy machine) would otherwise let the next window's first request in while
+    the server still counts it (a 429). A request seen sent frees one window and its bound after
+    the send, or one window after the answer if that is sooner: a slow answer (the latency's long
+    tail) then no longer pushes every later window back.
     """
 
     bucket: str
@@ -93,6 +106,7 @@ class _WindowState:
         # its send was seen (RateLimiter.sent)].
         self.slots: deque[list[float]] = deque()
         self.factor = 1.0
+        self.refused = False  # once refused, the measured arrival bound is no longer trusted
 
     def allowed(self) -> int:
         return max(1, math.floor(self.capacity * self.factor))
@@ -235,15 +249,25 @@ class RateLimiter:
                 if queue:
                     queue[0].cond.notify()
 
-    def sent(self, taken: Sequence[Slot]) -> None:
+    def sent(self, taken: Sequence[Slot], arrival_s: float | None = None) -> None:
         """The request that took these slots is written to the connection now: it arrives within
-        the margin of now (not of its stamp, which a busy machine may have left well behind), so
-        its slots free one window and the margin from now unless its answer frees them sooner."""
+        `arrival_s` of now (`arrival_bound`; the window's margin when that is unknown, larger, or
+        proven wrong by a refusal) and not of its stamp, which a busy machine may have left well
+        behind. Its slots free one window and that bound from now, unless its answer frees them
+        sooner; a slot that frees sooner than its stamp's guess wakes the waiting callers."""
         with self._lock:
             now = self._clock()
+            sooner = False
             for state, slot in taken:
-                slot[0] = max(slot[0], now + state.length)
+                margin = state.window.margin_s
+                if arrival_s is not None and not state.refused:
+                    margin = min(margin, arrival_s)
+                free_at = now + state.window.seconds + margin
+                sooner = sooner or free_at < slot[0]
+                slot[0] = free_at
                 slot[1] = 1.0
+            if sooner:
+                self._wake_heads()
 
     def answered(self, taken: Sequence[Slot]) -> None:
         """The server has answered the request that took these slots, so it arrived by now: its
@@ -277,6 +301,7 @@ class RateLimiter:
             for name in names:
                 self._paused_until[name] = max(self._paused_until.get(name, 0.0), until)
             for state in self._states_of(names):
+                state.refused = True
                 if state.window.backoff:
                     state.factor = max(0.25, state.factor * state.window.backoff_factor)
             self._wake_heads()
