@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import threading
 import time
 import tracemalloc
+from dataclasses import replace
 
 import pytest
 
@@ -19,7 +21,7 @@ from pipeline.sources.errors import (
     PaginationError,
     SourceError,
 )
-from pipeline.sources.http import HttpClient, HttpSettings, Telemetry
+from pipeline.sources.http import BUSY_IN_FLIGHT, HttpClient, HttpSettings, Telemetry
 from pipeline.sources.limiter import ARRIVAL_FLOOR_S, RateLimiter, Window
 
 UNLIMITED = RateLimit(10_000, 100_000)
@@ -283,3 +285,27 @@ def test_the_client_tells_the_limiter_when_a_request_is_sent(sim_server):
             "http://127.0.0.1:9/v2/status", [], endpoint="status", buckets=["data"], where="x"
         )
     assert [slot[1] for slot in refused._states[0].slots] == [0.0] * FAST.max_attempts
+
+
+def test_requests_sent_while_many_await_answers_keep_the_margin(sim_server):
+    """A burst: the first BUSY_IN_FLIGHT requests count their arrival within the handshake's bound
+    of their send; the ones sent while that many await their answers keep the window's margin
+    (a server receiving many at once may count them late), and the count goes back to zero."""
+    server = sim_server(seed=3, wallets=1, latency_ms=700, latency_sigma=0.0)
+    burst = BUSY_IN_FLIGHT + 2
+    limiter = RateLimiter([Window("data", 50, 10.0, margin_s=0.25, held_to_answer=True)])
+    client = HttpClient(replace(FAST, pool_size=burst), limiter)
+    url = f"{server.data_api_url}/v2/status"
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(burst) as pool:
+        answers = list(
+            pool.map(
+                lambda _: client.get_json(url, [], endpoint="s", buckets=["data"], where="s"),
+                range(burst),
+            )
+        )
+    assert all(answers)
+    free_at = sorted(slot[0] - started for slot in limiter._states[0].slots)
+    assert all(at < 10.2 for at in free_at[:BUSY_IN_FLIGHT])  # the handshake's bound
+    assert all(at >= 10.25 for at in free_at[BUSY_IN_FLIGHT:])  # the margin
+    assert client._in_flight == 0
