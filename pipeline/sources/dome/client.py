@@ -68,7 +68,9 @@ class RateLimit:
         rate) its margin is 40 ms, 4% of the rate; where it only caps bursts (Dev, Pro) it costs
         nothing sustained, so it gets 250 ms. The 10 s window gets 250 ms (2.5%). A 429 halves the
         1 s window only: halving the 10 s one while the last ten seconds' requests still count
-        would stall the process for several seconds after a single 429.
+        would stall the process for several seconds after a single 429. These margins are the
+        fallback: a request seen sent over a connection whose handshake was timed counts its
+        arrival within the handshake's bound (limiter.arrival_bound, ~10 ms over loopback).
         """
         bursts_only = self.per_second > self.per_10s / 10
         return (
