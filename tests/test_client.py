@@ -261,7 +261,7 @@ def test_without_log_index_ids_stay_unique(sim_server):
 def test_the_client_tells_the_limiter_when_a_request_is_sent(sim_server):
     """The real requests session over a socket: the limiter learns of the send (after the stamp,
     before the answer) and of the connection's handshake, so a slow answer frees the slot from
-    the send plus the bound a loopback round trip gives (~10 ms, not the 250 ms margin); a
+    the send plus the bound a loopback round trip gives (~20 ms, not the 250 ms margin); a
     request that never left (a refused connection) is never said to be sent."""
     server = sim_server(seed=3, wallets=1, latency_ms=600, latency_sigma=0.0)
     window = Window("data", 5, 10.0, margin_s=0.25, held_to_answer=True)

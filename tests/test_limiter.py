@@ -7,7 +7,14 @@ from bisect import bisect_left
 import pytest
 
 from pipeline.sources.dome.client import RateLimit
-from pipeline.sources.limiter import RateLimiter, Window, arrival_bound, max_shares, share
+from pipeline.sources.limiter import (
+    ARRIVAL_FLOOR_S,
+    RateLimiter,
+    Window,
+    arrival_bound,
+    max_shares,
+    share,
+)
 from pipeline.sources.polymarket.source import windows as polymarket_windows
 
 
@@ -294,18 +301,21 @@ def test_a_measured_arrival_bound_replaces_the_margin_until_a_refusal_proves_it_
     limiter = RateLimiter([Window("dome", 1, 1.0, margin_s=0.04)], clock=clock)
     slots: list = []
     limiter.acquire(taken=slots)  # stamped at 0
-    limiter.sent(slots, arrival_bound(0.0005))  # a loopback handshake: 0.011
-    clock.now = 1.010
+    bound = arrival_bound(0.0005)  # a loopback handshake
+    assert ARRIVAL_FLOOR_S < bound < 0.04
+    limiter.sent(slots, bound)
+    clock.now = 1.0 + bound - 0.001
     assert limiter.room(["dome"]) == 0
-    clock.now = 1.012
+    clock.now = 1.0 + bound + 0.001
     assert limiter.room(["dome"]) == 1
 
     slots = []
-    limiter.acquire(taken=slots)  # at 1.012
+    limiter.acquire(taken=slots)
+    start = clock.now
     limiter.sent(slots, arrival_bound(1.0))  # a slow network: capped by the 40 ms margin
-    clock.now = 2.051
+    clock.now = start + 1.039
     assert limiter.room(["dome"]) == 0
-    clock.now = 2.053
+    clock.now = start + 1.041
     assert limiter.room(["dome"]) == 1
 
     limiter.throttled(["dome"], 0.5)
