@@ -342,3 +342,45 @@ def test_the_missing_log_holds_one_row_per_run_and_key_however_often_committed()
             == []
         )
     assert "missing" in q.COMMITTED_KINDS and q.INSERT_MISSING in q.COMMIT_STATEMENTS
+
+
+def test_the_ids_unique_insert_differs_only_by_the_id_dedup() -> None:
+    """A run whose staged ids are all distinct lands with the insert that skips the dedup's
+    window: the same statement otherwise, in the same place of the same transaction."""
+    for dedup, unique in (
+        (q.INSERT_TRADES, q.INSERT_TRADES_IDS_UNIQUE),
+        (q.INSERT_TRADES_UNPRUNED, q.INSERT_TRADES_UNPRUNED_IDS_UNIQUE),
+    ):
+        with_dedup = q.render(dedup, TableNames(), RUN_ID)
+        without = q.render(unique, TableNames(), RUN_ID)
+        assert "PARTITION BY s.`id`" in with_dedup and "PARTITION BY s.`id`" not in without
+        assert with_dedup.replace(q._DEDUP_IDS, "") == without
+        assert unique.params == dedup.params
+    for listed in (True, False):
+        plain, unique = q.commit_statements(listed), q.commit_statements(listed, ids_unique=True)
+        assert plain == q.commit_statements(listed, ids_unique=False)
+        changed = [(a, b) for a, b in zip(plain, unique, strict=True) if a != b]
+        assert changed == [(q.inserts_trades(plain), q.inserts_trades(unique))]
+        assert q.inserts_trades(unique).name.endswith("_ids_unique")
+
+
+@pytest.mark.parametrize(
+    ("ids", "unique"),
+    [
+        ([], True),
+        (["t1"], True),
+        (["t1", "t2", "t3"], True),
+        (["t1", "t2", "t1"], False),
+        (["t1", None], False),  # the load refuses a NULL id; were one there, it would dedup
+    ],
+)
+def test_staged_ids_unique_says_whether_any_id_is_staged_twice(
+    ids: list[str | None], unique: bool
+) -> None:
+    conn = duckdb.connect()
+    table = q.load_table("r1", "trades", "ab")
+    conn.execute(f'CREATE TABLE "{table}" (id VARCHAR)')  # the only column the query reads
+    for i in ids:
+        conn.execute(f'INSERT INTO "{table}" VALUES (?)', [i])
+    text = q.render_duckdb(q.STAGED_IDS_UNIQUE, TableNames(), "r1", "ab")
+    assert conn.execute(text).fetchone() == (unique,)

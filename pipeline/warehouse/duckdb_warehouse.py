@@ -209,9 +209,11 @@ class DuckDBWarehouse(Warehouse):
             q.SELECT_RUN,
             *q.DUCKDB_CREATE_LOAD_TABLE.values(),
             q.SELECT_LANDING_WALLETS,
+            q.STAGED_IDS_UNIQUE,
             q.COMMIT_LOCK,
             q.RUN_COMMITTED,
             *q.commit_statements(wallets_listed=True),
+            q.INSERT_TRADES_IDS_UNIQUE,
             *q.DROP_LOAD_TABLE.values(),
             q.LEASE_RELEASE,
         ):
@@ -242,13 +244,27 @@ class DuckDBWarehouse(Warehouse):
         nonce: str,
         wallets: Sequence[str] | None = None,
     ) -> tuple[int, int, int] | None:
+        # Production trades read for the listed wallets, or (None: too many) by subquery; the
+        # trades' id dedup only if an id is staged twice. The load tables are this session's
+        # own, so what they hold cannot change until the transaction ends. A failed question
+        # keeps the dedup: it lands the same rows, only slower.
+        try:
+            (ids_unique,) = self._execute(
+                session, q.STAGED_IDS_UNIQUE, run_id=run_id, nonce=nonce
+            ).fetchone()
+        except duckdb.Error as exc:
+            log.warning("run %s: could not tell whether its staged ids are unique: %s", run_id, exc)
+            ids_unique = False
+        statements = q.commit_statements(wallets is not None, ids_unique=bool(ids_unique))
         # Across processes the file lock already makes the commit exclusive; two threads of one
         # process share the database, and the second writer of the lease row gets a conflict:
         # it rolls back and tries again, and then finds the run its twin committed.
         delay = 0.05
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
-                return self._transaction_once(session, run_id, committed_at, nonce, wallets)
+                return self._transaction_once(
+                    session, run_id, committed_at, nonce, statements, wallets
+                )
             except duckdb.TransactionException as exc:
                 if _CONFLICT_MESSAGE not in str(exc) or attempt == CONFLICT_ATTEMPTS:
                     raise transaction_failed(run_id, exc) from exc
@@ -263,6 +279,7 @@ class DuckDBWarehouse(Warehouse):
         run_id: str,
         committed_at: dt.datetime,
         nonce: str,
+        statements: Sequence[q.Statement],
         wallets: Sequence[str] | None = None,
     ) -> tuple[int, int, int] | None:
         values = {
@@ -271,9 +288,7 @@ class DuckDBWarehouse(Warehouse):
             "lease_name": q.LEASE_NAME,
             "wallets": list(wallets or ()),
         }
-        # Production trades read for the listed wallets, or (None: too many) by subquery.
-        statements = q.commit_statements(wallets_listed=wallets is not None)
-        insert_trades = q.INSERT_TRADES if wallets is not None else q.INSERT_TRADES_UNPRUNED
+        insert_trades = q.inserts_trades(statements)
         counts: dict[str, int] = {}
         self._execute(session, q.BEGIN_TRANSACTION)
         try:
