@@ -1,5 +1,6 @@
 """The process-wide limiter on its own: every window holds under threads; a refusal slows, then recovers."""
 
+import itertools
 import threading
 import time
 from bisect import bisect_left
@@ -340,3 +341,50 @@ def test_a_slot_freed_sooner_by_its_send_wakes_a_caller_waiting_for_it():
     _wait_for(lambda: limiter.waiting() == 1, "the second caller waits")
     limiter.sent(slots, arrival_bound(0.0))
     assert went.wait(3.0)  # 0.51 s after the send, not 5.5 s after the stamp
+
+
+def test_spacing_spreads_a_burst_and_the_windows_after_it_stay_spread():
+    """Ten callers at once on a 5-per-0.5 s window spaced 50 ms: each request leaves at least
+    50 ms after the one before, the sixth waits for the first's slot, and the spacing never
+    denies a slot (room still counts all five at the start)."""
+    limiter = RateLimiter([Window("key", 5, 0.5, margin_s=0.0, spacing_s=0.05)])
+    assert limiter.room(["key"]) == 5
+    taken: list = []  # (window, slot): a slot holds its take time + the window, until answered
+    lock = threading.Lock()
+    start = threading.Barrier(10)
+
+    def caller():
+        start.wait()
+        slots: list = []
+        limiter.acquire(taken=slots)
+        with lock:
+            taken.extend(slots)
+
+    threads = [threading.Thread(target=caller) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stamps = sorted(slot[0] - 0.5 for _, slot in taken)  # when each was let go, exactly
+    assert len(stamps) == 10
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) >= 0.05 - 1e-9, gaps
+    assert all(stamps[k + 5] - stamps[k] >= 0.5 - 1e-9 for k in range(5))
+
+
+def test_spacing_must_leave_the_window_its_whole_rate():
+    with pytest.raises(ValueError, match="spacing must be under"):
+        Window("key", 10, 1.0, spacing_s=0.1)
+    with pytest.raises(ValueError, match="spacing must be under"):
+        Window("key", 10, 1.0, spacing_s=-0.01)
+    assert Window("key", 10, 1.0, spacing_s=0.099).spacing_s == 0.099
+
+
+def test_dome_spaces_the_window_that_sets_its_rate_only():
+    free_second, free_ten = RateLimit.for_tier("free").windows()
+    assert (free_second.spacing_s, free_ten.spacing_s) == (0.04, 0.0)
+    # Dev: 100/s caps bursts of a 50/s rate; Pro: 300/s is its 3,000 per 10 s.
+    assert [w.spacing_s for w in RateLimit.for_tier("dev").windows()] == [0.0, 0.0]
+    assert [w.spacing_s for w in RateLimit.for_tier("pro").windows()] == [0.4 / 300, 0.0]
+    (shared, _) = share(RateLimit.for_tier("free").windows(), 2)
+    assert shared.spacing_s == 0.04  # each process spaces its own: 5 per second, 40 ms apart

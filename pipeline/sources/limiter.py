@@ -51,7 +51,11 @@ class Window:
     past the margin (a busy machine) would otherwise let the next window's first request in while
     the server still counts it (a 429). A request seen sent frees one window and its bound after
     the send, or one window after the answer if that is sooner: a slow answer (the latency's long
-    tail) then no longer pushes every later window back.
+    tail) then no longer pushes every later window back. `spacing_s`: the least time between two
+    requests this window lets go, so that the slots a burst took (the first window's) spread out
+    and stay spread: every slot frees one window after its own send, so without spacing the
+    requests would go in bursts at every window's edge for the whole run. It delays, never
+    denies: `RateLimiter.room` does not count it.
     """
 
     bucket: str
@@ -61,12 +65,18 @@ class Window:
     backoff: bool = True
     backoff_factor: float = 0.5
     held_to_answer: bool = False
+    spacing_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.limit > 0 and math.isfinite(self.limit)):
             raise ValueError(f"bucket {self.bucket}: the limit must be a positive number")
         if not (self.seconds > 0 and math.isfinite(self.seconds)):
             raise ValueError(f"bucket {self.bucket}: the window must be a positive number")
+        if not (0 <= self.spacing_s < self.seconds / self.limit):
+            raise ValueError(
+                f"bucket {self.bucket}: the spacing must be under a window's share per request "
+                f"({self.seconds / self.limit:g} s), or it would cap the rate below the limit"
+            )
 
     @property
     def sustained(self) -> float:
@@ -110,6 +120,7 @@ class _WindowState:
         self.slots: deque[list[float]] = deque()
         self.factor = 1.0
         self.refused = False  # once refused, the measured arrival bound is no longer trusted
+        self.last_take = -math.inf
 
     def allowed(self) -> int:
         return max(1, math.floor(self.capacity * self.factor))
@@ -128,17 +139,19 @@ class _WindowState:
             slots.popleft()
         if len(slots) > 2 * self.capacity:  # freed ones piled up behind a slow head
             self.slots = deque(slot for slot in slots if slot[0] > now)
+        spaced = max(0.0, self.last_take + self.window.spacing_s - now)
         held = self._held(now)
         excess = len(held) - self.allowed() + 1
         if excess <= 0:
-            return 0.0
-        return heapq.nsmallest(excess, held)[-1] - now
+            return spaced
+        return max(spaced, heapq.nsmallest(excess, held)[-1] - now)
 
     def free(self, at: float) -> int:
         """Slots free at `at` (now or later), if no one takes any before."""
         return max(0, self.allowed() - len(self._held(at)))
 
     def take(self, now: float) -> list[float]:
+        self.last_take = now
         slot = [now + self.length, 0.0]
         self.slots.append(slot)
         return slot

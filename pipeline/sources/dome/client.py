@@ -71,10 +71,23 @@ class RateLimit:
         would stall the process for several seconds after a single 429. These margins are the
         fallback: a request seen sent over a connection whose handshake was timed counts its
         arrival within the handshake's bound (limiter.arrival_bound, ~20 ms over loopback).
+
+        Where the 1 s window sets the rate, its requests are also spaced 40% of their share of
+        the second apart (Free: 40 ms), so they do not leave in a burst of ten at every second's
+        edge: a burst finds 8 requests in flight, which keeps the margin for the last ones
+        (`http.BUSY_IN_FLIGHT`: a server counts part of a burst late), and that cost 0.5% of
+        the rate in a 3,000-wallet run (0.975 of it). Spaced, 3-5 are in flight at a send.
         """
         bursts_only = self.per_second > self.per_10s / 10
+        spacing = 0.0 if bursts_only else 0.4 / self.per_second
         return (
-            Window(BUCKET, self.per_second, 1.0, margin_s=0.25 if bursts_only else 0.04),
+            Window(
+                BUCKET,
+                self.per_second,
+                1.0,
+                margin_s=0.25 if bursts_only else 0.04,
+                spacing_s=spacing,
+            ),
             Window(BUCKET, self.per_10s, 10.0, margin_s=0.25, backoff=False, held_to_answer=True),
         )
 
