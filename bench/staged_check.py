@@ -1,5 +1,7 @@
 """The commit's staged-count check (issue 14, the end of a run): seconds to check a run of N staged
-trades, this checkout against another, side by side in one invocation.
+trades, this checkout against another, side by side in one invocation; with `--commit`, the
+seconds of the whole DuckDB commit of that run (the check beside the load, then the transaction)
+into a fresh warehouse file.
 
 Before a run lands, `check_staged_counts` reads every staged trade line to count them per wallet
 (a run whose files lost lines is refused). It runs on the commit's critical path, after the last
@@ -10,7 +12,7 @@ NDJSON, 4 shards, one outcome per wallet). Each tree's code runs in its own chil
 same files, alternately, `--repeat` times; the median is reported.
 
     .venv/bin/python bench/staged_check.py [--trades 350000] [--wallets 3000] [--repeat 3]
-        [--tree /path/to/other/checkout]
+        [--tree /path/to/other/checkout] [--commit]
 """
 
 from __future__ import annotations
@@ -33,6 +35,26 @@ files = json.load(open(sys.argv[1]))
 start = time.perf_counter()
 check_staged_counts("bench", files)
 print(time.perf_counter() - start)
+"""
+
+# The commit as a run makes it (pipeline.staging's check beside the load, then the transaction), on
+# a new DuckDB file in the manifest's folder; the file is deleted after.
+CHILD_COMMIT = """
+import json, os, sys, time
+from pathlib import Path
+from pipeline import staging
+from pipeline.warehouse import TableNames, WarehouseRef
+files = json.load(open(sys.argv[1]))
+db = Path(sys.argv[1]).with_name("commit.duckdb")
+ref = WarehouseRef(f"duckdb:{db}", TableNames())
+with ref.open() as warehouse:
+    warehouse.ensure_tables()
+start = time.perf_counter()
+report = staging._check_and_commit("bench", ref, files)
+print(time.perf_counter() - start)
+assert report.trades_inserted == sum(1 for f in files["trades"] for _ in open(f)), report
+for leftover in (db, db.with_name(db.name + ".wal")):
+    leftover.unlink(missing_ok=True)
 """
 
 
@@ -76,20 +98,31 @@ def stage(folder: Path, trades: int, wallets: int, shards: int = 4) -> dict[str,
     outcomes = folder / "outcomes-0.json"
     with outcomes.open("w") as handle:
         for wallet, count in counts.items():
-            row = {"wallet_address": wallet, "trade_count": count, "error": None}
+            row = {
+                "wallet_address": wallet,
+                "upload_successful": True,
+                "trade_count": count,
+                "error": None,
+                "last_trade_at": "2025-09-13 19:36:57.000000+00:00",
+                "gcs_file": str(folder),
+                "processed_at": "2026-11-27 02:12:29.000000+00:00",
+                "run_id": "bench",
+                "fetched_from": None,
+                "source": "polymarket",
+            }
             handle.write(json.dumps(row) + "\n")
     return {"trades": [str(p) for p in paths], "outcomes": [str(outcomes)]}
 
 
-def seconds(tree: Path, manifest: Path) -> float:
+def seconds(tree: Path, manifest: Path, commit: bool = False) -> float:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(manifest)],
+        [sys.executable, "-c", CHILD_COMMIT if commit else CHILD, str(manifest)],
         cwd=tree,
         capture_output=True,
         text=True,
         check=True,
     )
-    return float(out.stdout.strip())
+    return float(out.stdout.strip().splitlines()[-1])  # after DuckDB's progress bar, if any
 
 
 def main() -> int:
@@ -98,6 +131,7 @@ def main() -> int:
     parser.add_argument("--wallets", type=int, default=3_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tree", type=Path, help="another checkout, measured alongside")
+    parser.add_argument("--commit", action="store_true", help="time the whole DuckDB commit")
     args = parser.parse_args()
     trees = [("this", common.REPO)] + ([("other", args.tree.resolve())] if args.tree else [])
     times: dict[str, list[float]] = {name: [] for name, _ in trees}
@@ -106,10 +140,11 @@ def main() -> int:
         manifest.write_text(json.dumps(stage(Path(tmp), args.trades, args.wallets)))
         for _ in range(args.repeat):
             for name, tree in trees:
-                times[name].append(seconds(tree, manifest))
+                times[name].append(seconds(tree, manifest, args.commit))
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, tree in trees:
-        print(f"{name} ({tree}): {medians[name]:.2f} s for {args.trades} staged trades")
+        what = "to commit" if args.commit else "to check"
+        print(f"{name} ({tree}): {medians[name]:.2f} s {what} {args.trades} staged trades")
     if args.tree:
         print(f"this ÷ other: {medians['this'] / medians['other']:.3f}")
     print("rerun:", common.rerun("staged_check.py", *sys.argv[1:]))
