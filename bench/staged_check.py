@@ -40,7 +40,7 @@ print(time.perf_counter() - start)
 # The commit as a run makes it (pipeline.staging's check beside the load, then the transaction), on
 # a new DuckDB file in the manifest's folder; the file is deleted after.
 CHILD_COMMIT = """
-import json, os, sys, time
+import json, sys, time
 from pathlib import Path
 from pipeline import staging
 from pipeline.warehouse import TableNames, WarehouseRef

@@ -345,10 +345,12 @@ def test_a_slot_freed_sooner_by_its_send_wakes_a_caller_waiting_for_it():
 
 def test_spacing_spreads_a_burst_and_the_windows_after_it_stay_spread():
     """Ten callers at once on a 5-per-0.5 s window spaced 50 ms: each request leaves at least
-    50 ms after the one before, the sixth waits for the first's slot, and the spacing never
-    denies a slot (room still counts all five at the start)."""
+    50 ms after the one before, and the sixth waits for the first's slot. The spacing delays and
+    never denies: right after a take, room still counts the four slots left."""
     limiter = RateLimiter([Window("key", 5, 0.5, margin_s=0.0, spacing_s=0.05)])
-    assert limiter.room(["key"]) == 5
+    limiter.acquire()
+    assert limiter.room(["key"]) == 4
+    limiter = RateLimiter([Window("key", 5, 0.5, margin_s=0.0, spacing_s=0.05)])
     taken: list = []  # (window, slot): a slot holds its take time + the window, until answered
     lock = threading.Lock()
     start = threading.Barrier(10)

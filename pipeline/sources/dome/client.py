@@ -74,9 +74,11 @@ class RateLimit:
 
         Where the 1 s window sets the rate, its requests are also spaced 40% of their share of
         the second apart (Free: 40 ms), so they do not leave in a burst of ten at every second's
-        edge: a burst finds 8 requests in flight, which keeps the margin for the last ones
-        (`http.BUSY_IN_FLIGHT`: a server counts part of a burst late), and that cost 0.5% of
-        the rate in a 3,000-wallet run (0.975 of it). Spaced, 3-5 are in flight at a send.
+        edge: the last of a burst find 8 requests in flight and keep the margin
+        (`http.BUSY_IN_FLIGHT`: a server counts part of a burst late), and a burst is what made
+        the simulator count late at all. It costs a run ~0.36 s once (the first second's ten
+        spread out). 3,000-wallet runs: 0 429s in both spaced runs (steady 0.977 in the one
+        measured), one 429 in three unspaced ones (steady 0.973-0.975; bench/README.md section 7).
         """
         bursts_only = self.per_second > self.per_10s / 10
         spacing = 0.0 if bursts_only else 0.4 / self.per_second
