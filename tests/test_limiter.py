@@ -24,6 +24,15 @@ def peak(stamps: list[float], window: float) -> int:
     return max(i - bisect_left(stamps, t - window + 1e-9) + 1 for i, t in enumerate(stamps))
 
 
+def _run_together(target, count: int) -> None:
+    """`count` threads running `target` at once; returns when all are done."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_both_windows_hold_across_threads():
     # Dome's shape (a short window inside a long one) at a tenth of its time scale: 8 per 0.2 s
     # and 20 per 2 s. 28 requests overrun the long window's 20, so the long window must hold
@@ -41,11 +50,7 @@ def test_both_windows_hold_across_threads():
             with lock:
                 stamps.append(time.monotonic())
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _run_together(worker, 4)
     assert len(stamps) == 28
     # Stamps are taken just after `acquire` returns: a few ms of slack for the recording.
     slack = 0.01
@@ -362,11 +367,7 @@ def test_spacing_spreads_a_burst_and_the_windows_after_it_stay_spread():
         with lock:
             taken.extend(slots)
 
-    threads = [threading.Thread(target=caller) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _run_together(caller, 10)
     stamps = sorted(slot[0] - 0.5 for _, slot in taken)  # when each was let go, exactly
     assert len(stamps) == 10
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
