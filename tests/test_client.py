@@ -22,7 +22,13 @@ from pipeline.sources.errors import (
     SourceError,
 )
 from pipeline.sources.http import BUSY_IN_FLIGHT, HttpClient, HttpSettings, Telemetry
-from pipeline.sources.limiter import ARRIVAL_FLOOR_S, RateLimiter, Window
+from pipeline.sources.limiter import (
+    ARRIVAL_FLOOR_S,
+    QUEUE_STEP_S,
+    QUEUED_S,
+    RateLimiter,
+    Window,
+)
 
 UNLIMITED = RateLimit(10_000, 100_000)
 FAST = HttpSettings(read_timeout_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2)
@@ -262,22 +268,27 @@ def test_the_client_tells_the_limiter_when_a_request_is_sent(sim_server):
     """The real requests session over a socket: the limiter learns of the send (after the stamp,
     before the answer) and of the connection's handshake, so a slow answer frees the slot from
     the send plus the bound a loopback round trip gives (~20 ms; the margin, 5 s here, would leave
-    it to the answer); a request that never left (a refused connection) is never said to be sent."""
+    it to the answer); not for a connection's first request, which the server counts only once it
+    has accepted the connection (left to the answer); a request that never left (a refused
+    connection) is never said to be sent."""
     server = sim_server(seed=3, wallets=1, latency_ms=600, latency_sigma=0.0)
     window = Window("data", 5, 10.0, margin_s=5.0, held_to_answer=True)
     limiter = RateLimiter([window])
     client = HttpClient(FAST, limiter)
-    started = time.monotonic()
-    status = client.get_json(
-        f"{server.data_api_url}/v2/status", [], endpoint="status", buckets=["data"], where="status"
-    )
-    answered = time.monotonic()
-    assert status and answered - started >= 0.6
-    ((free_at, seen),) = [tuple(slot) for slot in limiter._states[0].slots]
-    assert seen
-    # Within the handshake's bound of the send, which came >= 0.6 s before the answer: neither
-    # the margin (5 s) nor the answer (answered + 10) sets it.
-    assert started + 10.0 + ARRIVAL_FLOOR_S <= free_at < answered + 10.0 - 0.5
+    url = f"{server.data_api_url}/v2/status"
+    sent_at, answered_at = [], []
+    for _ in range(2):  # one connection: the pool reuses it
+        sent_at.append(time.monotonic())
+        assert client.get_json(url, [], endpoint="status", buckets=["data"], where="status")
+        answered_at.append(time.monotonic())
+        assert answered_at[-1] - sent_at[-1] >= 0.6
+    first, second = [tuple(slot) for slot in limiter._states[0].slots]
+    assert first[1] and second[1]  # both seen sent
+    # The first: one window after its answer (the margin, 5 s, would be later).
+    assert sent_at[0] + 10.6 <= first[0] <= answered_at[0] + 10.0
+    # The second: within the handshake's bound of the send, which came >= 0.6 s before the
+    # answer: neither the margin (5 s) nor the answer (answered + 10) sets it.
+    assert sent_at[1] + 10.0 + ARRIVAL_FLOOR_S <= second[0] < answered_at[1] + 10.0 - 0.5
 
     refused = RateLimiter([window])
     with pytest.raises(SourceError):
@@ -287,26 +298,55 @@ def test_the_client_tells_the_limiter_when_a_request_is_sent(sim_server):
     assert [slot[1] for slot in refused._states[0].slots] == [0.0] * FAST.max_attempts
 
 
+def burst(client, url, size):
+    """`size` requests sent at once from as many threads (a barrier lines them up)."""
+    ready = threading.Barrier(size)
+
+    def one(_):
+        ready.wait()
+        return client.get_json(url, [], endpoint="s", buckets=["data"], where="s")
+
+    with concurrent.futures.ThreadPoolExecutor(size) as pool:
+        return list(pool.map(one, range(size)))
+
+
+def warm_client(server, size, margin_s=2.0):
+    """A client whose pool already holds `size` connections (their first requests answered, and
+    their slots dropped), over a slow server: a burst's requests are all in flight together."""
+    limiter = RateLimiter([Window("data", 50, 10.0, margin_s=margin_s, held_to_answer=True)])
+    client = HttpClient(replace(FAST, pool_size=size, read_timeout_s=10.0), limiter)
+    url = f"{server.data_api_url}/v2/status"
+    assert all(burst(client, url, size))
+    limiter._states[0].slots.clear()
+    return client, limiter, url
+
+
 def test_requests_sent_while_many_await_answers_keep_the_margin(sim_server):
     """A burst: the first BUSY_IN_FLIGHT requests count their arrival within the handshake's bound
     of their send; the ones sent while that many await their answers keep the window's margin
     (a server receiving many at once may count them late), and the count goes back to zero."""
     server = sim_server(seed=3, wallets=1, latency_ms=2500, latency_sigma=0.0)
-    burst = BUSY_IN_FLIGHT + 2
-    limiter = RateLimiter([Window("data", 50, 10.0, margin_s=2.0, held_to_answer=True)])
-    client = HttpClient(replace(FAST, pool_size=burst, read_timeout_s=10.0), limiter)
-    url = f"{server.data_api_url}/v2/status"
-    with concurrent.futures.ThreadPoolExecutor(burst) as pool:
-        answers = list(
-            pool.map(
-                lambda _: client.get_json(url, [], endpoint="s", buckets=["data"], where="s"),
-                range(burst),
-            )
-        )
-    assert all(answers)
-    # All were sent within the 2.5 s before the first answer: a slot freed ~20 ms after its
+    size = BUSY_IN_FLIGHT + 2
+    client, limiter, url = warm_client(server, size)
+    assert all(burst(client, url, size))
+    # All were sent within the 2.5 s before the first answer: a slot freed ~20-60 ms after its
     # send, or 2 s after it (the answer, 2.5 s after, frees none sooner than that).
     free_at = sorted(slot[0] for slot in limiter._states[0].slots)
     bound, margin = free_at[:BUSY_IN_FLIGHT], free_at[BUSY_IN_FLIGHT:]
     assert len(margin) == 2 and min(margin) - max(bound) > 1.0
-    assert client._in_flight == 0
+    assert client._in_flight == {}
+
+
+def test_a_request_sent_right_behind_others_allows_for_their_counting_first(sim_server):
+    """Requests sent within QUEUED_S of each other: the server counts each after the ones ahead,
+    so each one's bound grows by QUEUE_STEP_S per request sent just before it and not answered.
+    The last sent then frees at least min((n - 1) * step, QUEUED_S) after the first: its send
+    came that much later, or the requests ahead lengthened its bound that much."""
+    server = sim_server(seed=3, wallets=1, latency_ms=2500, latency_sigma=0.0)
+    size = 5
+    client, limiter, url = warm_client(server, size)
+    assert all(burst(client, url, size))
+    free_at = [slot[0] for slot in limiter._states[0].slots]
+    assert len(free_at) == size
+    assert max(free_at) - min(free_at) >= min((size - 1) * QUEUE_STEP_S, QUEUED_S) - 1e-3
+    assert all(at < min(free_at) + 1.0 for at in free_at)  # all by bound, none by the margin

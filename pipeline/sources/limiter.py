@@ -28,13 +28,22 @@ from dataclasses import dataclass, field, replace
 ARRIVAL_FLOOR_S = 0.02
 
 
-def arrival_bound(handshake_s: float) -> float:
+# A request sent within this long before ours may still wait to be counted when ours arrives...
+QUEUED_S = 0.02
+# ...and the server counts ours after it: one GIL switch interval of a Python server. The
+# simulator in the tests' own process (whose GIL the client's threads share) counted requests
+# sent in a burst of 4-6 up to 24 ms late on a loaded machine (one 429 in CI); alone, 13-19 ms.
+QUEUE_STEP_S = 0.005
+
+
+def arrival_bound(handshake_s: float, queued: int = 0) -> float:
     """How long after its send a request may reach the server and be counted, from the time its
     connection's TCP handshake took (one round trip, so twice the one-way delay): twice that
-    again for the delay's jitter, plus the server's own counting delay. Over loopback this is
+    again for the delay's jitter, plus the server's own counting delay, longer behind `queued`
+    requests sent just before (within `QUEUED_S`) and not yet answered. Over loopback this is
     ~20 ms, where the fixed margins (40-250 ms) would cost 2.5-4% of every window; over a network
     it grows with the round trip, and the window's margin caps it."""
-    return ARRIVAL_FLOOR_S + 2.0 * max(0.0, handshake_s)
+    return ARRIVAL_FLOOR_S + QUEUE_STEP_S * max(0, queued) + 2.0 * max(0.0, handshake_s)
 
 
 @dataclass(frozen=True)
