@@ -298,9 +298,11 @@ def test_the_client_tells_the_limiter_when_a_request_is_sent(sim_server):
     assert [slot[1] for slot in refused._states[0].slots] == [0.0] * FAST.max_attempts
 
 
-def burst(client, url, size):
-    """`size` requests sent at once from as many threads (a barrier lines them up)."""
-    ready = threading.Barrier(size)
+def burst(client, url, size, released=None):
+    """`size` requests sent at once from as many threads (a barrier lines them up; `released`
+    receives the time it let them go, before any was sent)."""
+    released = [] if released is None else released
+    ready = threading.Barrier(size, action=lambda: released.append(time.monotonic()))
 
     def one(_):
         ready.wait()
@@ -340,13 +342,16 @@ def test_requests_sent_while_many_await_answers_keep_the_margin(sim_server):
 def test_a_request_sent_right_behind_others_allows_for_their_counting_first(sim_server):
     """Requests sent within QUEUED_S of each other: the server counts each after the ones ahead,
     so each one's bound grows by QUEUE_STEP_S per request sent just before it and not answered.
-    The last sent then frees at least min((n - 1) * step, QUEUED_S) after the first: its send
-    came that much later, or the requests ahead lengthened its bound that much."""
+    The last sent then frees at least min((n - 1) * step, QUEUED_S) later than a lone request
+    sent when the burst was let go: the requests ahead lengthened its bound that much, or it
+    was sent that much later."""
     server = sim_server(seed=3, wallets=1, latency_ms=2500, latency_sigma=0.0)
     size = 5
     client, limiter, url = warm_client(server, size)
-    assert all(burst(client, url, size))
+    released: list[float] = []
+    assert all(burst(client, url, size, released))
     free_at = [slot[0] for slot in limiter._states[0].slots]
     assert len(free_at) == size
-    assert max(free_at) - min(free_at) >= min((size - 1) * QUEUE_STEP_S, QUEUED_S) - 1e-3
-    assert all(at < min(free_at) + 1.0 for at in free_at)  # all by bound, none by the margin
+    lone = released[0] + 10.0 + ARRIVAL_FLOOR_S
+    assert max(free_at) >= lone + min((size - 1) * QUEUE_STEP_S, QUEUED_S)
+    assert all(at < lone + 1.0 for at in free_at)  # all by the bound, none by the 2 s margin
