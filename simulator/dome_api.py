@@ -32,8 +32,32 @@ MAX_FILTER_VALUES = 100
 JSON = "application/json"
 
 
+# Items of a long list encoded per json.dumps call. One call holds the GIL throughout: a page of
+# 1,000 orders (~680 KB) took ~10 ms, and a request that reached the server meanwhile was counted
+# that much later (two such pages back to back: past the client's 20 ms arrival bound, a 429 in
+# a 3,000-wallet run). A real API counts at its edge, not behind its page encoding; in chunks of
+# 100 the wait is ~1 ms. The bytes are the same.
+ENCODE_CHUNK = 100
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """Compact JSON, a top-level object's long lists encoded a chunk at a time (ENCODE_CHUNK)."""
+    if not isinstance(obj, dict) or not any(
+        isinstance(v, list) and len(v) > ENCODE_CHUNK for v in obj.values()
+    ):
+        return json.dumps(obj, separators=(",", ":")).encode()
+    parts = []
+    for key, value in obj.items():
+        if isinstance(value, list) and len(value) > ENCODE_CHUNK:
+            chunks = (
+                json.dumps(value[i : i + ENCODE_CHUNK], separators=(",", ":"))[1:-1]
+                for i in range(0, len(value), ENCODE_CHUNK)
+            )
+            encoded = "[" + ",".join(chunks) + "]"
+        else:
+            encoded = json.dumps(value, separators=(",", ":"))
+        parts.append(json.dumps(str(key)) + ":" + encoded)
+    return ("{" + ",".join(parts) + "}").encode()
 
 
 class ApiError(Exception):

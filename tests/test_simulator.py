@@ -23,6 +23,7 @@ import requests
 
 from simulator import FAULT_KINDS, FaultRule, SimConfig, Simulator, parse_fault_spec
 from simulator.cli import add_arguments
+from simulator.dome_api import ENCODE_CHUNK, _dumps
 from simulator.server import _scope, encode_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -854,3 +855,15 @@ def test_bad_admin_calls_are_400_and_change_nothing(sim_server):
     with pytest.raises(ValueError):
         server.settle_markets()
     assert server.stats()["requests"]["admin"] == 11
+
+
+@pytest.mark.parametrize("items", [0, 1, ENCODE_CHUNK, ENCODE_CHUNK + 1, 3 * ENCODE_CHUNK + 7])
+def test_a_page_encoded_in_chunks_is_the_same_bytes(items):
+    """The simulator encodes a long list a chunk at a time (so that no one call holds the GIL
+    while another request waits to be counted); what goes out is what one json.dumps writes."""
+    rows = [{"id": i, "price": i / 7, "title": f'é "{i}"', "tags": [i, None]} for i in range(items)]
+    page = {"orders": rows, "pagination": {"limit": 1000, "has_more": True}, "ünï": [1, 2]}
+    expected = json.dumps(page, separators=(",", ":")).encode()
+    assert _dumps(page) == expected
+    assert json.loads(_dumps(page)) == page
+    assert _dumps(rows) == json.dumps(rows, separators=(",", ":")).encode()  # not an object
