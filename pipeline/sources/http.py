@@ -157,7 +157,7 @@ class _SendSeen(HTTPAdapter):
                 super().request(*args, **kw)  # type: ignore[misc]
                 # A new connection's first request is counted only once the server has accepted
                 # the connection and started to serve it, which the handshake (completed by the
-                # kernel) does not time: up to 53 ms over loopback against the simulator's
+                # kernel) does not time: 53-68 ms over loopback against the simulator's
                 # threaded server, past the bound. Its arrival is left to the margin or the answer.
                 fresh, self.fresh = self.fresh, False
                 on_sent(None if fresh else self.handshake_s)
