@@ -41,14 +41,12 @@ ENCODE_CHUNK = 100
 
 
 def _dumps(obj: Any) -> bytes:
-    """Compact JSON, a top-level object's long lists encoded a chunk at a time (ENCODE_CHUNK)."""
-    if not isinstance(obj, dict) or not any(
-        isinstance(v, list) and len(v) > ENCODE_CHUNK for v in obj.values()
-    ):
+    """Compact JSON; a top-level object's lists (every page's rows) a chunk at a time."""
+    if not isinstance(obj, dict):
         return json.dumps(obj, separators=(",", ":")).encode()
     parts = []
     for key, value in obj.items():
-        if isinstance(value, list) and len(value) > ENCODE_CHUNK:
+        if isinstance(value, list):
             chunks = (
                 json.dumps(value[i : i + ENCODE_CHUNK], separators=(",", ":"))[1:-1]
                 for i in range(0, len(value), ENCODE_CHUNK)
