@@ -22,10 +22,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-# The server's own delay in counting an arrival it has received. The simulator (a Python server:
-# a request's thread waits for the GIL while others encode big pages) counted one late by more
-# than 10 ms in a 3,000-wallet Dome run (one 429); at 20 ms, none. It costs 2% of a 1 s window.
-ARRIVAL_FLOOR_S = 0.02
+# The server's own delay in counting an arrival it has received, beyond what the queue step
+# below allows for. The simulator counted one late by more than 10 ms in a 3,000-wallet Dome run
+# (one 429) while it encoded each big page in one call (the GIL held ~10 ms); since it encodes in
+# chunks, timed per request against the send (session 10): at most 5.2 ms in a 3,000-wallet Dome
+# run, 1.9 ms in a 300-wallet Polymarket one. 15 ms keeps 10 ms over that; it costs 1.5% of a
+# 1 s window (20 ms cost 2%: Dome's steady rate 0.977).
+ARRIVAL_FLOOR_S = 0.015
 
 
 # A request sent within this long before ours may still wait to be counted when ours arrives...
@@ -41,7 +44,7 @@ def arrival_bound(handshake_s: float, queued: int = 0) -> float:
     connection's TCP handshake took (one round trip, so twice the one-way delay): twice that
     again for the delay's jitter, plus the server's own counting delay, longer behind `queued`
     requests sent just before (within `QUEUED_S`) and not yet answered. Over loopback this is
-    ~20 ms, where the fixed margins (40-250 ms) would cost 2.5-4% of every window; over a network
+    ~15 ms, where the fixed margins (40-250 ms) would cost 2.5-4% of every window; over a network
     it grows with the round trip, and the window's margin caps it."""
     return ARRIVAL_FLOOR_S + QUEUE_STEP_S * max(0, queued) + 2.0 * max(0.0, handshake_s)
 

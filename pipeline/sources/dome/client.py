@@ -70,7 +70,7 @@ class RateLimit:
         1 s window only: halving the 10 s one while the last ten seconds' requests still count
         would stall the process for several seconds after a single 429. These margins are the
         fallback: a request seen sent over a connection whose handshake was timed counts its
-        arrival within the handshake's bound (limiter.arrival_bound, ~20 ms over loopback).
+        arrival within the handshake's bound (limiter.arrival_bound, ~15 ms over loopback).
 
         Where the 1 s window sets the rate, its requests are also spaced 40% of their share of
         the second apart (Free: 40 ms), so they do not leave in a burst of ten at every second's
