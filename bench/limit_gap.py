@@ -16,8 +16,9 @@ fetching), the trades span (vs. the window floor), the last trades request -> th
 
 Side by side: `--tree PATH` (repeatable) runs the same measurement with another checkout's code
 (the child process runs in that folder), alternating trees run by run, so every tree sees the same
-load; `--repeat N` does it N times, each round starting with the next tree. `--write` merges the figures of this checkout's runs (the
-median wall) into bench/results/latest.json, keeping every other key.
+load; `--repeat N` does it N times, each round starting with the next tree. `--write` merges the
+figures of this checkout's runs (the median wall) into bench/results/latest.json, keeping every
+other key.
 
     .venv/bin/python bench/limit_gap.py [--source polymarket|dome|both] [--repeat 2]
         [--tree /path/to/other/checkout] [--wallets 300] [--write]
@@ -194,7 +195,7 @@ def main() -> int:
     for i in range(args.repeat):
         for source in sources:
             print(f"-- {source}, round {i + 1}", flush=True)
-            # Each round starts with the next tree: the first run of a round may start slower.
+            # Each round starts with the next tree, so that no tree always runs first.
             shift = i % len(trees)
             for name, tree in trees[shift:] + trees[:shift]:
                 figures = measure(source, tree, args.wallets)

@@ -34,8 +34,8 @@ JSON = "application/json"
 
 # Items of a long list encoded per json.dumps call. One call holds the GIL throughout: a page of
 # 1,000 orders (~680 KB) took ~10 ms, and a request that reached the server meanwhile was counted
-# that much later (two such pages back to back: past the client's 20 ms arrival bound, the likely
-# cause of a 429 in a 3,000-wallet Dome run). A real API counts at its edge, not behind its page
+# that much later (two such pages back to back: past the client's arrival bound, then 20 ms; the
+# likely cause of a 429 in a 3,000-wallet Dome run). A real API counts at its edge, not behind its page
 # encoding; in chunks of 100 the wait is ~1 ms. The bytes are the same.
 ENCODE_CHUNK = 100
 
