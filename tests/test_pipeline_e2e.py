@@ -147,10 +147,15 @@ def test_same_result_with_multi_processing(world):
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_sigkill_at_a_random_point_then_rerun_is_exact(world, seed):
     server, _wallets, db, _staging = world
-    # With slow limits and small pages the run takes ~6 s (start-up, ~3.5 s of fetching, staging,
-    # commit), so a kill between 1 and 5.5 s lands in fetching, staging or committing.
-    slow = ("--tier=free",) if world.source == "dome" else ("--bucket_limits=trades=20",)
-    slow_argv = world.argv(*slow, "--page_limit=100")
+    # With slow limits and small pages the run outlives the kill, which lands between 1 and 5.5 s:
+    # in start-up or fetching (the chaos test kills at each staging and commit instant). Dome at
+    # 20 per page takes ~9.5 s; at 100 it took 5.3-5.6 s, and once ended before a kill at 5.3 s.
+    slow = (
+        ("--tier=free", "--page_limit=20")
+        if world.source == "dome"
+        else ("--bucket_limits=trades=20", "--page_limit=100")
+    )
+    slow_argv = world.argv(*slow)
     process = run_subprocess(slow_argv, server.api_key)
     time.sleep(random.Random(seed).uniform(1.0, 5.5))
     assert process.poll() is None, "the run ended before the kill: the test would prove nothing"
