@@ -65,7 +65,6 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1062,25 +1061,38 @@ def _check_and_commit(
     """`check_staged_counts`, then the warehouse's `commit_run`: the check passes before the
     transaction starts, or the run is refused (StagingRefused) with production untouched.
 
-    A warehouse that loads privately (DuckDB: temporary tables) loads while the check reads the
-    staging, in a thread of its own, and waits for it before the transaction: the two took
-    ~0.2 s each, one after the other. A refusal still wins over a failed load, and a run the
-    warehouse holds already is still refused if its staging contradicts itself, as when the
-    check ran first."""
+    A warehouse that loads privately (DuckDB: temporary tables) is asked the check's question
+    of what it loaded (sql.LOADED_COUNTS_DISAGREE): reading the files again beside the load
+    was the longer of the two (1.3 s against the load's 1.1 s for 350,000 trades on two
+    cores; the query takes ~0.01 s). The files are still read to name a disagreement, and
+    whenever the question was not reached: a refusal still wins over a failed load, and a run
+    the warehouse holds already is still refused if its staging contradicts itself, as when
+    the check ran first."""
     with warehouse.open() as opened:
         if not opened.loads_privately:
             check_staged_counts(run_id, files)
             return opened.commit_run(run_id, files)
-        with ThreadPoolExecutor(1, thread_name_prefix="check-staging") as pool:
-            checking = pool.submit(check_staged_counts, run_id, files)
-            try:
-                report = opened.commit_run(run_id, files, before_transaction=checking.result)
-            except BaseException:
-                wait_for([checking])
-                checking.result()  # the check's own failure first, as if it had run first
-                raise
-            checking.result()  # a commit that stopped short of the transaction did not wait
-            return report
+        asked = False
+
+        def check_loaded(disagreeing: int) -> None:
+            nonlocal asked
+            asked = True
+            if disagreeing:
+                check_staged_counts(run_id, files)  # refuses naming them, if the files show it
+                raise StagingRefused(
+                    f"run {run_id}: the loaded trades of {disagreeing} of its wallets disagree "
+                    "with their outcomes"
+                )
+
+        try:
+            report = opened.commit_run(run_id, files, before_transaction=check_loaded)
+        except Exception:
+            if not asked:
+                check_staged_counts(run_id, files)  # its refusal first, as if it had run first
+            raise
+        if not asked:  # committed already, or nothing to commit
+            check_staged_counts(run_id, files)
+        return report
 
 
 def recover_staged_run(staging: RunStaging, warehouse: WarehouseRef) -> CommitOutcome:

@@ -26,6 +26,7 @@ from pipeline.staging import (
     REFUSED,
     RunIdTaken,
     RunStaging,
+    check_staged_counts,
     commit_staged_run,
     parked_runs,
     runs_to_recover,
@@ -282,6 +283,42 @@ def test_a_refusal_wins_over_a_load_that_fails_at_the_same_time(tmp_path):
     outcome_ = commit_staged_run(staging, warehouse)
     assert outcome_.refused and "0xa outcome 3, staged 2" in outcome_.error
     assert production(db) == ([], []) and (folder / REFUSED).exists()
+
+
+def test_duckdb_refuses_what_it_loaded_when_the_files_check_does_not_look(tmp_path):
+    """DuckDB asks the count check of its load tables, and checks every wallet whose trades
+    land: one whose outcome says its fetch succeeded yet carries an error (no source writes
+    that; the files' check skips a wallet with an error) is counted there and refused."""
+    root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
+    run_id = "r1"
+    files = stage(
+        root,
+        run_id,
+        trades=[trade("0xa", "a1", run_id), trade("0xb", "b1", run_id)],
+        outcomes=[
+            outcome("0xa", run_id, True, 10, trade_count=1),
+            outcome("0xb", run_id, True, 10, trade_count=2, error="odd"),  # lands, 1 staged
+        ],
+    )
+    staging = RunStaging(str(root), run_id)
+    staging.write_manifest(files)
+    check_staged_counts(run_id, files)  # the files' check alone passes it
+    outcome_ = commit_staged_run(staging, new_warehouse(db))
+    assert outcome_.refused and "the loaded trades of 1 of its wallets disagree" in outcome_.error
+    assert production(db) == ([], []) and (Path(staging.folder) / REFUSED).exists()
+
+
+def test_a_run_committed_already_is_still_refused_if_its_staging_contradicts_itself(tmp_path):
+    """A run the warehouse holds is not loaded again, so the load tables are never asked: the
+    files are read instead, and a staging that lost a line since is refused as before."""
+    root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
+    staging = staged_run(root)
+    warehouse = new_warehouse(db)
+    assert commit_staged_run(staging, warehouse).committed
+    (Path(staging.folder) / COMMITTED).unlink()  # as if the marker's write was cut
+    drop_line(Path(staging.folder) / "trades/part-0.json", "0xa")
+    outcome_ = commit_staged_run(staging, warehouse)
+    assert outcome_.refused and "0xa outcome 3, staged 2" in outcome_.error
 
 
 def test_staging_writes_one_whole_file_per_bundle_and_none_without_rows(tmp_path):

@@ -793,7 +793,7 @@ def test_what_stops_a_commit_before_its_transaction_leaves_production_and_no_loa
     class Refused(Exception):
         pass
 
-    def refuse() -> None:
+    def refuse(disagreeing: int) -> None:
         raise Refused
 
     before = snapshot(db, wh)
@@ -803,14 +803,47 @@ def test_what_stops_a_commit_before_its_transaction_leaves_production_and_no_loa
         )
     assert snapshot(db, wh) == before and wh.committed_run_ids() == set()
     assert load_tables_left(db, wh) == []
-    checked: list[bool] = []
+    checked: list[int] = []
     report = wh.commit_run(
         "r1",
         busy_run(tmp_path),
         committed_at=COMMITTED_AT,
-        before_transaction=lambda: checked.append(True),
+        before_transaction=checked.append,
     )
-    assert checked == [True] and report.trades_inserted == 2  # the done wallet's two
+    # Asked once, after the load: the done wallet's outcome says 0 trades and 2 are staged
+    # (only the staging's check refuses; commit_run reports).
+    assert checked == [1] and report.trades_inserted == 2  # the done wallet's two
+
+
+def test_the_loaded_counts_question_counts_each_landing_wallet_that_disagrees(
+    wh: Warehouse, tmp_path: Path
+) -> None:
+    files = stage(
+        tmp_path,
+        "r1",
+        trades=[
+            *(trade("0xa", f"a{i}", "r1") for i in range(2)),
+            trade("0xb", "b1", "r1"),
+            *(trade("0xd", f"d{i}", "r1") for i in range(2)),
+            trade("0xg", "g1", "r1"),  # no outcome: not the run's wallet, not asked
+        ],
+        outcomes=[
+            outcome("0xa", "r1", True, 10, trade_count=2),  # agrees
+            outcome("0xb", "r1", False, 10, trade_count=9, error="HTTP 500"),  # failed: skipped
+            outcome("0xd", "r1", True, 10, trade_count=3),  # one short
+            outcome("0xe", "r1", True, 10, trade_count=1, error="odd"),  # lands, none staged
+            outcome("0xf", "r1", True, 10, trade_count=0),  # none, none staged: agrees
+        ],
+    )
+    asked: list[int] = []
+
+    def stop(disagreeing: int) -> None:
+        asked.append(disagreeing)
+        raise RuntimeError("stop before the transaction")
+
+    with pytest.raises(RuntimeError):
+        wh.commit_run("r1", files, committed_at=COMMITTED_AT, before_transaction=stop)
+    assert asked == [2] and wh.committed_run_ids() == set()
 
 
 def test_duckdb_translations_are_cached_without_the_load_tables_names() -> None:

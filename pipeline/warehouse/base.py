@@ -405,10 +405,10 @@ class Warehouse(abc.ABC):
     # A run with more successful wallets commits without listing them (WALLETS_LISTED_AT_MOST).
     wallets_listed_at_most: int = WALLETS_LISTED_AT_MOST
     # True when a commit's load tables are the committing session's own (DuckDB's temporary
-    # tables): loading changes nothing anyone else sees, so the staging's self-check may run
-    # while the load does, as long as it passes before the transaction (`commit_run`'s
+    # tables): loading changes nothing anyone else sees, so the staging's self-check may ask
+    # what was loaded, as long as it passes before the transaction (`commit_run`'s
     # `before_transaction`). False (BigQuery: load tables are tables of the dataset): the
-    # check runs first, and a refused run never reaches the warehouse at all.
+    # check reads the files first, and a refused run never reaches the warehouse at all.
     loads_privately: bool = False
     _tables: TableNames
 
@@ -596,7 +596,7 @@ class Warehouse(abc.ABC):
         files: Mapping[str, Sequence[str]],
         *,
         committed_at: dt.datetime | None = None,
-        before_transaction: Callable[[], object] | None = None,
+        before_transaction: Callable[[int], object] | None = None,
     ) -> CommitReport:
         """Load the run's staging files and land them in one transaction (design.md, step 3).
 
@@ -611,8 +611,10 @@ class Warehouse(abc.ABC):
         that BigQuery prunes clustered blocks with (more than `wallets_listed_at_most`: by
         subquery, unpruned, the same result). Raises CommitError after a rollback; the load
         tables of this attempt are dropped either way. `before_transaction`: called once the
-        files are loaded, before anything else; what it raises ends the commit there (the
-        load tables dropped, production untouched) and propagates.
+        files are loaded, before anything else, with the number of the run's wallets whose
+        loaded trades disagree with their outcome (sql.LOADED_COUNTS_DISAGREE, asked only
+        then); what it raises ends the commit there (the load tables dropped, production
+        untouched) and propagates.
         """
         validate_run_id(run_id)
         checked = check_files(run_id, files, self.remote_schemes)
@@ -629,7 +631,7 @@ class Warehouse(abc.ABC):
                 self._load(session, run_id, checked, nonce)
                 failpoints.reached(failpoints.LOADED)
                 if before_transaction is not None:
-                    before_transaction()
+                    before_transaction(self._loaded_counts_disagree(session, run_id, nonce))
                 wallets = self._landing_wallets(session, run_id, nonce)
                 try:
                     counts = self._transaction(session, run_id, committed_at, nonce, wallets)
@@ -678,6 +680,10 @@ class Warehouse(abc.ABC):
             )
             return None
         return wallets
+
+    def _loaded_counts_disagree(self, session: Any, run_id: str, nonce: str) -> int:
+        rows = self._stream(sql.LOADED_COUNTS_DISAGREE, session=session, run_id=run_id, nonce=nonce)
+        return int(next(iter(rows))[0])
 
     def _committed_meanwhile(self, session: Any, run_id: str) -> bool:
         """After a failed transaction: whether the run is committed now (by a twin whose

@@ -209,6 +209,7 @@ class DuckDBWarehouse(Warehouse):
             q.SELECT_RUN,
             *q.DUCKDB_CREATE_LOAD_TABLE.values(),
             q.SELECT_LANDING_WALLETS,
+            q.LOADED_COUNTS_DISAGREE,
             q.STAGED_IDS_UNIQUE,
             q.COMMIT_LOCK,
             q.RUN_COMMITTED,
