@@ -12,6 +12,7 @@ import pytest
 from pipeline.sources.polymarket.walk import (
     NEWEST_FIRST,
     OLDEST_FIRST,
+    PAGES_PER_WINDOW,
     UNKNOWN,
     Span,
     Walk,
@@ -45,18 +46,20 @@ def test_the_windows_partition_exactly_what_the_walk_has_not_served(seed):
         timestamps.reverse()
     parts = rng.randint(2, 6)
     result = cut(Span(start, end), timestamps, parts)
-    if timestamps[0] == timestamps[-1]:
-        assert result is None
+    boundary = timestamps[-1]
+    step = (abs(timestamps[0] - boundary) + 1) * PAGES_PER_WINDOW  # a near window's seconds
+    within_one = boundary - step < start if newest_first else boundary + step > end
+    if timestamps[0] == timestamps[-1] or within_one:
+        assert result is None  # no order shown, or the rest fits in one near window
         return
     assert result is not None
-    boundary = timestamps[-1]
     # Kept: every row served before the boundary second; its rows are all walked again.
     assert all(ts != boundary for ts in timestamps[: result.keep])
     assert all(ts == boundary for ts in timestamps[result.keep :])
     rest = range(start, boundary + 1) if newest_first else range(boundary, end + 1)
     covered = _covered(result.windows)
     assert sorted(covered) == list(rest)  # no second twice, none missed
-    assert 1 <= len(result.windows) <= parts
+    assert 2 <= len(result.windows) <= parts
     assert all(w.start <= w.end for w in result.windows)
 
 
@@ -64,6 +67,15 @@ def test_no_cut_when_the_page_strays_outside_the_window_or_one_part_is_asked():
     assert cut(Span(10, 20), [25, 15], 4) is None
     assert cut(Span(10, 20), [15, 5], 4) is None
     assert cut(Span(10, 20), [18, 12], 1) is None
+
+
+def test_no_cut_when_the_rest_fits_in_one_near_window():
+    # 11 s a page: a near window is 44 s. A rest shorter than that would be one window, walked
+    # again from the boundary second: a partial page more and nothing at once.
+    assert cut(Span(8_950, 10_000), [9_000, 8_990], 3) is None  # 41 s left: one window's worth
+    assert cut(Span(8_946, 10_000), [9_000, 8_990], 3) is not None  # 45 s: a near one and more
+    assert cut(Span(1, 150), [100, 110], 3) is None  # oldest first: 41 s left
+    assert cut(Span(1, 154), [100, 110], 3) is not None
 
 
 def test_near_windows_hold_about_four_pages_at_the_pages_density():
