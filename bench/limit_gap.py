@@ -210,9 +210,15 @@ def main() -> int:
         for source in sources:
             got = sorted(runs[(source, "this")], key=lambda f: f["wall_s"])
             data.update(keys(got[(len(got) - 1) // 2], args.wallets))  # the lower median
-        data.setdefault("details", {})["limit_gap"] = {
-            f"{source}_{name}": got for (source, name), got in runs.items() if name == "this"
-        }
+        # Each wallet count's runs under its own key: a 300-wallet invocation keeps the last
+        # 3,000-wallet runs' details, as the figures above keep each count's keys.
+        data.setdefault("details", {}).setdefault("limit_gap", {}).update(
+            {
+                f"{source}_{name}_{args.wallets}": got
+                for (source, name), got in runs.items()
+                if name == "this"
+            }
+        )
         RESULTS.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
         print(f"wrote {RESULTS}")
     extra = [f"--source={args.source}", f"--repeat={args.repeat}"]

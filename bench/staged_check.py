@@ -1,11 +1,13 @@
 """The commit's staged-count check (issue 14, the end of a run): seconds to check a run of N staged
 trades, this checkout against another, side by side in one invocation; with `--commit`, the
-seconds of the whole DuckDB commit of that run (the check beside the load, then the transaction)
-into a fresh warehouse file.
+seconds of the whole DuckDB commit of that run (the load, the check asked of the load tables, then
+the transaction) into a fresh warehouse file.
 
 Before a run lands, `check_staged_counts` reads every staged trade line to count them per wallet
-(a run whose files lost lines is refused). It runs on the commit's critical path, after the last
-request: at 3,000 wallets (~350,000 trades) it was several seconds of the run's tail.
+(a run whose files lost lines is refused). It ran on the commit's critical path, after the last
+request: at 3,000 wallets (~350,000 trades) it was several seconds of the run's tail. Since session
+11 the DuckDB commit asks the same question of its load tables and reads the files only to name a
+disagreement; BigQuery's commit still reads them first.
 
 The run is synthetic but staged as the pipeline stages it (rows of the trade table's shape, compact
 NDJSON, 4 shards, one outcome per wallet). Each tree's code runs in its own child process on the
@@ -37,7 +39,7 @@ check_staged_counts("bench", files)
 print(time.perf_counter() - start)
 """
 
-# The commit as a run makes it (pipeline.staging's check beside the load, then the transaction), on
+# The commit as a run makes it (pipeline.staging: the load, the check, then the transaction), on
 # a new DuckDB file in the manifest's folder; the file is deleted after.
 CHILD_COMMIT = """
 import json, sys, time
