@@ -308,6 +308,17 @@ def test_duckdb_refuses_what_it_loaded_when_the_files_check_does_not_look(tmp_pa
     assert production(db) == ([], []) and (Path(staging.folder) / REFUSED).exists()
 
 
+def test_a_run_whose_staged_file_is_gone_is_refused_before_anything_loads(tmp_path):
+    """The load never starts (a listed file is missing), so the load tables are never asked: the
+    files' check runs instead and refuses the run, as when it ran first."""
+    root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
+    staging = staged_run(root)
+    (Path(staging.folder) / "trades/part-1.json").unlink()
+    outcome_ = commit_staged_run(staging, new_warehouse(db))
+    assert outcome_.refused and "staged files are gone" in outcome_.error
+    assert production(db) == ([], []) and (Path(staging.folder) / REFUSED).exists()
+
+
 def test_a_run_committed_already_is_still_refused_if_its_staging_contradicts_itself(tmp_path):
     """A run the warehouse holds is not loaded again, so the load tables are never asked: the
     files are read instead, and a staging that lost a line since is refused as before."""
