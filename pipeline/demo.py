@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import TextIO
 
 from pipeline.options import new_run_id
 from pipeline.run import run_backfill
@@ -100,8 +102,46 @@ def _source_stats(base_url: str, source: str) -> tuple[int, int, int]:
     return len(pm["trades_requests_by_wallet"]), pm["requests_total"], refused
 
 
+class ProgressLine:
+    """The demo's progress: one line rewritten in place on a terminal, a line a tick anywhere else
+    (a log file, CI). A log record printed meanwhile (the run warns of markets the source lacks)
+    starts on a line of its own instead of being glued to the progress: the line is ended first.
+    Added to the log handlers as a filter (it lets every record through)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._in_place = stream.isatty()
+        self._open = False  # a progress line is on screen, not ended
+        self._lock = threading.Lock()
+
+    def show(self, text: str) -> None:
+        with self._lock:
+            if self._in_place:
+                self._stream.write(f"\r{text}")
+                self._open = True
+            else:
+                self._stream.write(f"{text}\n")
+            self._stream.flush()
+
+    def end(self) -> None:
+        with self._lock:
+            if self._open:
+                self._stream.write("\n")
+                self._stream.flush()
+                self._open = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.end()
+        return True
+
+
 def _progress(
-    base_url: str, source: str, trades_dir: Path, stop: threading.Event, start: float
+    base_url: str,
+    source: str,
+    trades_dir: Path,
+    stop: threading.Event,
+    start: float,
+    line: ProgressLine,
 ) -> None:
     while not stop.wait(1.0):
         try:
@@ -109,12 +149,11 @@ def _progress(
         except OSError:
             continue
         elapsed = time.monotonic() - start
-        line = (
-            f"\r  {elapsed:5.0f} s  wallets {wallets:4d}"
+        line.show(
+            f"  {elapsed:5.0f} s  wallets {wallets:4d}"
             f"  trades {_count_staged_lines(trades_dir):7d}"
             f"  requests {requests:6d} ({requests / elapsed:5.1f}/s)  429s {refused}"
         )
-        print(line, end="", flush=True)
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
@@ -140,9 +179,14 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         run_id = new_run_id()
         trades_folder = RunStaging(str(staging), run_id).kind_folder("trades")
         stop, start = threading.Event(), time.monotonic()
+        line = ProgressLine(sys.stdout)
+        # Warnings only (Beam's INFO is noise here), each on a line of its own.
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(line)
         watcher = threading.Thread(
             target=_progress,
-            args=(base_url, args.source, Path(trades_folder), stop, start),
+            args=(base_url, args.source, Path(trades_folder), stop, start, line),
             daemon=True,
         )
         watcher.start()
@@ -151,8 +195,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         finally:
             stop.set()
             watcher.join()
+            line.end()
         _, requests, refused = _source_stats(base_url, args.source)
-        print()
         print(summary.render())
         print(
             f"  simulator saw {requests} requests, {refused} answered 429; "

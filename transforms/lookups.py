@@ -196,7 +196,10 @@ def look_up(
         for key in found.missing:
             emit(MISSING, {"kind": kind, "key": key, "seen_at": seen_at})
         log.warning(
-            "the source has no %s for %d keys, e.g. %s", kind, len(found.missing), found.missing[0]
+            "the source has no %s for %d key(s), e.g. %s",
+            kind,
+            len(found.missing),
+            found.missing[0],
         )
     counters.add(kind, len(found.rows))
     for row in found.rows:
