@@ -1,5 +1,6 @@
-"""The demo's progress line: rewritten in place on a terminal, a line a tick elsewhere, and never
-glued to a log record printed meanwhile (the demo's first run warns of markets the source lacks)."""
+"""The README's first command, `python -m pipeline demo`, end to end (smaller); and its progress
+line: rewritten in place on a terminal, a line a tick elsewhere, and never glued to a log record
+printed meanwhile (the demo's first run warns of markets the source lacks)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,39 @@ def test_a_log_record_of_the_run_is_not_glued_to_the_progress():
         "WARNING tests.demo: the source has no markets for 2 key(s)\n"
         "\r  2 s  wallets 182"
     )
+
+
+def test_the_readme_demo_lands_every_trade_once_and_a_second_run_fetches_nothing(tmp_path):
+    """`python -m pipeline demo` as the README's first command runs it (20 wallets here): the
+    simulator, the seeded traders with their duplicates and bad rows, one run, then status.
+    Run again on the same folder, it finds every wallet done and lands nothing twice."""
+    import re
+    import subprocess
+    import sys
+
+    import duckdb
+
+    workdir = tmp_path / "demo"
+    command = [sys.executable, "-m", "pipeline", "demo", "--wallets", "20", f"--workdir={workdir}"]
+
+    def demo() -> str:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    first = demo()
+    assert "seeded traders: 20 wallets, 5 duplicates, 6 bad rows" in first
+    assert re.search(r"DONE\n  wallets: 20 fetched, 0 failed, 6 rejected\n", first), first
+    fetched, landed = map(int, re.search(r"trades: (\d+) fetched, (\d+) new", first).groups())
+    assert fetched == landed > 0
+    with duckdb.connect(str(workdir / "backfill.duckdb"), read_only=True) as db:
+        rows, ids = db.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM trades").fetchone()
+    assert rows == ids == landed
+    assert "failed wallets   0" in first and "to do            0 of 20" in first
+
+    second = demo()
+    assert "seeded traders" not in second  # the traders table is kept as it is
+    assert "wallets: 0 fetched, 0 failed, 6 rejected" in second
+    assert "trades: 0 fetched, 0 new in production" in second
+    with duckdb.connect(str(workdir / "backfill.duckdb"), read_only=True) as db:
+        assert db.execute("SELECT COUNT(*) FROM trades").fetchone() == (landed,)
