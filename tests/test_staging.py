@@ -271,8 +271,8 @@ def test_staging_that_disagrees_with_its_outcomes_is_refused_once_and_parked(
 
 
 def test_a_refusal_wins_over_a_load_that_fails_at_the_same_time(tmp_path):
-    """DuckDB loads while the count check reads the staging: when the check refuses and the load
-    fails, the run is refused (as when the check ran first) and production is untouched."""
+    """When DuckDB's load fails, the count check reads the files instead of the load tables: if
+    it refuses, the run is refused (as when the check ran first) and production is untouched."""
     root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
     staging = staged_run(root)
     folder = Path(staging.folder)

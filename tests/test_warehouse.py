@@ -788,8 +788,8 @@ def test_a_run_with_only_rejects_staged_has_nothing_to_commit(
 def test_what_stops_a_commit_before_its_transaction_leaves_production_and_no_load_table(
     db: Engine, wh: Warehouse, tmp_path: Path
 ) -> None:
-    # The staging's self-check runs while DuckDB loads (`before_transaction`): its refusal
-    # must stop the commit after the load and before anything lands.
+    # The staging's self-check is asked of what DuckDB loaded (`before_transaction`): its
+    # refusal must stop the commit after the load and before anything lands.
     class Refused(Exception):
         pass
 
