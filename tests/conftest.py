@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +24,37 @@ def pytest_configure(config: pytest.Config) -> None:
         "(the values of `traders`, made from the wallets), `warehouse` ('duckdb' or 'bigquery'); "
         "a test's marker adds to its module's",
     )
+
+
+def _loopback(host: object) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a name: resolving it would already leave the machine
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches beyond 127.0.0.1 (the standard): a name lookup or a connection to any
+    other host fails at once with a line naming it, in this process (a test's subprocesses
+    are on their own: they are given loopback URLs). A test that forgot a URL option (the
+    default source is the real API) fails instead of quietly asking the internet."""
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _loopback(host):
+            raise OSError(f"a test looked up {host!r}: tests stay on 127.0.0.1")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            raise OSError(f"a test connected to {address!r}: tests stay on 127.0.0.1")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 @pytest.fixture

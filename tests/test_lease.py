@@ -108,6 +108,7 @@ def test_a_run_on_a_warehouse_another_backfill_holds_does_not_start(tmp_path, ca
     db, root = tmp_path / "w.duckdb", tmp_path / "staging"
     another_backfill_holds_the_lease(db, "run-a")
     argv = ["run", f"--warehouse=duckdb:{db}", f"--staging_root={root}", "--run_id=second"]
+    argv += ["--data_api_url=http://127.0.0.1:9", "--max_attempts=1"]  # not the real API
     assert cli(argv) == 3
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "another backfill is using this warehouse" in printed[0]
