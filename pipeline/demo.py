@@ -16,11 +16,13 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 from pipeline.options import new_run_id
 from pipeline.run import run_backfill
+from pipeline.sources.dome.client import TIERS as DOME_TIERS
 from pipeline.staging import RunStaging
 from pipeline.status import show_status
 from pipeline.warehouse import TableNames
@@ -32,9 +34,27 @@ PM_READY = re.compile(r"data_api_url=(\S+) gamma_api_url=(\S+)")
 BAD_TRADERS = [None, "", "0x123", "not-a-wallet", "0x" + "z" * 40, "0x" + "1" * 39]
 
 
+def _at_least(low: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse type: a number >= `low`, or one line saying what to give (never a traceback
+    from the simulator refusing it later)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value >= low:  # NaN too
+            raise argparse.ArgumentTypeError(f"give {low} or more, not {text}")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="demo", help="where the DuckDB file and staging live")
-    parser.add_argument("--wallets", type=int, default=300, help="wallets the simulator serves")
+    parser.add_argument(
+        "--wallets", type=_at_least(1), default=300, help="wallets the simulator serves"
+    )
     parser.add_argument("--seed", type=int, default=7, help="the simulator's data seed")
     parser.add_argument(
         "--source",
@@ -42,8 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("polymarket", "dome"),
         help="the API contract the simulator serves to the run (both from one world)",
     )
-    parser.add_argument("--tier", default="dev", help="--source=dome: the Dome rate-limit tier")
-    parser.add_argument("--latency_ms", type=float, default=20.0, help="simulated API latency")
+    parser.add_argument(
+        "--tier",
+        default="dev",
+        choices=sorted(DOME_TIERS),
+        help="--source=dome: the Dome rate-limit tier",
+    )
+    parser.add_argument(
+        "--latency_ms", type=_at_least(0, float), default=20.0, help="simulated API latency"
+    )
 
 
 def _start_simulator(args: argparse.Namespace) -> tuple[subprocess.Popen, str, str, str]:

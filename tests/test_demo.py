@@ -1,11 +1,14 @@
-"""The README's first command, `python -m pipeline demo`, end to end (smaller); and its progress
-line: rewritten in place on a terminal, a line a tick elsewhere, and never glued to a log record
-printed meanwhile (the demo's first run warns of markets the source lacks)."""
+"""The README's first command, `python -m pipeline demo`, end to end (smaller); its options checked
+before anything starts; and its progress line: rewritten in place on a terminal, a line a tick
+elsewhere, and never glued to a log record printed meanwhile (the demo's first run warns of
+markets the source lacks)."""
 
 from __future__ import annotations
 
 import io
 import logging
+
+import pytest
 
 from pipeline.demo import ProgressLine
 
@@ -98,3 +101,29 @@ def test_the_readme_demo_lands_every_trade_once_and_a_second_run_fetches_nothing
     assert "trades: 0 fetched, 0 new in production" in second
     with duckdb.connect(str(workdir / "backfill.duckdb"), read_only=True) as db:
         assert db.execute("SELECT COUNT(*) FROM trades").fetchone() == (landed,)
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (
+            "--tier=bogus",
+            "argument --tier: invalid choice: 'bogus' (choose from 'dev', 'free', 'pro')",
+        ),
+        ("--wallets=0", "argument --wallets: give 1 or more, not 0"),
+        ("--wallets=x", "argument --wallets: 'x' is not a number"),
+        ("--latency_ms=-1", "argument --latency_ms: give 0 or more, not -1"),
+        ("--latency_ms=nan", "argument --latency_ms: give 0 or more, not nan"),
+    ],
+)
+def test_a_bad_demo_option_is_one_line_before_anything_starts(tmp_path, capsys, option, said):
+    """Before, the simulator refused it after start-up and the demo ended in a traceback."""
+    from pipeline.__main__ import main as cli
+
+    workdir = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exited:
+        cli(["demo", f"--workdir={workdir}", option])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"python -m pipeline demo: error: {said}"
+    assert "Traceback" not in "\n".join(err) and not workdir.exists()
