@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -27,6 +26,7 @@ from pipeline.staging import RunStaging
 from pipeline.status import show_status
 from pipeline.warehouse import TableNames
 from pipeline.warehouse.seed import seed_traders
+from simulator import SimConfig
 
 READY = re.compile(r"base_url=(\S+) api_key=(\S+)")
 PM_READY = re.compile(r"data_api_url=(\S+) gamma_api_url=(\S+)")
@@ -34,27 +34,9 @@ PM_READY = re.compile(r"data_api_url=(\S+) gamma_api_url=(\S+)")
 BAD_TRADERS = [None, "", "0x123", "not-a-wallet", "0x" + "z" * 40, "0x" + "1" * 39]
 
 
-def _at_least(low: float, kind: type = int) -> Callable[[str], float]:
-    """An argparse type: a number >= `low`, or one line saying what to give (never a traceback
-    from the simulator refusing it later)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value >= low:  # NaN too
-            raise argparse.ArgumentTypeError(f"give {low} or more, not {text}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="demo", help="where the DuckDB file and staging live")
-    parser.add_argument(
-        "--wallets", type=_at_least(1), default=300, help="wallets the simulator serves"
-    )
+    parser.add_argument("--wallets", type=int, default=300, help="wallets the simulator serves")
     parser.add_argument("--seed", type=int, default=7, help="the simulator's data seed")
     parser.add_argument(
         "--source",
@@ -68,9 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(DOME_TIERS),
         help="--source=dome: the Dome rate-limit tier",
     )
-    parser.add_argument(
-        "--latency_ms", type=_at_least(0, float), default=20.0, help="simulated API latency"
-    )
+    parser.add_argument("--latency_ms", type=float, default=20.0, help="simulated API latency")
 
 
 def _start_simulator(args: argparse.Namespace) -> tuple[subprocess.Popen, str, str, str]:
@@ -184,6 +164,11 @@ def _progress(
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
+    try:  # the simulator's own checks, before anything starts (it would refuse them after)
+        SimConfig(seed=args.seed, wallets=args.wallets, tier=args.tier, latency_ms=args.latency_ms)
+    except ValueError as exc:
+        print(f"demo: {exc}")
+        return 2
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     db_path, staging = workdir / "backfill.duckdb", workdir / "staging"

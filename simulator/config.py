@@ -294,7 +294,7 @@ class SimConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.open_fraction is not None and not 0.0 <= self.open_fraction <= 1.0:
             raise ValueError("open_fraction must be within [0, 1]")
-        if self.latency_ms < 0 or self.latency_sigma < 0:
+        if not (self.latency_ms >= 0 and self.latency_sigma >= 0):  # NaN too
             raise ValueError("latency_ms and latency_sigma must be >= 0")
         self.faults = coerce_rules(self.faults)
         unknown = sorted(set(self.pm_limits) - set(PM_BUCKETS))
