@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline.options import new_run_id
-from pipeline.run import run_backfill
+from pipeline.run import run_and_report
 from pipeline.sources.dome.client import TIERS as DOME_TIERS
 from pipeline.staging import RunStaging
 from pipeline.status import show_status
@@ -203,13 +203,12 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         )
         watcher.start()
         try:
-            summary = run_backfill([*run_argv, f"--run_id={run_id}"], wait=True)
+            code, _ = run_and_report([*run_argv, f"--run_id={run_id}"], wait=True)
         finally:
             stop.set()
             watcher.join()
             line.end()
         _, requests, refused = _source_stats(base_url, args.source)
-        print(summary.render())
         print(
             f"  simulator saw {requests} requests, {refused} answered 429; "
             f"{time.monotonic() - start:.1f} s"
@@ -219,4 +218,4 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     finally:
         simulator.terminate()
         simulator.wait(timeout=10)
-    return 0
+    return code

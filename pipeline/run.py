@@ -204,16 +204,25 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_HideRunStoppedTraces())
+    return run_and_report(argv)[0]
+
+
+def run_and_report(argv: list[str], *, wait: bool | None = None) -> tuple[int, RunReport | None]:
+    """Runs, prints what the run did or the one line why it did not start, and gives the exit
+    code with the report (None when it did not start): 2 an option, 1 the source (or a run
+    stopped), 3 a busy warehouse, 0 a run that ended DONE (or, on Dataflow, was submitted).
+    `run` and the demo both end this way, so neither reads as a success when it was not."""
     try:
-        summary = run_backfill(argv)
+        summary = run_backfill(argv, wait=wait)
     except OptionsError as exc:
         print(exc)
-        return 2
+        return 2, None
     except SourceError as exc:
         print(f"the run could not start: the source did not answer: {exc}")
-        return 1
+        return 1, None
     except WarehouseBusy as exc:
         print(exc)
-        return 3
+        return 3, None
     print(summary.render())
-    return 1 if summary.stopped is not None else 0
+    ended_well = summary.stopped is None and summary.state in ("DONE", "submitted")
+    return (0 if ended_well else 1), summary

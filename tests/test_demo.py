@@ -131,3 +131,19 @@ def test_a_bad_demo_option_is_one_line_before_anything_starts(tmp_path, capsys, 
     lines = (out + err).strip().splitlines()
     assert lines[-1] in (said, f"python -m pipeline demo: error: {said}")
     assert "Traceback" not in out + err and not workdir.exists()
+
+
+def test_a_demo_whose_run_does_not_start_says_why_and_exits_as_run_does(tmp_path, capsys):
+    """Another backfill holds the demo folder's warehouse: the demo's run is refused in one line
+    naming the holder, and the demo exits 3 as `run` does. It used to end in a traceback (and a
+    run that ended other than DONE exited 0), so a script could not tell."""
+    from pipeline.__main__ import main as cli
+    from tests.test_lease import another_backfill_holds_the_lease
+
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    another_backfill_holds_the_lease(workdir / "backfill.duckdb", "run-a")
+    assert cli(["demo", "--wallets=3", f"--workdir={workdir}"]) == 3
+    out, err = capsys.readouterr()
+    assert "run-a local pid" in out and "Traceback" not in out + err
+    assert "DONE" not in out
