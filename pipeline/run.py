@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
@@ -179,7 +180,12 @@ def _start(
             else:  # prepare gave back what it had taken already
                 raise preparing.exception() from None
             raise
-        return config, pipeline, preparing.result()
+        try:
+            return config, pipeline, preparing.result()
+        except BaseException:  # a busy warehouse: the graph never runs
+            # Beam makes a temporary folder per graph and only its run() removes it.
+            shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+            raise
 
 
 class _HideRunStoppedTraces(logging.Filter):

@@ -102,18 +102,30 @@ def test_a_commit_by_hand_waits_for_the_backfill_that_holds_the_lease(tmp_path, 
         assert not warehouse.read_lease().held
 
 
-def test_a_run_on_a_warehouse_another_backfill_holds_does_not_start(tmp_path, capsys):
-    from pipeline.__main__ import main as cli
+def test_a_run_on_a_warehouse_another_backfill_holds_does_not_start(
+    tmp_path, capsys, monkeypatch, sim_server
+):
+    """It claims nothing and leaves nothing: not even the temporary folder Beam makes for the
+    graph that start-up builds meanwhile (its source answers), which only a run removes."""
+    import tempfile
 
+    from pipeline.__main__ import main as cli
+    from tests.support import source_argv
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    server = sim_server(seed=3, wallets=2)
     db, root = tmp_path / "w.duckdb", tmp_path / "staging"
     another_backfill_holds_the_lease(db, "run-a")
     argv = ["run", f"--warehouse=duckdb:{db}", f"--staging_root={root}", "--run_id=second"]
-    argv += ["--data_api_url=http://127.0.0.1:9", "--max_attempts=1"]  # not the real API
+    argv += source_argv(server, "polymarket")
     assert cli(argv) == 3
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "another backfill is using this warehouse" in printed[0]
     assert "run-a local pid" in printed[0]
     assert not (root / "second").exists()  # it claimed nothing
+    assert list(temp.iterdir()) == []
 
 
 def test_a_run_whose_source_is_gone_at_launch_gives_the_lease_back(tmp_path, capsys):
