@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # Seconds after the graph starts to run when the commit's preparation is done: by then the run's
 # first requests have left, and its CPU takes nothing from start-up.
 PREPARE_COMMIT_AFTER_S = 5.0
+BEAM_TYPE_HINT_LOGGER = "apache_beam.typehints.native_type_compatibility"
 
 
 @dataclass
@@ -210,6 +211,9 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_HideRunStoppedTraces())
+    # ~160 lines a run, one per annotation Beam reads as a string (our modules postpone their
+    # annotations): "Converting string literal type hint to Any". Its warnings still show.
+    logging.getLogger(BEAM_TYPE_HINT_LOGGER).setLevel(logging.WARNING)
     return run_and_report(argv)[0]
 
 
