@@ -206,29 +206,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_and_report(argv)[0]
+
+
+def configure_logging(line_format: str) -> None:
+    """INFO in `line_format`, a stopped run's traces left out (it is reported in one line)."""
+    logging.basicConfig(level=logging.INFO, format=line_format)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_HideRunStoppedTraces())
     # ~160 lines a run, one per annotation Beam reads as a string (our modules postpone their
     # annotations): "Converting string literal type hint to Any". Its warnings still show.
     logging.getLogger(BEAM_TYPE_HINT_LOGGER).setLevel(logging.WARNING)
-    return run_and_report(argv)[0]
 
 
 def run_and_report(argv: list[str], *, wait: bool | None = None) -> tuple[int, RunReport | None]:
     """Runs, prints what the run did or the one line why it did not start, and gives the exit
     code with the report (None when it did not start): 2 an option, 1 the source (or a run
     stopped), 3 a busy warehouse, 0 a run that ended DONE (or, on Dataflow, was submitted).
-    `run` and the demo both end this way, so neither reads as a success when it was not."""
+    `run`, the Flex Template's main.py and the demo all end this way, so none reads as a
+    success when it was not."""
     try:
         summary = run_backfill(argv, wait=wait)
     except OptionsError as exc:
         print(exc)
         return 2, None
     except SourceError as exc:
-        print(f"the run could not start: the source did not answer: {exc}")
+        message = " ".join(str(exc).split())  # one line, whatever the source's error holds
+        print(f"the run could not start: the source did not answer: {message}")
         return 1, None
     except WarehouseBusy as exc:
         print(exc)

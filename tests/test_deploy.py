@@ -878,7 +878,7 @@ def test_image_sets_the_flex_template_files_to_real_files() -> None:
     assert "FLEX_TEMPLATE_PYTHON_SETUP_FILE=" not in DOCKERFILE.read_text()
     source = (REPO / "main.py").read_text()
     assert "sys.path" not in source  # the entry file edits no import path
-    assert "run_backfill(sys.argv[1:])" in source and "wait_until_finish" not in source
+    assert "run_and_report(sys.argv[1:])" in source and "wait_until_finish" not in source
 
 
 def test_image_installs_the_pinned_requirements_and_the_package_then_checks() -> None:
@@ -1013,6 +1013,24 @@ def test_the_wheel_installs_and_runs_from_site_packages(tmp_path: Path) -> None:
     (line,) = unreachable.stdout.splitlines()
     assert line.startswith("the run could not start:") and "/v2/status" in line, line
     assert "Traceback" not in unreachable.stderr, unreachable.stderr
+    # A warehouse another backfill holds: 3 and one line naming the holder (a traceback and 1
+    # before), as `python -m pipeline run` says it.
+    from tests.test_lease import another_backfill_holds_the_lease
+
+    busy = tmp_path / "busy.duckdb"
+    another_backfill_holds_the_lease(busy, "run-a")
+    refused = run(
+        flex_main,
+        "--runner=DataflowRunner",
+        f"--warehouse=duckdb:{busy}",
+        "--data_api_url=http://127.0.0.1:9",  # asked meanwhile: never the real API
+        "--max_attempts=1",
+        ok=False,
+    )
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    (line,) = refused.stdout.splitlines()
+    assert "another backfill is using this warehouse" in line and "run-a local pid" in line
+    assert "Traceback" not in refused.stderr, refused.stderr
 
 
 def test_no_streaming_inserts_anywhere() -> None:
