@@ -165,6 +165,12 @@ schedule_budget() {
   elif ! is_int "$MAX_RUN_MINUTES" || ((MAX_RUN_MINUTES > budget)); then
     problems+=("MAX_RUN_MINUTES='$MAX_RUN_MINUTES': whole minutes, at most ${budget} (SCHEDULE_MINUTES - STARTUP_MINUTES - COMMIT_MINUTES), so a run ends before the next launch")
   fi
+  # A job that fails or is cancelled never gives the warehouse's lease back: it expires a minute
+  # before the next launch (after the wall-time cap), which then takes over.
+  LEASE_MINUTES=$((SCHEDULE_MINUTES - 1))
+  if is_int "$MAX_RUN_MINUTES" && ((MAX_RUN_MINUTES >= LEASE_MINUTES)); then
+    problems+=("MAX_RUN_MINUTES='$MAX_RUN_MINUTES': under SCHEDULE_MINUTES - 1 (${LEASE_MINUTES}), the lease of a run that fails")
+  fi
   if [[ -z "$SCHEDULE" ]]; then
     local minutes="$SCHEDULE_MINUTES"
     if ((minutes < 60 && 60 % minutes == 0)); then
@@ -348,6 +354,7 @@ launch_parameters() {
     "egress=${EGRESS}"
     "rate_shares=${RATE_SHARES}"
     "max_run_minutes=${MAX_RUN_MINUTES}"
+    "lease_minutes=${LEASE_MINUTES}"
   )
   if [[ "$SOURCE" == "dome" ]]; then
     PARAMS+=("api_key_secret=${SECRET_PATH}" "tier=${TIER}")

@@ -41,7 +41,15 @@ def holder_name(run_id: str, local: bool) -> str:
     return f"{run_id} local pid {os.getpid()} on {socket.gethostname()}"
 
 
-def ttl_seconds(max_run_minutes: float | None) -> float:
+def ttl_seconds(max_run_minutes: float | None, lease_minutes: float | None = None) -> float:
+    """`--lease_minutes` when given. On Dataflow a holder is never seen to be gone, so a job that
+    failed keeps the lease this long: launch_dataflow.sh gives the schedule's period less a
+    minute, so that the next launch takes over (with the default, 20 + 30 minutes on a
+    30-minute schedule, it was refused and only the launch after it ran). A lease that expires
+    under a job still alive is safe: the fixed job name keeps a second job from starting, and
+    commits conflict on the lease row."""
+    if lease_minutes is not None:
+        return lease_minutes * 60.0
     if max_run_minutes is None:
         return UNBOUNDED_TTL_S
     return max_run_minutes * 60.0 + COMMIT_MARGIN_S

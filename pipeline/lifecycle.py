@@ -48,7 +48,8 @@ def prepare(config: BackfillConfig) -> list[CommitOutcome]:
     run id with it, see `release`)."""
     with config.warehouse_ref.open() as warehouse:
         warehouse.ensure_tables()
-        lease.take(warehouse, config.lease_holder, lease.ttl_seconds(config.max_run_minutes))
+        ttl = lease.ttl_seconds(config.max_run_minutes, config.lease_minutes)
+        lease.take(warehouse, config.lease_holder, ttl)
     try:
         return _prepare_holding_the_lease(config)
     except BaseException:

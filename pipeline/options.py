@@ -145,6 +145,15 @@ class BackfillOptions(PipelineOptions):
             "flight finish, the rest stay pending); with --max_wallets, whichever comes first",
         )
         add(
+            "--lease_minutes",
+            type=float,
+            default=None,
+            help="how long the warehouse's lease outlives a run that never gives it back (a crash, "
+            "a cancelled job); more than --max_run_minutes. Default: --max_run_minutes + 30 "
+            "(a day without a budget). launch_dataflow.sh sets the schedule's period less a "
+            "minute, so that the launch after a failed job is not refused",
+        )
+        add(
             "--staging_retention_days",
             type=float,
             default=None,
@@ -210,6 +219,7 @@ class BackfillConfig:
     verify: bool = False
     started_at: float = 0.0  # unix seconds, fixed at launch: every worker judges staleness alike
     max_run_minutes: float | None = None  # from started_at; None: no time budget
+    lease_minutes: float | None = None  # None: pipeline.lease.ttl_seconds's default
     staging_retention_days: float | None = None  # None: keep every run's staging
     # Who holds the warehouse's lease for this run (pipeline.lease): the commit step gives it back.
     lease_holder: str = ""
@@ -475,6 +485,15 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
             "the warehouse's lease outlives a crashed run by that much)",
         ),
         (
+            opts.lease_minutes is None
+            or (
+                0 < opts.lease_minutes <= MAX_RUN_MINUTES
+                and (opts.max_run_minutes is None or opts.lease_minutes > opts.max_run_minutes)
+            ),
+            f"--lease_minutes must be minutes above 0, at most {MAX_RUN_MINUTES}, and more than "
+            "--max_run_minutes (the lease must outlast the run's fetching)",
+        ),
+        (
             opts.staging_retention_days is None
             or (math.isfinite(opts.staging_retention_days) and opts.staging_retention_days > 0),
             "--staging_retention_days must be a finite number of days above 0",
@@ -533,6 +552,7 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
         verify=bool(opts.verify),
         started_at=time.time(),
         max_run_minutes=opts.max_run_minutes,
+        lease_minutes=opts.lease_minutes,
         staging_retention_days=opts.staging_retention_days,
         lease_holder=holder_name(run_id, local=not is_dataflow(options)),
     )

@@ -74,6 +74,7 @@ BAD_VALUES = {
     "rate_shares": "0",
     "max_wallets": "ten",
     "max_run_minutes": "0",
+    "lease_minutes": "-1",
     "staging_retention_days": "-1",
     "fetch_threads": "-1",
     "page_limit": "1001",
@@ -206,7 +207,7 @@ NUMBERS = ["1", "2", "8", "20", "21", "100", "999", "1000", "1001", "10000", "0.
     "name",
     [
         *("rate_per_second", "rate_per_10s", "rate_shares", "max_wallets", "fetch_threads"),
-        *("max_run_minutes", "staging_retention_days"),
+        *("max_run_minutes", "lease_minutes", "staging_retention_days"),
         *("page_limit", "max_pages", "max_attempts", "connect_timeout", "read_timeout"),
     ],
 )
@@ -578,12 +579,15 @@ def test_schedule_posts_a_launch_body_every_30_minutes() -> None:
 
 
 def budget(env: dict[str, str]) -> tuple[str, str, str]:
-    """(schedule, max_run_minutes, wall-time experiment) of the launches under env."""
+    """(schedule, max_run_minutes, wall-time experiment) of the launches under env; and their
+    lease is the period less a minute: a job that fails cannot keep the next launch out."""
     result = run_script("schedule", "--dry-run", env={**POLYMARKET_ENV, **env})
     assert result.returncode == 0, result.stderr
     launch = launch_body(result.stdout)
     job = command(result.stdout, "gcloud", "scheduler", "jobs", "create", "http", "trade-backfill")
     (walltime,) = launch["environment"]["additionalExperiments"]
+    period = int(env.get("SCHEDULE_MINUTES", "30"))
+    assert launch["parameters"]["lease_minutes"] == str(period - 1)
     return flag(job, "--schedule"), launch["parameters"]["max_run_minutes"], walltime
 
 
@@ -607,6 +611,8 @@ def test_the_run_budget_follows_the_schedule() -> None:
         ({"SCHEDULE_MINUTES": "45"}, "SCHEDULE"),  # no */N form: SCHEDULE must be given
         ({"MAX_RUN_MINUTES": "25"}, "MAX_RUN_MINUTES"),  # would overrun the next launch
         ({"MAX_RUN_MINUTES": "0"}, "MAX_RUN_MINUTES"),
+        # no time for start-up and commit: the lease of a failed run would outlast the period
+        ({"STARTUP_MINUTES": "0", "COMMIT_MINUTES": "0"}, "MAX_RUN_MINUTES"),
         ({"STARTUP_MINUTES": "five"}, "STARTUP_MINUTES"),
     ]:
         result = run_script("run", "--dry-run", env={**POLYMARKET_ENV, **env})

@@ -81,6 +81,7 @@ def test_a_holder_that_may_be_alive_keeps_the_lease(warehouse, holder):
 def test_the_lease_lasts_the_budget_and_the_commit_margin():
     assert lease.ttl_seconds(20) == 20 * 60 + lease.COMMIT_MARGIN_S
     assert lease.ttl_seconds(None) == lease.UNBOUNDED_TTL_S
+    assert lease.ttl_seconds(20, 29) == lease.ttl_seconds(None, 29) == 29 * 60  # --lease_minutes
 
 
 def test_a_commit_by_hand_waits_for_the_backfill_that_holds_the_lease(tmp_path, capsys):

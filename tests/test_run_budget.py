@@ -61,6 +61,46 @@ def test_a_budget_must_be_finite_minutes_above_zero(tmp_path, value):
         resolve(options)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--lease_minutes=0"],
+        ["--lease_minutes=nan"],
+        ["--lease_minutes=inf"],
+        ["--lease_minutes=1441"],
+        ["--max_run_minutes=20", "--lease_minutes=20"],  # would expire under a healthy run
+        ["--max_run_minutes=20", "--lease_minutes=5"],
+    ],
+)
+def test_a_lease_must_be_minutes_that_outlast_the_budget(tmp_path, argv):
+    options = PipelineOptions([f"--warehouse=duckdb:{tmp_path / 'wh.duckdb'}", *argv])
+    with pytest.raises(OptionsError, match="--lease_minutes must be minutes above 0"):
+        resolve(options)
+
+
+def test_a_run_given_lease_minutes_holds_the_lease_that_long(tmp_path):
+    """What launch_dataflow.sh gives a Dataflow run (the period less a minute): a job that fails
+    keeps the lease no longer, and the next launch takes over. Without it: budget + 30 min."""
+    import datetime as dt
+
+    from pipeline import lifecycle
+    from pipeline.warehouse import open_warehouse
+
+    db = tmp_path / "wh.duckdb"
+    duckdb.connect(str(db)).close()
+    argv = [f"--warehouse=duckdb:{db}", f"--staging_root={tmp_path / 'staging'}"]
+    for extra, minutes in [(["--lease_minutes=29"], 29), ([], 20 + 30)]:
+        config = resolve(PipelineOptions([*argv, "--max_run_minutes=20", *extra]))
+        before = dt.datetime.now(dt.UTC)
+        lifecycle.prepare(config)
+        with open_warehouse(f"duckdb:{db}") as warehouse:
+            held = warehouse.read_lease()
+            assert held.holder == config.lease_holder
+            expected = before + dt.timedelta(minutes=minutes)
+            assert abs((held.expires_at - expected).total_seconds()) < 30, held
+        lifecycle.release(config)
+
+
 def test_a_budget_is_minutes_from_the_runs_start(tmp_path):
     duckdb.connect(str(tmp_path / "wh.duckdb")).close()  # an existing warehouse
     options = PipelineOptions(
