@@ -695,7 +695,7 @@ cmd_status() {
     --format="yaml(schedule,state,lastAttemptTime,status)" ||
     echo "# no scheduler job yet: ./launch_dataflow.sh schedule" >&2
   echo "# the backfill's progress (done, failed with errors, remaining, percent, last runs):"
-  echo "# python -m pipeline status --warehouse=bigquery:${PROJECT}.${DATASET}"
+  echo "# python -m pipeline status --warehouse=bigquery:${PROJECT}.${DATASET} --staging_root=gs://${BUCKET}/staging"
 }
 
 main() {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 from pipeline.lease import holder_is_gone
 from pipeline.options import BackfillOptions, OptionsError, resolve_command
@@ -47,7 +48,13 @@ def show_parked(staging_root: str, warehouse: str | None = None) -> str:
 
     `warehouse` (a `warehouse_identity`): list only its runs and count the others, since one root
     may serve several warehouses; a run that recorded no warehouse (staged by older code) is
-    listed, as nothing tells whose it is."""
+    listed, as nothing tells whose it is. A local root that is not there says so: "none" read
+    from the default ./staging, where production's root is gs://, hid every parked run."""
+    if "://" not in staging_root and not os.path.isdir(staging_root):
+        return (
+            f"parked runs      not known: no staging folder {staging_root} here (give the runs' "
+            "--staging_root, e.g. gs://BUCKET/staging)"
+        )
     parked, others = [], 0
     for run in parked_runs(staging_root):
         owner = RunStaging(staging_root, run.run_id).recorded_warehouse()

@@ -712,7 +712,10 @@ def test_status_lists_jobs_and_points_at_the_status_command() -> None:
     jobs = command(output, "gcloud", "dataflow", "jobs", "list")
     assert flag(jobs, "--region") == "europe-west1"
     command(output, "gcloud", "scheduler", "jobs", "describe", "trade-backfill")
-    assert "python -m pipeline status --warehouse=bigquery:acme-backfill.polymarket_prod" in output
+    assert (
+        "python -m pipeline status --warehouse=bigquery:acme-backfill.polymarket_prod "
+        "--staging_root=gs://acme-backfill-bucket/staging"  # its parked runs are there
+    ) in output
 
 
 def test_polymarket_needs_no_secret_and_splits_the_limits_per_ip() -> None:

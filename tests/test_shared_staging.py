@@ -314,3 +314,19 @@ def test_status_lists_only_its_own_warehouses_parked_runs(tmp_path):
     # Its own, and the one nothing tells the owner of; the other warehouse's only counted.
     assert "parked runs      2 " in shown and "1 of other warehouses sharing this root" in shown
     assert "yb is short" in shown and "old is short" in shown and "xa" not in shown
+
+
+def test_status_does_not_say_none_for_a_staging_folder_that_is_not_there(tmp_path, capsys):
+    """Production stages on gs://: `status` run without --staging_root looked in ./staging, found
+    nothing and said "none", whatever was parked."""
+    from pipeline.__main__ import main as cli
+
+    db = tmp_path / "x.duckdb"
+    new_warehouse(db)
+    missing = tmp_path / "staging"
+    assert cli(["status", f"--warehouse=duckdb:{db}", f"--staging_root={missing}"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("parked runs      not known: no staging folder") and str(missing) in line
+    claimed_run(missing, "xa", new_warehouse(db)).mark_refused("xa is short")
+    assert cli(["status", f"--warehouse=duckdb:{db}", f"--staging_root={missing}"]) == 0
+    assert "xa is short" in capsys.readouterr().out
