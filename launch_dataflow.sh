@@ -207,8 +207,10 @@ configure() {
   SECRET="${SECRET:-dome-api-key}"
   SECRET_VERSION="${SECRET_VERSION:-latest}"
   REPOSITORY="${REPOSITORY:-trade-backfill}"
+  TAG_IS_COMMIT=0
   if [[ -z "${IMAGE_TAG:-}" ]]; then
     IMAGE_TAG="$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo latest)"
+    [[ "$IMAGE_TAG" == latest ]] || TAG_IS_COMMIT=1
   fi
   MAX_WALLETS="${MAX_WALLETS:-}"
   REFRESH_AFTER="${REFRESH_AFTER-6h}"
@@ -594,6 +596,10 @@ require_image() {
 
 cmd_build() {
   [[ -f "$ROOT/Dockerfile" && -f "$ROOT/flex_template.json" ]] || die "run it from a checkout: Dockerfile or flex_template.json is missing"
+  # The image is tagged with the commit: what it holds must be that commit, not the working tree.
+  if ((TAG_IS_COMMIT)) && [[ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]]; then
+    die "the checkout has uncommitted changes, and the image would be tagged ${IMAGE_TAG} (the commit): commit them first, or set IMAGE_TAG"
+  fi
   # One image: the Flex Template launcher and the workers' SDK container (see Dockerfile), built
   # as the build account; its source and logs go to the build bucket.
   run gcloud builds submit "$ROOT" --project="$PROJECT" --tag="$IMAGE" \

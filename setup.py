@@ -15,7 +15,7 @@ def _requirements() -> list[str]:
 setup(
     name="polymarket-trade-backfill",
     version="0.1.0",
-    description="Backfills Polymarket wallets' trade history from the Dome API into a warehouse.",
+    description="Backfills Polymarket wallets' trade history (Polymarket's API, or Dome's) into a warehouse.",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
     python_requires=">=3.11",
     install_requires=_requirements(),

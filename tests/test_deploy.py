@@ -515,6 +515,42 @@ def test_build_pushes_one_image_and_writes_the_template() -> None:
     assert Path(flag(build, "--metadata-file")) == TEMPLATE_FILE
 
 
+def test_build_tags_the_commit_only_if_the_checkout_is_that_commit(tmp_path: Path) -> None:
+    """The default tag is the commit, and the build uploads the working tree: uncommitted changes
+    would ship under the commit's name. A given IMAGE_TAG is the user's to choose."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("launch_dataflow.sh", "Dockerfile", "flex_template.json"):
+        shutil.copy(REPO / name, checkout / name)
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    env = {k: v for k, v in ENV.items() if k != "IMAGE_TAG"}
+
+    def build(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(checkout / "launch_dataflow.sh"), "build", "--dry-run"],
+            env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), **env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    clean = build()
+    assert clean.returncode == 0, clean.stderr
+    assert flag(command(clean.stdout, "gcloud", "builds", "submit"), "--tag").endswith(commit)
+    (checkout / "Dockerfile").write_text((checkout / "Dockerfile").read_text() + "\n# edited\n")
+    dirty = build()
+    assert dirty.returncode == 2 and "uncommitted changes" in dirty.stderr, dirty.stderr
+    assert "gcloud builds submit" not in dirty.stdout
+    assert build(IMAGE_TAG="mine").returncode == 0
+
+
 def test_run_has_a_fixed_job_name_and_the_workers_run_the_launcher_image() -> None:
     for env in [ENV, {**ENV, "JOB_NAME": "another-name"}]:
         result = run_script("run", "--dry-run", env=env)
