@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from pipeline.sources import SourceSpec, open_source
-from pipeline.sources.errors import PaginationError, SourceError
+from pipeline.sources.errors import PageError, PaginationError, SourceError
 from pipeline.sources.http import HttpSettings, Telemetry
 from pipeline.sources.polymarket import ids
 from pipeline.sources.polymarket.parse import iso_time
@@ -365,3 +365,31 @@ def test_every_way_the_server_refuses_is_recovered(sim_server, mode):
         status = 503 if mode == "503" else 429
         assert trades[f"http_{status}"] > 0
         assert recorder.counts[f"throttled_{status}"] == trades[f"http_{status}"]
+
+
+@pytest.mark.parametrize("written", ["1700000000.0", "1.7e9", "17E8"])
+def test_an_integral_timestamp_written_as_a_float_is_the_integer(written):
+    """The client parses every JSON float as a Decimal: `1700000000.0` was refused, and every
+    wallet would have failed on every run had the API written its timestamps so."""
+    import json
+
+    from pipeline.sources.polymarket.parse import trades_page
+
+    row = {
+        "proxy_wallet": "0x" + "a" * 40,
+        "side": "BUY",
+        "token_id": "1",
+        "condition_id": "0x" + "c" * 64,
+        "size": 2,
+        "price": 0.5,
+        "timestamp": "TS",
+        "transaction_hash": "0x" + "f" * 64,
+        "outcome_index": "OI",
+    }
+    text = json.dumps({"data": [row], "pagination": {"has_more": False}})
+    text = text.replace('"TS"', written).replace('"OI"', "1.0")
+    _, items = trades_page(json.loads(text, parse_float=Decimal), "test page")
+    assert items[0]["timestamp"] == 1_700_000_000 and items[0]["outcome_index"] == 1
+    fractional = text.replace(written, "1700000000.5")
+    with pytest.raises(PageError, match="'timestamp' should be an integer"):
+        trades_page(json.loads(fractional, parse_float=Decimal), "test page")

@@ -13,6 +13,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from pipeline.sources.errors import PageError
@@ -42,10 +43,13 @@ def string(value: Any) -> str:
 
 
 def integer(value: Any) -> int:
-    # JSON writers may send 12.0 for 12; a bool is not a number here even though Python says so.
+    # JSON writers may send 12.0 for 12, which the Polymarket client parses as Decimal("12.0")
+    # (every JSON float is a Decimal there); a bool is not a number here even though Python says so.
     if isinstance(value, bool):
         raise Bad("an integer")
     if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
         value = int(value)
     if not isinstance(value, int):
         raise Bad("an integer")
