@@ -47,15 +47,18 @@ def integer(value: Any) -> int:
     # (every JSON float is a Decimal there); a bool is not a number here even though Python says so.
     if isinstance(value, bool):
         raise Bad("an integer")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+    integral_float = isinstance(value, float) and value.is_integer()
+    if integral_float or (isinstance(value, Decimal) and _integral(value)):
         value = int(value)
     if not isinstance(value, int):
         raise Bad("an integer")
     if not -MAX_INT64 <= value <= MAX_INT64:
         raise Bad("an integer within INT64")
     return value
+
+
+def _integral(value: Decimal) -> bool:
+    return value.is_finite() and value == value.to_integral_value()
 
 
 def timestamp(value: Any) -> int:
