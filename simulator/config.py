@@ -270,6 +270,9 @@ class SimConfig:
     # /v2/trades order: undocumented, so a client must survive either (the docs' cursor anchors
     # on block time; /v2/activity serves newest first, the default here).
     pm_oldest_first: bool = False
+    # /v2/trades in no time order at all (a seeded shuffle of each walk's rows): the order a client
+    # must never take for granted from a page or two that happen to look sorted.
+    pm_unsorted: bool = False
     # /v2/trades serving every row up to now whatever `start` and `end` say (a broken contract).
     pm_ignore_bounds: bool = False
     pm_window_s: float = 10.0  # the buckets' sliding window (tests shrink it)

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import math
+import random
 import re
 import secrets
 import time
@@ -480,7 +481,13 @@ class PolymarketRoutes:
                 window = view.window(w, state["v"], 1, view.served_until())
             else:
                 window = view.window(w, state["v"], state["s"], state["e"])
-            if oldest_first:  # positions run newest first: walk them backwards
+            shuffled: dict[int, int] = {}  # pm_unsorted: position -> its place in the shuffle
+            if sim.config.pm_unsorted:  # the cursor holds a place in a seeded shuffle
+                order = list(window)
+                random.Random(f"{wallet}:{window.start}:{window.stop}").shuffle(order)
+                shuffled = {pos: place for place, pos in enumerate(order)}
+                positions = order[0 if state["p"] is None else state["p"] :]
+            elif oldest_first:  # positions run newest first: walk them backwards
                 first = window.stop - 1 if state["p"] is None else state["p"]
                 positions = range(first, window.start - 1, -1)
             else:
@@ -490,7 +497,7 @@ class PolymarketRoutes:
                 if len(rows) < state["l"]:
                     rows.append(row)
                 else:
-                    next_pos = pos
+                    next_pos = shuffled.get(pos, pos)
                     break
 
         def mint(pos: int, page: int) -> str:

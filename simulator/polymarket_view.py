@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,9 +169,9 @@ class PolymarketView:
         return self.sim.k_range(w, start, end, view)
 
     def scan(
-        self, w: Wallet, view: int, positions: range, filt: TradeFilter
+        self, w: Wallet, view: int, positions: Iterable[int], filt: TradeFilter
     ) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(position, row) of every served fill in positions, newest first."""
+        """(position, row) of every served fill in positions, in their order."""
         wallet = w.address
         for p in positions:
             order = self.sim._pos_order(w, view, p)

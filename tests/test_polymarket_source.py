@@ -148,6 +148,25 @@ def test_a_deep_walk_split_into_windows_lands_the_same_rows_and_ids(sim_server, 
     assert pages < seen.counts["requests_trades"] <= 2 * pages
 
 
+def test_a_server_in_no_time_order_is_walked_whole_by_cursor(sim_server):
+    """The order is undocumented. Pages of 3 rows served in a shuffled order look sorted one time
+    in three: when one page was taken as proof, the walk split there and lost most of the wallet
+    (the rows it thought served already). A window now splits only once all it served shows one
+    order, so this walk goes on by cursor and lands every row once."""
+    server = sim_server(seed=9, wallets=3, trade_counts={0: 300}, pm_unsorted=True)
+    wallet = server.simulator.wallet_addresses()[0]
+    source = make_source(server, seen := Recorder(), page_limit=3)
+    end = source.trades_end()
+    truth = [
+        r for r in server.wallet_truth(wallet, source="polymarket")["rows"] if r["timestamp"] <= end
+    ]
+    rows = walk(source, wallet)
+    assert not _monotone([r["timestamp"] for r in rows])  # served in no order at all
+    assert Counter(map(content, rows)) == Counter(map(truth_content, truth))
+    assert len({r["id"] for r in rows}) == len(rows) == len(truth)
+    assert seen.counts["requests_trades"] == -(-len(truth) // 3)  # one cursor walk, no window
+
+
 @pytest.mark.parametrize(
     "fault",
     ["http_4xx:endpoint=trades,rate=0.2,status=404", "absurd_value:endpoint=trades,rate=0.2"],

@@ -10,10 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pipeline.sources.polymarket.walk import (
+    MIN_ORDERED_ROWS,
     NEWEST_FIRST,
     OLDEST_FIRST,
     PAGES_PER_WINDOW,
     UNKNOWN,
+    ServedOrder,
     Span,
     Walk,
     cut,
@@ -29,6 +31,23 @@ def test_only_a_sorted_page_of_two_seconds_or_more_shows_an_order():
     assert order_of([]) == UNKNOWN
     assert order_of([9, 3, 7]) == UNKNOWN  # unsorted: the walk must go on by cursor
     assert order_of([3, 9, 7]) == UNKNOWN
+
+
+def test_a_window_shows_an_order_only_when_all_it_served_agrees():
+    newest = ServedOrder()
+    assert newest.add([30, 29, 29]) == UNKNOWN  # sorted, but too few rows to prove anything
+    assert newest.add(list(range(28, 28 - MIN_ORDERED_ROWS, -1))) == NEWEST_FIRST
+    assert newest.add([5, 5]) == NEWEST_FIRST  # a tie goes either way
+    assert newest.add([4, 6, 3]) == UNKNOWN  # one row against the order: never again
+    assert newest.add([2, 1]) == UNKNOWN
+    oldest = ServedOrder()
+    assert oldest.add(list(range(1, MIN_ORDERED_ROWS + 1))) == OLDEST_FIRST
+    across = ServedOrder()  # each page sorted, the two pages against each other
+    assert across.add(list(range(40, 40 - MIN_ORDERED_ROWS, -1))) == NEWEST_FIRST
+    assert across.add([45, 44]) == UNKNOWN
+    one_second = ServedOrder()
+    assert one_second.add([7] * (MIN_ORDERED_ROWS * 2)) == UNKNOWN
+    assert one_second.add([]) == UNKNOWN
 
 
 def _covered(windows: tuple[Span, ...]) -> list[int]:

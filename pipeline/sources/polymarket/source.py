@@ -331,6 +331,7 @@ class PolymarketSource(Source):
     ) -> Iterator[list[dict[str, Any]]]:
         """One window by cursor; after a page that says more, it may hand its rest to windows."""
         ordinals = ids.Ordinals()  # no group of identical rows crosses a window's bounds
+        served = walk.ServedOrder()  # a window splits only once all it served shows one order
         with self._walks_lock:
             self._walks_active += 1
         pages = self.client.trade_pages(wallet, window.start, window.end, depth)
@@ -338,13 +339,15 @@ class PolymarketSource(Source):
         try:
             for number, (page, raws) in enumerate(pages):
                 items, raws = self._inside(window, page.items, raws)
+                stamps = [int(i["timestamp"]) for i in items]
+                ordered = served.add(stamps) != walk.UNKNOWN
                 cut = None
                 if len(items) < len(page.items):  # the server ignored the bounds: no split
                     strays += len(page.items) - len(items)
-                elif page.has_more and page.next_cursor is not None and items:
+                elif ordered and page.has_more and page.next_cursor is not None and items:
                     parts = whole.parts()
                     if parts >= 2:
-                        cut = walk.cut(window, [int(i["timestamp"]) for i in items], parts)
+                        cut = walk.cut(window, stamps, parts)
                 if cut is None:
                     yield self._rows(wallet, items, raws, ordinals)
                     continue

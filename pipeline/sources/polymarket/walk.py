@@ -8,9 +8,13 @@ page alone while the trades bucket idles (issue 14's tail). /v2/trades takes `st
 same time as the others, and the windows of a partition together serve exactly the whole range.
 
 Where a walk splits: after a page that says more (`has_more` and a cursor), when the caller says
-there is room. The page shows which way the walk goes: newest first (timestamps fall) or oldest
-first (they rise); the API does not document its order, so a page that shows neither (one second
-only, or unsorted) never splits and the walk goes on by cursor. Newest first, the keyset order
+there is room. The rows show which way the walk goes: newest first (timestamps fall) or oldest
+first (they rise); the API does not document its order, so a walk splits only once every row its
+window has served so far, at least MIN_ORDERED_ROWS of them over two seconds or more, came in one
+order (`ServedOrder`); otherwise (one second only, unsorted, or a page that contradicts an
+earlier one) it goes on by cursor. One page that happened to look sorted was proof enough
+before: a server serving in no time order then lost most of a wallet's rows (pages of 3 rows
+are sorted one time in three), the wallet marked done. Newest first, the keyset order
 (the cursor anchors on block time) means every row newer than the page's last second `b` has been
 served, and some of `b`'s; the page's rows at `b` are dropped and [start, b] is walked again as
 windows: near ones of about PAGES_PER_WINDOW pages at this page's density, the far rest in one,
@@ -34,6 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 NEWEST_FIRST, UNKNOWN, OLDEST_FIRST = -1, 0, 1
+# Rows a window must have served in one order before it may split: 20 rows over two seconds or
+# more come sorted by chance about twice in 20! (or, all in two seconds, 10 and 10, 2 in 184,756).
+MIN_ORDERED_ROWS = 20
 PAGES_PER_WINDOW = 4  # a near window's size, in pages at the density of the page that split
 MAX_WINDOWS = 256  # per wallet: a source that serves nonsense cannot multiply the walks forever
 
@@ -63,6 +70,31 @@ def order_of(timestamps: Sequence[int]) -> int:
     if timestamps[0] > timestamps[-1]:
         return NEWEST_FIRST if all(a >= b for a, b in pairs) else UNKNOWN
     return OLDEST_FIRST if all(a <= b for a, b in pairs) else UNKNOWN
+
+
+class ServedOrder:
+    """The time order of every row one window has served so far, page after page: the order of
+    a walk is what its whole served sequence shows, not one page."""
+
+    def __init__(self) -> None:
+        self._order, self._last, self._rows, self._broken = UNKNOWN, None, 0, False
+
+    def add(self, timestamps: Sequence[int]) -> int:
+        """Takes a page's timestamps (in the order served); the order the whole window proves
+        now: NEWEST_FIRST or OLDEST_FIRST, or UNKNOWN (too few rows, one second only, or two
+        rows against the order the others showed, after which it stays UNKNOWN)."""
+        for ts in timestamps:
+            if self._last is not None and ts != self._last:
+                step = NEWEST_FIRST if ts < self._last else OLDEST_FIRST
+                if self._order == UNKNOWN:
+                    self._order = step
+                elif step != self._order:
+                    self._broken = True
+            self._last = ts
+        self._rows += len(timestamps)
+        if self._broken or self._rows < MIN_ORDERED_ROWS:
+            return UNKNOWN
+        return self._order
 
 
 def cut(span: Span, timestamps: Sequence[int], parts: int) -> Cut | None:
