@@ -6,8 +6,8 @@ Fault spec grammar (``--faults`` on the CLI, :func:`parse_fault_spec` in Python)
     rule   := kind [":" param ("," param)*]
     param  := key "=" value
     kind   := http_5xx | storm_429 | slow | reset | malformed_json | truncated
-            | empty_has_more | repeat_key | missing_field | wrong_type | http_4xx
-            | absurd_value
+            | empty_has_more | empty_page | repeat_key | missing_field | wrong_type
+            | http_4xx | absurd_value
     key    := rate      float in [0, 1]: fire with this probability (seeded RNG)
             | times     int >= 0: fire for the first N matching requests only
             | wallets   address ("|" address)*: only requests for these wallets (orders)
@@ -27,8 +27,10 @@ Fault spec grammar (``--faults`` on the CLI, :func:`parse_fault_spec` in Python)
 ``rate`` and ``times`` are exclusive; with neither the rule fires on every matching request.
 ``wallets`` matches orders and trades requests (the ``user`` parameter). On the Polymarket
 endpoints errors take that API's shape (Data: ``{error, code, retryable, trace_id}``; Gamma:
-``{type, error}``); ``repeat_key`` repeats ``next_cursor``; ``empty_has_more`` and
-``repeat_key`` only apply to listings (orders, markets, events, trades, gamma_markets,
+``{type, error}``); ``repeat_key`` repeats ``next_cursor``; ``empty_has_more`` answers a page
+with no rows that says more and skips its rows (a gap), ``empty_page`` one that skips nothing
+(what a filter that emptied the page does: the next page serves its rows); these three
+only apply to listings (orders, markets, events, trades, gamma_markets,
 gamma_events). Default fields: missing_field drops condition_id (trades, resolutions),
 conditionId (gamma_markets*), slug (gamma_events*), lag_seconds (status); wrong_type turns size,
 volumeNum, id, resolved or lag_seconds into a string.
@@ -51,6 +53,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "malformed_json",
     "truncated",
     "empty_has_more",
+    "empty_page",
     "repeat_key",
     "missing_field",
     "wrong_type",
@@ -71,7 +74,7 @@ ENDPOINTS: tuple[str, ...] = DOME_ENDPOINTS + PM_ENDPOINTS
 LISTINGS: frozenset[str] = frozenset(
     ("orders", "markets", "events", "trades", "gamma_markets", "gamma_events")
 )
-LISTING_ONLY_KINDS: frozenset[str] = frozenset(("empty_has_more", "repeat_key"))
+LISTING_ONLY_KINDS: frozenset[str] = frozenset(("empty_has_more", "empty_page", "repeat_key"))
 
 # Polymarket's per-IP buckets (polymarket-api.md), requests per window (10 s); None = unlimited.
 # A request counts against every bucket that covers it: `all` every Data and Gamma route, `data`

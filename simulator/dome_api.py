@@ -356,6 +356,10 @@ class DomeRoutes:
             page.items = []
             page.has_more = True
             page.next_key = page.key_for(page.offset + page.limit)
+        elif rule.kind == "empty_page":  # nothing skipped: the next page serves these rows
+            page.items = []
+            page.has_more = True
+            page.next_key = page.key_for(page.offset)
         elif rule.kind == "repeat_key":
             page.has_more = True
             page.next_key = page.given_key or page.key_for(page.offset)

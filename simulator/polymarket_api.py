@@ -130,6 +130,7 @@ class PmAnswer:
     wallet: str | None = None
     repeat: Callable[[], None] | None = None  # repeat_key: the same cursor again
     empty: Callable[[], None] | None = None  # empty_has_more: no items, yet more to come
+    blank: Callable[[], None] | None = None  # empty_page: the same, skipping nothing
 
 
 # ---- cursors -----------------------------------------------------------------------------------
@@ -515,8 +516,11 @@ class PolymarketRoutes:
         }
         answer = PmAnswer(body, rows, page=page, wallet=wallet)
         here = state["p"]
-        if here is None:
-            here = window.stop - 1 if oldest_first else window.start
+        if here is None:  # the walk's first position (pm_unsorted: the shuffle's first place)
+            if sim.config.pm_unsorted:
+                here = 0
+            else:
+                here = window.stop - 1 if oldest_first else window.start
 
         def repeat() -> None:
             body["pagination"]["has_more"] = True
@@ -529,7 +533,12 @@ class PolymarketRoutes:
             target = past_end if next_pos is None else next_pos
             body["pagination"]["next_cursor"] = mint(target, page + 1)
 
-        answer.repeat, answer.empty = repeat, empty
+        def blank() -> None:  # no rows, more to come, nothing skipped (a filter emptied it)
+            body["data"] = answer.items = []
+            body["pagination"]["has_more"] = True
+            body["pagination"]["next_cursor"] = mint(here, page + 1)
+
+        answer.repeat, answer.empty, answer.blank = repeat, empty, blank
         return answer
 
     def _pm_cursor_state(self, cursor: str, wallet: str) -> dict[str, Any]:
@@ -664,6 +673,8 @@ class PolymarketRoutes:
         endpoint = rule.endpoint
         if rule.kind == "empty_has_more" and answer.empty is not None:
             answer.empty()
+        elif rule.kind == "empty_page" and answer.blank is not None:
+            answer.blank()
         elif rule.kind == "repeat_key" and answer.repeat is not None:
             answer.repeat()
         elif rule.kind == "missing_field":

@@ -167,6 +167,35 @@ def test_a_server_in_no_time_order_is_walked_whole_by_cursor(sim_server):
     assert seen.counts["requests_trades"] == -(-len(truth) // 3)  # one cursor walk, no window
 
 
+def injected(server) -> dict[str, int]:
+    return {k: n for k, n in server.stats()["polymarket"]["faults_injected"].items() if n}
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["split", "by_cursor"])
+def test_an_empty_page_that_skipped_rows_fails_the_wallet_one_that_did_not_lands_it(
+    sim_server, split
+):
+    """The docs say never to stop on an empty page that says more (a filter may empty it), so
+    the walk steps over it; but a server that skipped the page's rows lost them unseen, the
+    wallet marked done. The page's range is asked again at the end of its window's walk."""
+    server = sim_server(seed=9, wallets=3, trade_counts={0: 300})
+    wallet = server.simulator.wallet_addresses()[0]
+    truth = server.wallet_truth(wallet, source="polymarket")["rows"]
+
+    server.set_faults("empty_page:endpoint=trades,page=2,times=1")  # nothing skipped
+    seen = Recorder()
+    rows = walk(make_source(server, seen, page_limit=20, split_walks=split), wallet)
+    assert injected(server) == {"empty_page": 1}
+    assert Counter(map(content, rows)) == Counter(map(truth_content, truth))
+    assert len({r["id"] for r in rows}) == len(rows) == len(truth)
+
+    server.reset_stats()
+    server.set_faults("empty_has_more:endpoint=trades,page=2,times=1")  # its 20 rows skipped
+    with pytest.raises(PaginationError, match=f"wallet {wallet} trades: an empty page said more"):
+        walk(make_source(server, page_limit=20, split_walks=split), wallet)
+    assert injected(server) == {"empty_has_more": 1}
+
+
 @pytest.mark.parametrize(
     "fault",
     ["http_4xx:endpoint=trades,rate=0.2,status=404", "absurd_value:endpoint=trades,rate=0.2"],

@@ -15,6 +15,7 @@ from pipeline.sources.polymarket.walk import (
     OLDEST_FIRST,
     PAGES_PER_WINDOW,
     UNKNOWN,
+    Gaps,
     ServedOrder,
     Span,
     Walk,
@@ -48,6 +49,42 @@ def test_a_window_shows_an_order_only_when_all_it_served_agrees():
     one_second = ServedOrder()
     assert one_second.add([7] * (MIN_ORDERED_ROWS * 2)) == UNKNOWN
     assert one_second.add([]) == UNKNOWN
+
+
+def test_an_empty_page_that_says_more_is_asked_again_from_the_second_before_to_the_one_after():
+    window = Span(1, 100)
+    gaps = Gaps()
+    gaps.add([90, 80, 80], False)
+    assert not gaps.seen and gaps.ranges(window, NEWEST_FIRST) == []
+    gaps.add([], True)
+    gaps.add([], True)  # two in a row: one gap
+    gaps.add([60, 50], False)
+    gaps.add([40], False)
+    assert gaps.seen
+    assert gaps.ranges(window, NEWEST_FIRST) == [(Span(60, 80), 3)]  # 80, 80 and 60 served there
+    assert gaps.ranges(window, UNKNOWN) == [(Span(60, 80), 3)]  # both sides known: no order needed
+
+
+@pytest.mark.parametrize(
+    ("order", "first", "last"),
+    [
+        (NEWEST_FIRST, Span(50, 100), Span(1, 40)),
+        (OLDEST_FIRST, Span(1, 50), Span(40, 100)),
+        (UNKNOWN, Span(1, 100), Span(1, 100)),  # no side known: the whole window
+    ],
+)
+def test_a_gap_at_either_end_runs_to_the_windows_edge_the_walk_came_from(order, first, last):
+    window = Span(1, 100)
+    opening = Gaps()
+    opening.add([], True)
+    opening.add([50, 40], False)
+    ((span, _),) = opening.ranges(window, order)
+    assert span == first
+    closing = Gaps()
+    closing.add([50, 40], False)
+    closing.add([], True)  # and the walk ended
+    ((span, _),) = closing.ranges(window, order)
+    assert span == last
 
 
 def _covered(windows: tuple[Span, ...]) -> list[int]:

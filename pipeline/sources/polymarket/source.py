@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from pipeline.schema import format_timestamp
 from pipeline.sources import Lookup, MarketRef, Source, SourceSpec
-from pipeline.sources.errors import HTTPStatusError, PageError
+from pipeline.sources.errors import HTTPStatusError, PageError, PaginationError
 from pipeline.sources.fields import Bad
 from pipeline.sources.http import HttpClient, Page, Params, Telemetry, follow_cursor
 from pipeline.sources.limiter import RateLimiter, Window
@@ -332,6 +332,8 @@ class PolymarketSource(Source):
         """One window by cursor; after a page that says more, it may hand its rest to windows."""
         ordinals = ids.Ordinals()  # no group of identical rows crosses a window's bounds
         served = walk.ServedOrder()  # a window splits only once all it served shows one order
+        gaps = walk.Gaps()  # empty pages that said more: their ranges are asked again at the end
+        order = walk.UNKNOWN
         with self._walks_lock:
             self._walks_active += 1
         pages = self.client.trade_pages(wallet, window.start, window.end, depth)
@@ -340,7 +342,9 @@ class PolymarketSource(Source):
             for number, (page, raws) in enumerate(pages):
                 items, raws = self._inside(window, page.items, raws)
                 stamps = [int(i["timestamp"]) for i in items]
-                ordered = served.add(stamps) != walk.UNKNOWN
+                gaps.add(stamps, not page.items and bool(page.has_more))
+                order = served.add(stamps)
+                ordered = order != walk.UNKNOWN and not gaps.seen  # a gap's window is walked whole
                 cut = None
                 if len(items) < len(page.items):  # the server ignored the bounds: no split
                     strays += len(page.items) - len(items)
@@ -354,6 +358,8 @@ class PolymarketSource(Source):
                 whole.split(cut.windows, depth + number + 1)
                 yield self._rows(wallet, items[: cut.keep], raws[: cut.keep], ordinals)
                 return
+            for span, served_rows in gaps.ranges(window, order):
+                self._check_gap(wallet, span, served_rows, depth)
         finally:
             pages.close()
             with self._walks_lock:
@@ -368,6 +374,30 @@ class PolymarketSource(Source):
                     window.start,
                     window.end,
                 )
+
+    def _check_gap(self, wallet: str, span: walk.Span, served: int, depth: int) -> None:
+        """Asks the range of an empty page that said more again (walk.Gaps): more rows there
+        than the walk served means the page skipped them, and the wallet fails, naming it (its
+        next run fetches it whole), rather than landing a history with a hole."""
+        found = 0
+        for page, _ in self.client.trade_pages(wallet, span.start, span.end, depth):
+            found += sum(
+                1 for item in page.items if span.start <= int(item["timestamp"]) <= span.end
+            )
+        if found > served:
+            raise PaginationError(
+                f"wallet {wallet} trades: an empty page said more was to come, and the API "
+                f"skipped rows: asked again, {span.start}-{span.end} holds {found} rows, the "
+                f"walk served {served}"
+            )
+        log.info(
+            "wallet %s trades: an empty page said more was to come; %d-%d asked again: "
+            "nothing was skipped (%d rows)",
+            wallet,
+            span.start,
+            span.end,
+            found,
+        )
 
     @staticmethod
     def _inside(

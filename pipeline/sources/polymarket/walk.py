@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -95,6 +96,57 @@ class ServedOrder:
         if self._broken or self._rows < MIN_ORDERED_ROWS:
             return UNKNOWN
         return self._order
+
+
+class Gaps:
+    """Empty pages that said more was to come, in one window's walk. The API's docs say never to
+    stop on one (its filters can empty a page), so the walk steps over it; but a server that
+    skipped the page's rows would then lose them unseen, the wallet marked done. So each such
+    page's range (from the last second served before it to the first after, or the window's
+    edge on the side with none) is asked again once the window is walked, and the rows it holds
+    are compared with those the walk served there (`ranges`)."""
+
+    def __init__(self) -> None:
+        self._stamps = array("q")  # every second the window served, 8 bytes a row
+        self._before: list[int | None] = []  # per gap: the last second served before it
+        self._after: list[int | None] = []  # per gap: the first second served after it
+        self._open = False
+
+    @property
+    def seen(self) -> bool:
+        return bool(self._before)
+
+    def add(self, timestamps: Sequence[int], empty_with_more: bool) -> None:
+        if empty_with_more:
+            if not self._open:
+                self._before.append(self._stamps[-1] if self._stamps else None)
+                self._after.append(None)
+                self._open = True
+            return
+        if timestamps and self._open:
+            self._after[-1] = timestamps[0]
+            self._open = False
+        self._stamps.extend(timestamps)
+
+    def ranges(self, window: Span, order: int) -> list[tuple[Span, int]]:
+        """Each gap's range to ask again, with the rows the window served in it. A side with no
+        row served is the window's edge the walk came from (or went to); with no order known,
+        the whole window."""
+        out = []
+        for before, after in zip(self._before, self._after, strict=True):
+            if before is not None and after is not None:
+                low, high = min(before, after), max(before, after)
+            elif order == NEWEST_FIRST:
+                low = window.start if after is None else after
+                high = window.end if before is None else before
+            elif order == OLDEST_FIRST:
+                low = window.start if before is None else before
+                high = window.end if after is None else after
+            else:
+                low, high = window.start, window.end
+            served = sum(1 for ts in self._stamps if low <= ts <= high)
+            out.append((Span(low, high), served))
+        return out
 
 
 def cut(span: Span, timestamps: Sequence[int], parts: int) -> Cut | None:
