@@ -120,6 +120,29 @@ def test_table_names_are_validated(bad: str) -> None:
         TableNames(runs=bad)
 
 
+@pytest.mark.parametrize("bad", ["_stg_wallets", "_STG_trades", "_stg_"])
+def test_a_table_name_a_load_table_could_have_is_refused(bad: str) -> None:
+    """Start-up drops every table named like a load table (a killed commit's): it dropped a
+    user's traders table named `_stg_wallets`."""
+    with pytest.raises(ValueError, match=r"traders='.*' starts with '_stg_'"):
+        TableNames(traders=bad)
+
+
+@pytest.mark.parametrize(
+    ("names", "roles"),
+    [
+        ({"checkpoint": "Traders"}, "traders= and checkpoint="),
+        ({"markets": "events"}, "markets= and events="),
+        ({"runs": "x", "lease": "X"}, "runs= and lease="),
+    ],
+)
+def test_two_roles_on_one_table_are_refused(names: dict[str, str], roles: str) -> None:
+    """A checkpoint table named `Traders` altered the user's traders table; markets and events
+    on one table overwrote each other."""
+    with pytest.raises(ValueError, match=f"table names {roles} are both"):
+        TableNames(**names)
+
+
 def test_valid_table_names_are_accepted() -> None:
     tables = TableNames(traders="_t", trades="Trades_2026", runs="x" * 1024)
     assert tables.trades == "Trades_2026"

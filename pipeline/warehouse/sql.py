@@ -93,8 +93,25 @@ class TableNames:
     missing: str = "backfill_missing"
 
     def __post_init__(self) -> None:
+        """Besides identifiers: no name a load table could have (start-up drops every table
+        whose name starts so: it dropped a traders table named `_stg_wallets`), and no two
+        roles on one table (ignoring case, as DuckDB does): a checkpoint table named `Traders`
+        added its columns to the user's traders table, markets and events on one table
+        overwrote each other."""
+        seen: dict[str, str] = {}
         for field in fields(self):
-            validate_identifier(getattr(self, field.name), f"table name {field.name}=")
+            name = validate_identifier(getattr(self, field.name), f"table name {field.name}=")
+            if name.lower().startswith(LOAD_TABLE_PREFIX):
+                raise ValueError(
+                    f"table name {field.name}={name!r} starts with {LOAD_TABLE_PREFIX!r}, the "
+                    "prefix of the commit's load tables, which start-up drops: choose another"
+                )
+            other = seen.setdefault(name.lower(), field.name)
+            if other != field.name:
+                raise ValueError(
+                    f"table names {other}= and {field.name}= are both {name!r}: each role "
+                    "needs a table of its own"
+                )
 
     def as_dict(self) -> dict[str, str]:
         return {field.name: getattr(self, field.name) for field in fields(self)}
