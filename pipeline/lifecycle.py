@@ -85,6 +85,11 @@ def _prepare_holding_the_lease(config: BackfillConfig) -> list[CommitOutcome]:
         # Holding the lease, no other commit is using a load table: these are a killed one's.
         warehouse.drop_orphan_load_tables()
         committed = warehouse.committed_run_ids()
+    if config.run_id in committed:  # under another staging root: the claim could not see it
+        raise OptionsError(
+            f"run_id {config.run_id} is committed in this warehouse already (its commit would "
+            "land nothing, whatever the run fetched): use a new run id (or omit --run_id)"
+        )
     recovered = []
     for earlier in runs_to_recover(config.staging_root, committed, ours):
         log.warning("recovering run %s: staged but not committed", earlier.run_id)

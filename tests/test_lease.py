@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from pipeline import lease
@@ -174,3 +175,32 @@ def test_a_finished_run_gave_the_lease_back_from_its_commit_step(tmp_path, sim_s
     with open_warehouse(f"duckdb:{db}") as warehouse:
         assert not warehouse.read_lease().held
     assert run_backfill(run_argv(db, root, server)).state == "DONE"
+
+
+def test_a_run_id_the_warehouse_committed_is_refused_whatever_the_staging_root(
+    tmp_path, capsys, sim_server
+):
+    """The claim sees only its staging root: under a new one, a committed id fetched every
+    wallet, landed nothing (the commit found the run committed) and said DONE."""
+    from pipeline.__main__ import main as cli
+    from pipeline.warehouse.seed import seed_traders
+    from tests.support import source_argv, trade_requests
+
+    server = sim_server(seed=3, wallets=2)
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, server.simulator.wallet_addresses())
+    argv = ["run", f"--warehouse=duckdb:{db}", "--run_id=r1", *source_argv(server, "polymarket")]
+    assert cli([*argv, f"--staging_root={tmp_path / 'a'}"]) == 0
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        assert "r1" in warehouse.committed_run_ids()
+    with duckdb.connect(str(db)) as con:  # every wallet pending again: a run would fetch them
+        con.execute("DELETE FROM backfill_checkpoint")
+    asked = trade_requests(server, "polymarket")
+    capsys.readouterr()
+    assert cli([*argv, f"--staging_root={tmp_path / 'b'}"]) == 2
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert "run_id r1 is committed in this warehouse already" in line
+    assert trade_requests(server, "polymarket") == asked  # it fetched nothing
+    assert not (tmp_path / "b" / "r1").exists()  # and gave its claim back
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        assert not warehouse.read_lease().held
