@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import difflib
+import logging
 import math
 import os
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,8 @@ from pipeline.sources.polymarket.source import DATA_API_URL, GAMMA_API_URL, LIMI
 from pipeline.sources.polymarket.source import windows as polymarket_windows
 from pipeline.staging import RunStaging
 from pipeline.warehouse import TableNames, WarehouseRef, parse_warehouse_spec, validate_run_id
+
+log = logging.getLogger(__name__)
 
 
 def _flag(text: str) -> bool:
@@ -374,10 +379,47 @@ def _machine_vcpus(machine_type: str | None) -> int:
     return int(match.group(1)) if match else 1
 
 
-def resolve(options: PipelineOptions) -> BackfillConfig:
-    """Checks every option and returns the config, or raises OptionsError listing all problems."""
+def unknown_options(argv: Sequence[str]) -> list[str]:
+    """What in `argv` neither this pipeline nor Beam takes, each with the option it is closest
+    to. Beam only warns of them and goes on: `--max-wallets=1` (for --max_wallets) fetched
+    every wallet. The parser is Beam's own, handed over by `get_all_options`."""
+    parsers: list[argparse.ArgumentParser] = []
+    PipelineOptions(list(argv)).get_all_options(add_extra_args_fn=parsers.append)
+    (parser,) = parsers
+    _, unknown = parser.parse_known_args(list(argv))
+    known = [flag for action in parser._actions for flag in action.option_strings]
+    out = []
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name.replace("-", "_"), known, n=1)
+        out.append(f"{arg!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return out
+
+
+# The runners a run may name: the DirectRunner (locally, also by Beam's other names for it) and
+# Dataflow (any runner named so: is_dataflow); another failed after start-up with a traceback.
+RUNNERS = ("DirectRunner", "DataflowRunner")
+DIRECT_RUNNER_ALIASES = ("direct", "SwitchingDirectRunner")
+
+
+def resolve(options: PipelineOptions, argv: Sequence[str] | None = None) -> BackfillConfig:
+    """Checks every option and returns the config, or raises OptionsError listing all problems.
+    `argv`: the command line the options came from, whose every argument must be an option."""
     opts = options.view_as(BackfillOptions)
     problems: list[str] = []
+    for arg in [] if argv is None else unknown_options(argv):
+        if is_dataflow(options):  # Dataflow refuses undeclared template parameters itself; what
+            # else the Flex Template launcher passes is its own, and must not stop the run
+            log.warning("an option neither the pipeline nor Beam knows: %s", arg)
+        else:
+            problems.append(f"unknown option {arg}")
+    runner = options.view_as(StandardOptions).runner
+    local = runner is None or runner in (RUNNERS[0], *DIRECT_RUNNER_ALIASES)
+    if not local and not is_dataflow(options):
+        problems.append(f"--runner={runner}: use {' or '.join(RUNNERS)}")
+    direct = options.view_as(DirectOptions)
+    if direct.direct_num_workers is not None and direct.direct_num_workers < 0:
+        problems.append("--direct_num_workers must be 0 (one per core) or more")
 
     try:
         kind, target = parse_warehouse_spec(opts.warehouse)

@@ -115,7 +115,7 @@ def counters_of(result: PipelineResult) -> dict[str, int]:
 
 def run_backfill(argv: list[str], *, wait: bool | None = None) -> RunReport:
     options = PipelineOptions(argv)
-    config: BackfillConfig = resolve(options)  # every option checked before anything starts
+    config: BackfillConfig = resolve(options, argv)  # every option checked before anything starts
     config, pipeline, recovered = _start(options, config)  # takes the warehouse's lease
     handed_over = False  # a submitted Dataflow job gives the lease back from its commit step
     given_back = False  # the commit step gave the lease back (its counter says so)

@@ -250,3 +250,35 @@ def test_more_processes_than_a_window_can_be_split_between_is_an_options_error(d
         resolve(PipelineOptions(["--source=dome", "--tier=free", "--rate_shares=11"]))
     with pytest.raises(OptionsError, match="run at most 200 processes"):
         resolve(PipelineOptions(["--rate_shares=201"]))  # Polymarket: trades, 200 per 10 s
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--max-wallets=1"], "unknown option '--max-wallets=1' (did you mean --max_wallets?)"),
+        (["--nosuchoption=1"], "unknown option '--nosuchoption=1'"),
+        (["stray"], "unknown option 'stray'"),
+        (["--runner=NoSuchRunner"], "--runner=NoSuchRunner: use DirectRunner or DataflowRunner"),
+        (["--direct_num_workers=-1"], "--direct_num_workers must be 0 (one per core) or more"),
+    ],
+)
+def test_what_neither_the_pipeline_nor_beam_takes_is_refused_not_dropped(argv, said):
+    """Beam only warns of an argument it does not know and goes on: `--max-wallets=1` fetched
+    every wallet. A runner it does not have, or a negative worker count, failed after start-up
+    with a traceback."""
+    with pytest.raises(OptionsError) as error:
+        resolve(PipelineOptions(argv), argv)
+    assert said in [line.strip() for line in str(error.value).splitlines()]
+
+
+def test_beams_own_options_and_the_pipelines_pass(caplog):
+    argv = ["--max_wallets=2", "--runner=DirectRunner", "--direct_num_workers=0"]
+    argv += ["--direct_running_mode=multi_processing", "--experiments=a", "--verify"]
+    assert resolve(PipelineOptions(argv), argv).max_wallets == 2
+    # On Dataflow what the Flex Template launcher adds is its own: logged, never refused.
+    dataflow = ["--runner=DataflowRunner", "--launcher_only_flag=1", "--project=p", "--region=r"]
+    dataflow += ["--temp_location=gs://bk/t", "--warehouse=bigquery:my-project.d"]
+    dataflow += ["--staging_root=gs://my-bucket/s"]
+    with caplog.at_level("WARNING", logger="pipeline.options"):
+        resolve(PipelineOptions(dataflow), dataflow)
+    assert "--launcher_only_flag=1" in caplog.text
