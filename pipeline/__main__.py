@@ -59,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     if rest and args.command != "run":
         parser.error(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
     assert module is not None
-    return int(module.main(args, argv[1:]) or 0)
+    from pipeline.warehouse import WarehouseUnreadable  # light: no Beam
+
+    try:
+        return int(module.main(args, argv[1:]) or 0)
+    except WarehouseUnreadable as exc:  # every command that opens the warehouse ends so
+        print(f"{args.command}: {exc}")
+        return 2
 
 
 if __name__ == "__main__":

@@ -324,7 +324,9 @@ def duckdb_path_problems(path: str, must_exist: bool = True) -> list[str]:
                 header = handle.read(16)
         except OSError as exc:
             return [f"{path} cannot be read ({exc.strerror})"]
-        if header and header[8:12] != b"DUCK":
+        if not header:
+            return [f"{path} is empty, not a DuckDB database: delete it, or fix the path"]
+        if header[8:12] != b"DUCK":
             return [f"{path} is not a DuckDB database file"]
     elif not os.access(target.parent, os.W_OK):
         return [f"the folder {target.parent} is not writable"]

@@ -35,6 +35,7 @@ from pipeline.options import (
 from pipeline.sources import prepare_run
 from pipeline.sources.errors import SourceError
 from pipeline.staging import CommitOutcome
+from pipeline.warehouse import WarehouseUnreadable
 from transforms.metrics import NAMESPACE
 from transforms.run_health import RunStopped
 from transforms.stage import LEASE_GIVEN_BACK
@@ -238,6 +239,9 @@ def run_and_report(argv: list[str], *, wait: bool | None = None) -> tuple[int, R
     except WarehouseBusy as exc:
         print(exc)
         return 3, None
+    except WarehouseUnreadable as exc:
+        print(exc)
+        return 2, None
     print(summary.render())
     ended_well = summary.stopped is None and summary.state in ("DONE", "submitted")
     return (0 if ended_well else 1), summary

@@ -282,3 +282,43 @@ def test_beams_own_options_and_the_pipelines_pass(caplog):
     with caplog.at_level("WARNING", logger="pipeline.options"):
         resolve(PipelineOptions(dataflow), dataflow)
     assert "--launcher_only_flag=1" in caplog.text
+
+
+def _spoilt(path, how: str) -> None:
+    """A DuckDB file that is empty, cut short, or whose blocks are overwritten."""
+    from pipeline.warehouse.seed import seed_traders
+
+    if how == "empty":
+        path.write_bytes(b"")
+        return
+    seed_traders(path, ["0x" + "a" * 40])
+    data = bytearray(path.read_bytes())
+    if how == "cut short":
+        data = data[:100]
+    else:
+        data[4096 : 4096 + 8192] = b"\x07" * 8192
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["empty", "cut short", "corrupt"])
+@pytest.mark.parametrize("command", ["status", "verify", "traders add", "run"])
+def test_a_warehouse_file_that_cannot_be_opened_is_one_line(tmp_path, capsys, how, command):
+    """Each command ended in DuckDB's traceback; `status` above all must not crash on it."""
+    from pipeline.__main__ import main as cli
+
+    db = tmp_path / "spoilt.duckdb"
+    _spoilt(db, how)
+    wallets = tmp_path / "w.txt"
+    wallets.write_text("0x" + "b" * 40 + "\n")
+    argv = [*command.split(), f"--warehouse=duckdb:{db}"]
+    if command == "traders add":
+        argv.insert(2, str(wallets))
+    elif command != "verify":
+        argv.append(f"--staging_root={tmp_path / 'staging'}")
+    if command == "run":  # the source is asked meanwhile: never the real API
+        argv += ["--data_api_url=http://127.0.0.1:9", "--max_attempts=1"]
+    assert cli(argv) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    (line,) = [line for line in out.splitlines() if str(db) in line]
+    assert "is empty, not a DuckDB database" in line or "cannot be opened" in line

@@ -16,6 +16,7 @@ from pipeline.warehouse.base import (
     Lease,
     VerifyReport,
     Warehouse,
+    WarehouseUnreadable,
 )
 from pipeline.warehouse.sql import TableNames, validate_dataset, validate_run_id
 
@@ -28,6 +29,7 @@ __all__ = [
     "VerifyReport",
     "Warehouse",
     "WarehouseRef",
+    "WarehouseUnreadable",
     "open_warehouse",
     "parse_warehouse_spec",
     "validate_run_id",

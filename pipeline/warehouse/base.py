@@ -85,6 +85,11 @@ STATUS_STATEMENTS: tuple[sql.Statement, ...] = (
 VERIFY_RESET_COLUMNS = ("error", "last_trade_at", "last_refreshed_at")
 
 
+class WarehouseUnreadable(RuntimeError):
+    """The warehouse cannot be opened at all (a DuckDB file that is empty, cut short or
+    corrupt): the command that asked ends in one line saying so, not a traceback."""
+
+
 class CommitError(RuntimeError):
     """A run's commit failed and was rolled back: production and checkpoint are untouched."""
 

@@ -20,6 +20,7 @@ from pipeline.warehouse.base import (
     LoadFiles,
     TableNames,
     Warehouse,
+    WarehouseUnreadable,
     check_params,
     load_failed,
     transaction_failed,
@@ -77,9 +78,12 @@ class DuckDBWarehouse(Warehouse):
             try:
                 conn = duckdb.connect(self._path)
                 break
-            except duckdb.IOException as exc:
+            except duckdb.Error as exc:
                 if _LOCK_MESSAGE not in str(exc):
-                    raise
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    raise WarehouseUnreadable(
+                        f"the DuckDB file {self._path} cannot be opened: {first}"
+                    ) from exc
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
                         f"DuckDB file {self._path} stayed locked by another process for "
