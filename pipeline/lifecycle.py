@@ -48,6 +48,12 @@ def prepare(config: BackfillConfig) -> list[CommitOutcome]:
     run id with it, see `release`)."""
     with config.warehouse_ref.open() as warehouse:
         warehouse.ensure_tables()
+        wrong = warehouse.traders_without_addresses()
+        if wrong is not None:  # the run would die inside its first step, in Beam's traceback
+            raise OptionsError(
+                f"table {wrong} has no wallet_address column: give --traders_table the table "
+                "that holds the wallets (one address a row, in wallet_address)"
+            )
         ttl = lease.ttl_seconds(config.max_run_minutes, config.lease_minutes)
         lease.take(warehouse, config.lease_holder, ttl)
     try:

@@ -16,6 +16,8 @@ from pipeline.staging import RunStaging, parked_runs, warehouse_identity
 from pipeline.status_report import render_status
 from pipeline.warehouse import open_warehouse
 
+MAX_LAST_RUNS = 1000  # a screen's worth many times over; a bigger number overflowed the LIMIT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     BackfillOptions._add_argparse_args(parser)
@@ -36,6 +38,9 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         config = resolve_command(args)
     except OptionsError as exc:
         print(exc)
+        return 2
+    if not 0 <= args.last_runs <= MAX_LAST_RUNS:
+        print(f"status: --last_runs must be 0 to {MAX_LAST_RUNS}")
         return 2
     print(show_status(config.warehouse, config.tables, args.last_runs))
     print(show_parked(config.staging_root, warehouse_identity(config.warehouse_ref)))

@@ -322,3 +322,38 @@ def test_a_warehouse_file_that_cannot_be_opened_is_one_line(tmp_path, capsys, ho
     assert "Traceback" not in out + err
     (line,) = [line for line in out.splitlines() if str(db) in line]
     assert "is empty, not a DuckDB database" in line or "cannot be opened" in line
+
+
+def _with_foreign_tables(db) -> None:
+    """A warehouse whose checkpoint table is not the backfill's, beside a table `t2` that holds
+    addresses under another column name."""
+    from pipeline.warehouse.seed import seed_traders
+
+    seed_traders(db, ["0x" + "a" * 40])
+    with duckdb.connect(str(db)) as con:
+        con.execute("DROP TABLE backfill_checkpoint")
+        con.execute("CREATE TABLE backfill_checkpoint (x INTEGER)")
+        con.execute("CREATE TABLE t2 (address VARCHAR)")
+
+
+def test_status_names_what_a_table_lacks_and_a_run_refuses_a_traders_table_without_addresses(
+    tmp_path, capsys
+):
+    """`status` ended in the engine's binder error on a table that was not the backfill's, and
+    a run on such a traders table died inside its first step (146 lines of Beam traceback)."""
+    from pipeline.__main__ import main as cli
+
+    db = tmp_path / "w.duckdb"
+    _with_foreign_tables(db)
+    base = [f"--warehouse=duckdb:{db}", f"--staging_root={tmp_path / 'staging'}"]
+    assert cli(["status", *base, "--traders_table=t2"]) == 0
+    out = capsys.readouterr().out
+    assert "backfill_checkpoint.completed" in out and "t2.wallet_address missing" in out
+    assert "Traceback" not in out
+    for last_runs in ("-1", "1001"):
+        assert cli(["status", *base, f"--last_runs={last_runs}"]) == 2
+        assert capsys.readouterr().out == "status: --last_runs must be 0 to 1000\n"
+    run = ["run", *base, "--traders_table=t2", "--data_api_url=http://127.0.0.1:9"]
+    assert cli([*run, "--max_attempts=1"]) == 2
+    out = capsys.readouterr().out
+    assert "table t2 has no wallet_address column" in out and "Traceback" not in out

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from pipeline import failpoints
-from pipeline.schema import STAGED_KINDS
+from pipeline.schema import RUN_COLUMNS, STAGED_KINDS
 from pipeline.status_report import FailedWallet, RunSummary, StatusReport
 from pipeline.warehouse import sql
 from pipeline.warehouse.sql import TableNames, validate_run_id
@@ -54,21 +54,27 @@ WALLETS_LISTED_AT_MOST = 50_000
 
 # What each status statement reads: table (a TableNames field) -> the columns it needs that a
 # table made before they existed may lack. Status runs only the statements whose tables exist.
+# Every column each status statement reads, per table role: a table that lacks one (an older
+# version's, or not the backfill's at all: a wrong --*_table) skips that statement with a note
+# naming the columns; it used to end `status` in the engine's binder error.
+_DONE = ("wallet_address", "completed", "upload_successful")
+_UNLANDED = {
+    "trades": ("condition_id", "market_slug", "event_slug"),
+    "markets": ("condition_id", "event_slug"),
+    "events": ("event_slug",),
+}
 STATUS_READS: dict[str, dict[str, tuple[str, ...]]] = {
-    sql.STATUS_PROGRESS.name: {"checkpoint": (), "traders": ()},
-    sql.STATUS_TO_DO.name: {"checkpoint": (), "traders": ()},
-    sql.STATUS_FAILED_WALLETS.name: {"checkpoint": ()},
-    sql.STATUS_TOTALS.name: {"trades": (), "markets": (), "events": ()},
-    sql.STATUS_LAST_RUNS.name: {"runs": ()},
-    sql.STATUS_PENDING.name: {"trades": ("event_slug",), "markets": ("event_slug",), "events": ()},
-    sql.STATUS_MISSING.name: {
-        "trades": ("event_slug",),
-        "markets": ("event_slug",),
-        "events": (),
-        "missing": (),
+    sql.STATUS_PROGRESS.name: {"checkpoint": _DONE, "traders": ("wallet_address",)},
+    sql.STATUS_TO_DO.name: {"checkpoint": _DONE, "traders": ("wallet_address",)},
+    sql.STATUS_FAILED_WALLETS.name: {
+        "checkpoint": (*_DONE, "trade_count", "processed_at", "error")
     },
+    sql.STATUS_TOTALS.name: {"trades": (), "markets": (), "events": ()},
+    sql.STATUS_LAST_RUNS.name: {"runs": tuple(column.name for column in RUN_COLUMNS)},
+    sql.STATUS_PENDING.name: _UNLANDED,
+    sql.STATUS_MISSING.name: {**_UNLANDED, "missing": ("kind", "key", "run_id")},
     sql.STATUS_TRADES_BY_SOURCE.name: {"trades": ("source",)},
-    sql.STATUS_LEASE.name: {"lease": ()},
+    sql.STATUS_LEASE.name: {"lease": ("lease_name", "holder", "expires_at")},
 }
 STATUS_STATEMENTS: tuple[sql.Statement, ...] = (
     sql.STATUS_PROGRESS,
@@ -312,8 +318,8 @@ def status_plan(tables: TableNames, columns: Mapping[str, set[str] | None]) -> S
         ]
         if lacking:
             notes.append(
-                f"{statement.name}: {', '.join(lacking)} missing (a table from before sources; "
-                "the next run adds the columns)"
+                f"{statement.name}: {', '.join(lacking)} missing (an older table gains them "
+                "at the next run; a table that is not the backfill's, never: check --*_table)"
             )
             continue
         runnable.append(statement)
@@ -736,6 +742,14 @@ class Warehouse(abc.ABC):
             return None
         holder, acquired_at, expires_at, held = rows[0]
         return Lease(holder, acquired_at, expires_at, bool(held))
+
+    def traders_without_addresses(self) -> str | None:
+        """The traders table's name if it has no `wallet_address` column (the users' table,
+        which `ensure_tables` never alters: a wrong --traders_table), else None. Only reads."""
+        columns = self._table_columns().get("traders")
+        if columns is not None and "wallet_address" not in columns:
+            return self.tables.traders
+        return None
 
     def has_lease_table(self) -> bool:
         """Whether the lease table exists (a warehouse made before it lacks it until the next
