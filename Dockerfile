@@ -30,7 +30,8 @@ WORKDIR ${WORKDIR}
 COPY . ${WORKDIR}
 
 # The pinned requirements (the set verified together, pip check clean), then the package itself
-# (non-editable: workers import `pipeline` and `transforms` from site-packages), then pip check.
+# (non-editable: workers import `pipeline` and `transforms` from site-packages; `simulator` comes
+# along, stdlib only, for `python -m pipeline simulate` and `demo`), then pip check.
 RUN pip install --no-cache-dir -r requirements.txt \
     && pip install --no-cache-dir . \
     && pip check

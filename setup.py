@@ -16,7 +16,10 @@ setup(
     name="polymarket-trade-backfill",
     version="0.1.0",
     description="Backfills Polymarket wallets' trade history (Polymarket's API, or Dome's) into a warehouse.",
-    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
+    # simulator too: `python -m pipeline simulate` and `demo` import it, from any folder.
+    packages=find_packages(
+        include=["pipeline", "pipeline.*", "transforms", "transforms.*", "simulator", "simulator.*"]
+    ),
     python_requires=">=3.11",
     install_requires=_requirements(),
     entry_points={"console_scripts": ["trade-backfill=pipeline.__main__:main"]},

@@ -34,14 +34,28 @@ def checked_key(key: str, where: str) -> str:
 
 
 def _from_secret_manager(secret_version: str) -> str:
+    """The key read from Secret Manager; ConfigError, one line naming the option, on any failure.
+
+    Creating the client is inside the `try`: it is where missing or unusable Google credentials
+    fail (DefaultCredentialsError), before any request is made.
+    """
     from google.cloud import secretmanager  # ships with apache-beam[gcp]; only needed here
 
-    client = secretmanager.SecretManagerServiceClient()
     try:
+        client = secretmanager.SecretManagerServiceClient()
         response = client.access_secret_version(name=secret_version)
     except Exception as exc:  # the message names the secret, never its value
-        raise ConfigError(f"cannot read {secret_version}: {type(exc).__name__}") from None
+        raise ConfigError(
+            f"--api_key_secret {secret_version}: cannot read it ({type(exc).__name__}: "
+            f"{_first_line(exc)}); check the Google credentials and the secret's access"
+        ) from None
     key = response.payload.data.decode("utf-8", errors="replace").strip()
     if not key:
         raise ConfigError(f"{secret_version} is empty")
     return checked_key(key, secret_version)
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an error's message, cut short: google-auth's run to several lines."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return line if len(line) <= 200 else f"{line[:200]}..."

@@ -900,9 +900,11 @@ def check_staged_counts(run_id: str, files: Mapping[str, Sequence[str]]) -> None
     """Raises StagingRefused unless every wallet whose outcome says it fetched N trades (without
     an error) has exactly N lines among the run's staged trades.
 
-    Streams each file once and keeps one count per wallet. A listed file that is gone, or a line
-    that is not JSON, refuses the run too; any other read error propagates (it may pass).
+    Streams each file once and keeps one count per wallet. A listed outcome or trade file that is
+    gone, a listed path of any kind that is a folder, or a line that is not JSON, refuses the run
+    too; any other read error propagates (it may pass).
     """
+    _no_folders(run_id, files)
     expected: dict[str, int] = {}
     for path in _existing(run_id, files.get("outcomes", ())):
         for number, line in _lines(path):
@@ -967,6 +969,23 @@ def _existing(run_id: str, paths: Sequence[str]) -> Sequence[str]:
     if gone:
         raise StagingRefused(f"run {run_id}: staged files are gone: {gone[:MISMATCHES_NAMED]}")
     return paths
+
+
+def _no_folders(run_id: str, files: Mapping[str, Sequence[str]]) -> None:
+    """A manifest that lists a folder as a staged file (edited by hand, or torn into another
+    manifest's shape) contradicts itself: no retry makes a folder readable as rows, so the run is
+    refused in one line rather than crashing its reader. Only local paths can be folders: on
+    gs:// a prefix is no object, so such a path is gone (`_existing`) or fails the load."""
+    folders = [
+        path
+        for paths in files.values()
+        for path in paths
+        if "://" not in path and os.path.isdir(path)
+    ]
+    if folders:
+        raise StagingRefused(
+            f"run {run_id}: staged paths are folders, not files: {folders[:MISMATCHES_NAMED]}"
+        )
 
 
 def _json_line(run_id: str, path: str, number: int, line: bytes) -> dict:

@@ -25,6 +25,7 @@ from pipeline.warehouse import TableNames, open_warehouse, parse_warehouse_spec
 DEFAULT_WAREHOUSE = "duckdb:backfill.duckdb"  # as `run`'s --warehouse
 DEFAULT_COLUMN = "wallet_address"
 INVALID_SHOWN = 5
+VALUE_SHOWN = 64  # characters of one invalid value the summary echoes: it stays one readable line
 
 
 class InputError(ValueError):
@@ -57,10 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _rows(handle: TextIO, name: str, column: str | None) -> Iterator[tuple[int, str]]:
-    """(line number, raw value) of each non-blank entry."""
-    first = handle.readline()
+    """(line number, raw value) of each non-blank entry.
+
+    A byte order mark (what Windows editors write first) is dropped from a text file as from a
+    CSV: left on, it would make the first address invalid. A CSV that `csv` cannot read (a field
+    over its limit) is InputError naming the line, not a traceback.
+    """
+    first = handle.readline().removeprefix("\ufeff")
     wanted = column or DEFAULT_COLUMN
-    header = first.strip().lstrip("\ufeff")
+    header = first.strip()
     is_csv = name.lower().endswith(".csv") or "," in first or header == wanted
     if not is_csv:
         if column is not None:
@@ -71,18 +77,23 @@ def _rows(handle: TextIO, name: str, column: str | None) -> Iterator[tuple[int, 
             if line.strip():
                 yield number, line.strip()
         return
-    reader = csv.reader(io.StringIO(first.lstrip("\ufeff")))
-    fields = [field.strip() for field in next(reader, [])]
+    try:
+        fields = [field.strip() for field in next(csv.reader(io.StringIO(first)), [])]
+    except csv.Error as exc:
+        raise InputError(f"{name} line 1 is not readable as CSV: {exc}") from None
     if wanted not in fields:
         shown = ", ".join(fields) or "none"
         raise InputError(f"--column {wanted}: {name} has no such column (columns: {shown})")
     index = fields.index(wanted)
     rows = csv.reader(handle)
-    for row in rows:
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        value = row[index] if index < len(row) else ""
-        yield rows.line_num + 1, value  # + 1: the header line was read before this reader
+    try:
+        for row in rows:
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            value = row[index] if index < len(row) else ""
+            yield rows.line_num + 1, value  # + 1: the header line was read before this reader
+    except csv.Error as exc:
+        raise InputError(f"{name} line {rows.line_num + 1} is not readable as CSV: {exc}") from None
 
 
 def read_addresses(handle: TextIO, name: str, column: str | None = None) -> ParsedAddresses:
@@ -99,6 +110,14 @@ def read_addresses(handle: TextIO, name: str, column: str | None = None) -> Pars
     return parsed
 
 
+def shown_value(raw: str) -> str:
+    """An invalid value as the summary echoes it: quoted, and cut with `...` when long (a 10 MB
+    line must not become a 10 MB summary)."""
+    if len(raw) <= VALUE_SHOWN:
+        return repr(raw)
+    return f"{raw[:VALUE_SHOWN]!r}..."
+
+
 def summary(parsed: ParsedAddresses, added: int) -> str:
     duplicate = len(parsed.valid) - added
     line = (
@@ -106,7 +125,9 @@ def summary(parsed: ParsedAddresses, added: int) -> str:
         f"in the file), {len(parsed.invalid)} invalid"
     )
     if parsed.invalid:
-        shown = "; ".join(f"line {n}: {raw!r}" for n, raw in parsed.invalid[:INVALID_SHOWN])
+        shown = "; ".join(
+            f"line {n}: {shown_value(raw)}" for n, raw in parsed.invalid[:INVALID_SHOWN]
+        )
         more = ", ..." if len(parsed.invalid) > INVALID_SHOWN else ""
         line += f" ({shown}{more})"
     return line

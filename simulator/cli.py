@@ -13,6 +13,7 @@ from simulator.config import PM_THROTTLES, TIERS, SimConfig, parse_fault_spec
 from simulator.server import serve
 
 SWITCH_INTERVAL_S = 0.001
+MAX_PORT = 65535
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +102,13 @@ def parse_pm_limits(text: str) -> dict[str, int | None]:
     return limits
 
 
+def check_port(port: int) -> None:
+    """ValueError unless `port` is one a socket can bind: out of range, `bind` raises
+    OverflowError, which is no OSError and would end the command in a traceback."""
+    if not 0 <= port <= MAX_PORT:
+        raise ValueError(f"--port {port}: give 0-{MAX_PORT} (0 = a free one)")
+
+
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     """Build the SimConfig; a bad option or fault spec raises ValueError with the reason."""
     return SimConfig(
@@ -133,6 +141,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     """
     try:
         config = config_from_args(args)
+        check_port(args.port)
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2

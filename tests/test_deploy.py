@@ -1024,11 +1024,21 @@ def test_the_wheel_installs_and_runs_from_site_packages(tmp_path: Path) -> None:
         assert (result.returncode == 0) is ok, result.stdout + result.stderr
         return result
 
-    where = run("-c", "import pipeline, transforms; print(pipeline.__file__, transforms.__file__)")
+    where = run(
+        "-c",
+        "import pipeline, simulator, transforms; "
+        "print(pipeline.__file__, simulator.__file__, transforms.__file__)",
+    )
     for module_file in where.stdout.split():
         assert Path(module_file).resolve().is_relative_to(venv), module_file
     help_text = run("-m", "pipeline", "run", "--help").stdout
     assert "--warehouse" in help_text and "--api_key_secret" in help_text
+    # Every command runs away from the checkout: `simulate` and `demo` import the simulator.
+    for command in ("simulate", "demo"):
+        assert "usage: python -m pipeline" in run("-m", "pipeline", command, "--help").stdout
+    bad_port = run("-m", "pipeline", "simulate", "--port=-1", ok=False)
+    assert bad_port.returncode == 2 and bad_port.stdout == ""
+    assert bad_port.stderr == "simulate: --port -1: give 0-65535 (0 = a free one)\n"
     # The Flex Template's file, run as the launcher runs it: it gets as far as checking the options,
     # with the installed package (a copy of the file away from the repo, so `-v`, which names every
     # module file imported, shows site-packages), and says what to fix without a traceback.

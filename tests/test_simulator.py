@@ -634,6 +634,20 @@ def test_cli_rejects_a_bad_fault_spec():
     assert main(parser.parse_args(argv), argv) == 2
 
 
+@pytest.mark.parametrize("port", [-1, 65536, 99999])
+def test_cli_refuses_a_port_out_of_range_in_one_line(port, capsys):
+    """`bind` raises OverflowError (no OSError) for these: the check comes first, exit 2."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    from simulator.cli import main
+
+    argv = [f"--port={port}"]
+    assert main(parser.parse_args(argv), argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"simulate: --port {port}: give 0-65535 (0 = a free one)\n"
+
+
 # ---- moving the world forward: add_trades, settle_markets --------------------------------------
 def admin(server, name, body):
     return requests.post(f"{server.root_url}/_sim/admin/{name}", json=body, timeout=5)

@@ -402,6 +402,27 @@ def test_commit_of_a_run_that_does_not_exist_says_so_in_one_line(tmp_path, capsy
     assert code == 2 and len(lines) == 1 and "not fully staged" in lines[0], lines
 
 
+@pytest.mark.parametrize("kind", ["trades", "outcomes", "markets"])
+def test_commit_of_a_run_whose_manifest_lists_a_folder_refuses_it_in_one_line(
+    tmp_path, capsys, kind
+):
+    """A folder is never a staged file, whichever kind lists it: the run is refused and parked,
+    as a gone file is, not a crash in the file's reader (nor, for markets, a warehouse error)."""
+    root, db = tmp_path / "staging", tmp_path / "wh.duckdb"
+    new_warehouse(db)
+    staging = staged_run(root)
+    folder = Path(staging.folder) / kind
+    folder.mkdir(exist_ok=True)
+    manifest = json.loads(Path(staging.manifest).read_text())
+    manifest["files"][kind].append(str(folder))
+    Path(staging.manifest).write_text(json.dumps(manifest))
+    code, lines = commit_cli(db, root, "r1", capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("commit: run r1 is refused, production is untouched")
+    assert lines[0].endswith(f"staged paths are folders, not files: ['{folder}']")
+    assert production(db) == ([], []) and (Path(staging.folder) / REFUSED).exists()
+
+
 # -- the run-id claim -------------------------------------------------------------------------------
 
 

@@ -111,6 +111,46 @@ def test_bad_input_exits_2_with_one_line(
     assert not db.exists()  # nothing was opened
 
 
+def test_a_byte_order_mark_is_dropped_from_a_text_file_as_from_a_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "wh.duckdb"
+    file = tmp_path / "wallets.txt"
+    file.write_bytes(f"\ufeff{A}\r\n{B}\r\n".encode())
+    code, out = add(db, str(file), capsys=capsys)
+    assert code == 0 and out.startswith("traders add: 2 new, 0 duplicate")
+    assert out.endswith(", 0 invalid"), out
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"\ufeff{C}\n"))
+    code, out = add(db, "-", capsys=capsys)
+    assert code == 0 and out.startswith("traders add: 1 new") and out.endswith(", 0 invalid")
+    assert traders(db) == [A, B, C]
+
+
+def test_a_csv_field_over_the_csv_limit_is_one_line_naming_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "wh.duckdb"
+    file = tmp_path / "big.csv"
+    file.write_text(f"wallet_address\n{A}\n{'a' * 200_000}\n")
+    code, out = add(db, str(file), capsys=capsys)
+    assert code == 2
+    assert out.startswith("traders add: big.csv line 3 is not readable as CSV: field larger")
+    assert "\n" not in out and len(out) < 200
+    assert not db.exists()  # refused before the warehouse was opened
+
+
+def test_a_very_long_invalid_line_is_cut_in_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "wh.duckdb"
+    file = tmp_path / "wallets.txt"
+    file.write_text(f"{A}\n{'x' * 10_000_000}\n")
+    code, out = add(db, str(file), capsys=capsys)
+    assert code == 0 and len(out) < 300, len(out)
+    assert out.endswith(f"1 invalid (line 2: '{'x' * 64}'...)")
+    assert traders(db) == [A]
+
+
 def test_the_warehouse_method_refuses_unnormalised_values(tmp_path: Path) -> None:
     from pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
 
