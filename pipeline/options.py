@@ -467,6 +467,13 @@ def resolve(options: PipelineOptions, argv: Sequence[str] | None = None) -> Back
             load_api_key(None)  # checked now, not in every worker's setup
         except ConfigError as exc:
             problems.append(f"--source=dome: {exc}")
+    elif opts.source == "dome" and SECRET_VERSION.match(opts.api_key_secret or ""):
+        # A local run reads it now: a failure ended the run inside its first step.
+        try:
+            if not is_dataflow(options):
+                load_api_key(opts.api_key_secret)
+        except ConfigError as exc:
+            problems.append(str(exc))
 
     job_windows: tuple[Window, ...] = ()
     dome_rates = {"rate_per_second": opts.rate_per_second, "rate_per_10s": opts.rate_per_10s}
