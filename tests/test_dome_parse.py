@@ -129,3 +129,14 @@ def test_market_and_event_shapes():
     )
     assert parsed.items[0]["settlement_sources"] == '["x"]'
     assert parsed.items[0]["markets"] is None
+
+
+def test_a_wrong_typed_value_is_shown_whole_or_by_its_length_never_cut():
+    """A cut value could end inside an API key the server echoed, where no scrub can find it."""
+    with pytest.raises(PageError, match=r"'shares' should be an integer, got str '5'$"):
+        parse_page(page({**ORDER, "shares": "5"}), "orders", ORDER_FIELDS, WHERE)
+    long = "x" * 50 + "sk_live_0123456789abcdef"
+    with pytest.raises(PageError) as error:
+        parse_page(page({**ORDER, "shares": long}), "orders", ORDER_FIELDS, WHERE)
+    assert str(error.value).endswith("got str (76 characters, not shown)")
+    assert "xxxxxx" not in str(error.value) and "sk_liv" not in str(error.value)

@@ -51,5 +51,13 @@ class PageError(SourceError):
     """A page that parsed as JSON but breaks the documented shape (missing field, wrong type)."""
 
 
+class KeyEchoed(PageError):
+    """An answer that holds the API key: refused whole, so the key lands in no table or file.
+
+    No honest API serves the key back as data; one that does (a reflecting proxy, a hostile
+    server) has made that page unfit to keep, and the wallet (or batch) fails with this instead.
+    """
+
+
 class PaginationError(SourceError):
     """The server's paging would loop or never end: a repeated cursor, has_more without a cursor."""

@@ -123,6 +123,18 @@ def token_side(value: Any) -> dict[str, str | None]:
     return {"id": big_integer_text(value["id"]), "label": None if label is None else string(label)}
 
 
+SHOWN_MAX = 60  # characters of a value's repr an error shows
+
+
+def shown(value: Any) -> str:
+    """A served value as an error message shows it: whole if short, else only by its length.
+
+    Never cut: the client scrubs an API key the server echoed from every message, but only a
+    whole key is recognisable as one, and a value cut short could end inside it."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_MAX else f"({len(text)} characters, not shown)"
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     check: Check
@@ -147,9 +159,8 @@ def parse_item(
         try:
             item[name] = spec.check(value)
         except Bad as bad:
-            shown = repr(value)[:60]
             raise PageError(
-                f"{where}: field {name!r} should be {bad}, got {type(value).__name__} {shown}"
+                f"{where}: field {name!r} should be {bad}, got {type(value).__name__} {shown(value)}"
             ) from None
     for name in raw:
         if name not in fields:

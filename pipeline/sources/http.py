@@ -8,10 +8,12 @@ and each source's parser validates what comes back.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import logging
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -28,6 +30,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from pipeline.sources.errors import (
     ConfigError,
     HTTPStatusError,
+    KeyEchoed,
     PaginationError,
     SourceError,
     SourceUnavailable,
@@ -177,11 +180,78 @@ class _SendSeen(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": SecurePool}
 
 
+# What a scrubbed key becomes.
+SCRUBBED = "***"
+
+# The characters that neither a URL encoder (RFC 3986 unreserved) nor a JSON encoder ever escapes:
+# a key's longest run of them appears as is in every spelling an ordinary encoder writes.
+_PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]+")
+# A key's plain run must be this long for an answer holding it to be refused: a shorter one (a
+# test key like "k123") turns up inside honest data (a transaction hash) and would fail wallets
+# for nothing, where 12 hex digits turn up by chance in about one 1,000-order page in 10^9.
+# Such a key is still scrubbed from every message.
+MIN_ECHO_RUN = 12
+
+
+def _spellings(char: str) -> str:
+    """A regex for one character of a key as any echo may spell it: as is (behind any number of
+    backslashes: JSON's \\" \\\\ \\/, repr's \\', escaped twice over), percent-encoded (any
+    hex case, encoded again as %25..), as a \\uXXXX or \\xXX escape, or `+` for a space."""
+    forms = [r"\\*" + re.escape(char)]
+    forms.append("".join(f"%(?:25)*{byte:02x}" for byte in char.encode("utf-8")))
+    forms.append(rf"\\+u{ord(char):04x}" if ord(char) <= 0xFFFF else "")
+    if ord(char) <= 0xFF:
+        forms.append(rf"\\+x{ord(char):02x}")
+    if char == " ":
+        forms.append(r"\+")
+    return "(?:" + "|".join(form for form in forms if form) + ")"
+
+
+class Secret:
+    """An API key as every echo of it may be spelled, to scrub it from text or to spot it in data.
+
+    A server, a proxy or an error page can send the key back: as is, JSON-escaped, URL-encoded,
+    upper-cased. Each of these spellings is the key to whoever reads it, so every one of them is
+    matched (case-insensitively) and replaced whole: text is scrubbed before it is ever cut, or a
+    cut would leave the key's first characters behind. Never shown and never pickled.
+    """
+
+    def __init__(self, value: str) -> None:
+        if not value:
+            raise ValueError("an empty secret matches everywhere")
+        self._pattern = re.compile("".join(map(_spellings, value)), re.IGNORECASE)
+        runs = _PLAIN_RUN.findall(value)
+        self._plain = max(runs, key=len).lower() if runs else ""  # "": every text is searched
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    def __getstate__(self) -> None:
+        raise TypeError("a secret is never pickled")
+
+    def scrub(self, text: str) -> str:
+        """`text` with every spelling of the key replaced by *** (the whole text, never a part)."""
+        return self._pattern.sub(SCRUBBED, text)
+
+    def echoed_in(self, text: str) -> bool:
+        """Whether `text` (a whole answer) holds the key as an ordinary encoder would write it.
+
+        Runs on every page, so a plain substring test (a fraction of a millisecond for 1,000
+        orders) comes first and the pattern (tens of milliseconds) only where it could match; a
+        key spelled letter by letter as \\u escapes, which no encoder writes, passes here (and
+        is still scrubbed from messages)."""
+        if len(self._plain) < MIN_ECHO_RUN or self._plain not in text.lower():
+            return False
+        return self._pattern.search(text) is not None
+
+
 class HttpClient:
     """One per worker process, shared by its threads (the session and the limiter are thread-safe).
 
-    `secret` is the API key when the source has one: it is scrubbed from every message, and the
-    client refuses to be pickled so that it can never travel inside a pipeline's graph.
+    `secret` is the API key when the source has one: it is scrubbed, in every spelling, from the
+    messages made here and (`keeping_secret`) from every error a source's walk raises; an answer
+    that echoes it is refused (KeyEchoed); and the client refuses to be pickled so that it can
+    never travel inside a pipeline's graph.
     """
 
     def __init__(
@@ -196,7 +266,7 @@ class HttpClient:
         self.settings = settings
         self.limiter = limiter
         self.telemetry = telemetry or Telemetry()
-        self._secret = secret
+        self._secret = Secret(secret) if secret else None
         self._latency = _Latency()
         self._sending = threading.local()  # the slots of the request this thread is sending
         self._in_flight: dict[int, float] = {}  # thread -> when its unanswered request was sent
@@ -233,10 +303,25 @@ class HttpClient:
             self.limiter.sent(slots, bound)
 
     def scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return self._secret.scrub(text) if self._secret else text
+
+    @contextlib.contextmanager
+    def keeping_secret(self) -> Iterator[None]:
+        """Scrubs the key from every SourceError raised inside, whoever composed its message.
+
+        A source wraps each of its walks in this, so that no error leaves it with the key: the
+        messages hold what the server sent (a field's value, a body) and what the caller passed
+        (a slug), and it is here, not at each place that composes one, that the key is known.
+        The error keeps its type and attributes; only its text changes."""
+        try:
+            yield
+        except SourceError as error:
+            error.args = tuple(self.scrub(a) if isinstance(a, str) else a for a in error.args)
+            raise
 
     def _brief(self, response: requests.Response) -> str:
-        text = " ".join(response.text[:200].split())
+        # Scrubbed whole before it is cut: a key straddling the cut would leave its start behind.
+        text = " ".join(self.scrub(response.text).split())[:200]
         trace = response.headers.get("x-trace-id")
         return self.scrub(f"{text} (trace {trace})" if trace else text)
 
@@ -298,6 +383,9 @@ class HttpClient:
                 f"{where}: the body is not valid JSON ({len(response.content)} bytes)"
             ) from None
         self.limiter.succeeded(buckets)
+        if self._secret is not None and self._secret.echoed_in(response.text):
+            # Whatever field holds it, it would land in a table or a staging file: refused whole.
+            raise KeyEchoed(f"{where}: the answer holds the API key; refused, nothing of it kept")
         return body
 
     def _backoff(self, state: RetryCallState) -> float:
@@ -327,7 +415,8 @@ class HttpClient:
             error = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
             self.telemetry.retry(endpoint, type(error).__name__)
-            log.info("retrying in %.2f s (attempt %d): %s", wait, state.attempt_number, error)
+            text = self.scrub(str(error))  # `where` may hold what the caller was given
+            log.info("retrying in %.2f s (attempt %d): %s", wait, state.attempt_number, text)
 
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.max_attempts),
@@ -403,6 +492,7 @@ __all__ = [
     "HttpSettings",
     "Page",
     "Params",
+    "Secret",
     "SourceError",
     "Telemetry",
     "follow_cursor",

@@ -1,8 +1,8 @@
 """The Dome API client: the orders, markets and events endpoints over the shared HTTP layer.
 
-The key is the Dome API's (the environment or Secret Manager); it goes in one header and is
-scrubbed from every message. Both windows of the key's tier are one bucket, "key", that every
-request draws from.
+The key is the Dome API's (the environment or Secret Manager); it goes in one header, is scrubbed
+from every error that leaves a walk (`_pages`), and an answer that echoes it is refused. Both
+windows of the key's tier are one bucket, "key", that every request draws from.
 """
 
 from __future__ import annotations
@@ -163,13 +163,15 @@ class DomeClient:
                 self._http.telemetry.unknown_fields(endpoint, page.unknown_fields)
             return page
 
-        yield from follow_cursor(
-            get_page,
-            max_pages=self.settings.max_pages,
-            where=where,
-            empty_pages_end=True,
-            strict=False,
-        )
+        # Every call of this client walks here: the one place its errors are rid of the key.
+        with self._http.keeping_secret():
+            yield from follow_cursor(
+                get_page,
+                max_pages=self.settings.max_pages,
+                where=where,
+                empty_pages_end=True,
+                strict=False,
+            )
 
     def order_pages(
         self, wallet: str, *, start_time: int | None = None, end_time: int | None = None
