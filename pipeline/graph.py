@@ -34,7 +34,10 @@ def build_pipeline(options: PipelineOptions, config: BackfillConfig) -> beam.Pip
     )
     # Markets and events are looked up inside the trades stage, as the pages name them: they draw
     # from other rate buckets, so they cost no trade throughput and end with the trades.
-    lookups = LookupSettings(warehouse, policy, source.markets_per_batch, source.events_per_batch)
+    staged_plan = staging if config.stage_lookup_plan else None  # start-up staged it
+    lookups = LookupSettings(
+        warehouse, policy, source.markets_per_batch, source.events_per_batch, staged_plan
+    )
     fetched = requests | "FetchTrades" >> FetchTrades(
         api, run_id, config.source.name, staging.kind_folder("trades"), threads, deadline, lookups
     )

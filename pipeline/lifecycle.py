@@ -34,6 +34,7 @@ from pipeline.staging import (
     runs_to_recover,
     warehouse_identity,
 )
+from transforms.lookups import read_plan_rows
 
 log = logging.getLogger(__name__)
 
@@ -111,4 +112,7 @@ def _prepare_holding_the_lease(config: BackfillConfig) -> list[CommitOutcome]:
     if config.verify:
         with config.warehouse_ref.open() as warehouse:
             log.warning("%s", warehouse.verify(reset=True).render())
+    if config.stage_lookup_plan:  # last: after the recovered runs landed what they had
+        with config.warehouse_ref.open() as warehouse:
+            config.staging.write_lookup_plan(read_plan_rows(warehouse))
     return recovered

@@ -228,6 +228,9 @@ class BackfillConfig:
     staging_retention_days: float | None = None  # None: keep every run's staging
     # Who holds the warehouse's lease for this run (pipeline.lease): the commit step gives it back.
     lease_holder: str = ""
+    # Start-up reads what production holds for the lookups once and stages it, for a run of
+    # several processes (Dataflow: workers x vCPUs), which would otherwise each read it.
+    stage_lookup_plan: bool = False
 
     @property
     def staging(self) -> RunStaging:
@@ -606,6 +609,7 @@ def resolve(options: PipelineOptions, argv: Sequence[str] | None = None) -> Back
         lease_minutes=opts.lease_minutes,
         staging_retention_days=opts.staging_retention_days,
         lease_holder=holder_name(run_id, local=not is_dataflow(options)),
+        stage_lookup_plan=derive_rate_shares(options) > 1,
     )
 
 

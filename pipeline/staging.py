@@ -88,6 +88,9 @@ MANIFEST = "_STAGED.json"
 COMMITTED = "_COMMITTED.json"
 REFUSED = "_REFUSED.json"
 CLAIMED = "_CLAIMED"
+# What production holds, lacks and found missing, read once at start-up for a run of several
+# processes (transforms.lookups.read_plan_rows): each process reads it here, not the warehouse.
+LOOKUP_PLAN = "lookup_plan.json.gz"
 MISMATCHES_NAMED = 5  # wallets a refusal names (of however many disagree)
 INDEX = "_index.d"  # the '.' keeps it from ever being a run id
 INDEX_BUILT = (
@@ -254,6 +257,21 @@ class RunStaging:
         return f"{self.folder}/{CLAIMED}"
 
     @property
+    def lookup_plan(self) -> str:
+        return f"{self.folder}/{LOOKUP_PLAN}"
+
+    def write_lookup_plan(self, rows: Any) -> None:
+        """Written by start-up before the graph runs (nothing reads it before it is whole)."""
+        with FileSystems.create(
+            self.lookup_plan, mime_type="application/json", compression_type=CompressionTypes.GZIP
+        ) as handle:
+            handle.write(json.dumps(rows, separators=(",", ":")).encode())
+
+    def read_lookup_plan(self) -> Any:
+        with FileSystems.open(self.lookup_plan, compression_type=CompressionTypes.GZIP) as handle:
+            return json.loads(handle.read().decode())
+
+    @property
     def index_entry(self) -> str:
         """`<root>/_index.d/staged/<run_id>.json`: the run is staged and not committed yet, as
         entries were named before runs recorded their warehouse (`staged_entry` names new ones;
@@ -355,11 +373,14 @@ class RunStaging:
         names none: an older one, or one made by hand)."""
         if not holder:
             return False
-        if [_name(path) for path in _match(f"{self.folder}/**")] != [CLAIMED]:
+        names = sorted(_name(path) for path in _match(f"{self.folder}/**"))
+        if names not in ([CLAIMED], [CLAIMED, LOOKUP_PLAN]):  # the plan start-up staged
             return False
         claim = self._read_claim()
         if claim is None or claim.get("holder") != holder:
             return False
+        if LOOKUP_PLAN in names:
+            FileSystems.delete([self.lookup_plan])
         FileSystems.delete([self.claim_file])
         if "://" not in self.root:  # on gs:// a folder is only a prefix: gone with its object
             # Something that appeared meanwhile (or an empty kind folder) keeps the folder.

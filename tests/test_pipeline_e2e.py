@@ -141,6 +141,8 @@ def test_same_result_with_multi_processing(world):
     summary = run_backfill(argv)
     assert summary.state == "DONE"
     assert_production_is_truth(world)
+    # Two processes: they read what production holds from the plan start-up staged once.
+    assert (_staging / summary.run_id / "lookup_plan.json.gz").is_file()
 
 
 @pytest.mark.slow

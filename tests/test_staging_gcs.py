@@ -183,3 +183,15 @@ def test_a_claim_on_gcs_records_its_warehouse_and_only_its_holder_gives_it_back(
     assert not staging.has_files()
     RunStaging(root, "r1").claim()  # the id is free again
     assert RunStaging(root, "r1").recorded_warehouse() is None  # a claim that names none
+
+
+def test_the_lookup_plan_staged_on_gcs_reads_back_and_goes_with_the_claim(root):
+    """Start-up stages it for a run of several processes (Dataflow's workers), which read it
+    there instead of each querying production; a run that staged nothing else gives both back."""
+    staging = RunStaging(root, "r1")
+    staging.claim("bigquery:my-project.polymarket", holder="r1 dataflow")
+    rows = {"markets": {"known": [["0xc", "closed", 1.5]], "unlanded": [], "missing": [["0xm"]]}}
+    staging.write_lookup_plan(rows)
+    assert RunStaging(root, "r1").read_lookup_plan() == rows
+    assert staging.release_claim("r1 dataflow")
+    assert not staging.has_files()

@@ -212,3 +212,34 @@ def test_a_plan_that_cannot_be_read_fails_the_bundle_that_waits_for_it(setup):
             _end_bundle(lookups)
     finally:
         lookups.close()
+
+
+def test_a_staged_lookup_plan_is_what_every_process_reads_and_the_warehouses_own(tmp_path):
+    """For a run of several processes start-up stages the plan once (on Dataflow each process
+    read the warehouse, two scans of the whole trades table apiece): read back it is the plan
+    the warehouse gives, and reading it never opens the warehouse (here a file that is not one)."""
+    from pipeline.staging import RunStaging
+    from pipeline.warehouse import TableNames, WarehouseRef, open_warehouse
+    from tests.support import market, stage
+    from transforms.lookups import ReadLookupPlan, plan_of, read_plan_rows
+
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, ["0x" + "a" * 40])
+    files = stage(tmp_path / "s", "r0", markets=[market("0xheld", "r0", 1_700_000_000.0)])
+    with open_warehouse(f"duckdb:{db}") as warehouse:
+        warehouse.commit_run("r0", files)
+        rows = read_plan_rows(warehouse)
+    assert rows["markets"]["known"] and rows["markets"]["known"][0][0] == "0xheld"
+    policy = RefreshPolicy(1_800_000_000.0, None, 3600.0)
+    staging = RunStaging(str(tmp_path / "staging"), "r1")
+    staging.write_lookup_plan(rows)
+    not_a_warehouse = tmp_path / "not.duckdb"
+    not_a_warehouse.write_bytes(b"no")
+    unusable = WarehouseRef(f"duckdb:{not_a_warehouse}", TableNames())
+    staged = ReadLookupPlan(unusable, policy, staging)()
+    direct = ReadLookupPlan(WarehouseRef(f"duckdb:{db}", TableNames()), policy)()
+    for kind in (MARKETS, EVENTS):
+        ours, theirs = staged.of_kind(kind), direct.of_kind(kind)
+        assert ours.skip == theirs.skip and ours.always == theirs.always
+    assert "0xheld" in staged.of_kind(MARKETS).skip
+    assert plan_of(rows, policy).of_kind(MARKETS).skip == staged.of_kind(MARKETS).skip

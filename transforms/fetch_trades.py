@@ -230,7 +230,7 @@ class FetchTrades(beam.PTransform):
         if lookups is not None:
             # A fresh tag per graph: each process's claims are this run's only.
             tag = f"lookups-{run_id}-{uuid.uuid4().hex}"
-            read_plan = ReadLookupPlan(lookups.warehouse, lookups.policy)
+            read_plan = ReadLookupPlan(lookups.warehouse, lookups.policy, lookups.staged_plan)
             spec = LookupSpec(
                 lookups.markets_per_batch, lookups.events_per_batch, threads, tag, read_plan
             )

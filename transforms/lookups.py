@@ -9,8 +9,9 @@ than trades, so asking for them while the trades are fetched costs no trade thro
 
 So the trades DoFn hands the keys its pages name to `Lookups`, which, in the same process:
 - drops the keys production holds final or fresh, or that enough runs found missing at the source
-  (`KeyPlan`, read from the warehouse once per process as the stage starts, in a thread of its
-  own: the first trade requests do not wait for it, the keys their pages name do);
+  (`KeyPlan`, read once per process as the stage starts, in a thread of its own: the first trade
+  requests do not wait for it, the keys their pages name do; from the warehouse in a run of one
+  process, from the copy start-up staged in a run of several, `ReadLookupPlan`);
 - drops the keys this process already claimed (`Claims`, one per process and run, shared by every
   DoFn instance through Beam's `Shared`): each key is looked up once per process, so once per run
   on the default DirectRunner; with several processes a key named in two of them is looked up by
@@ -41,7 +42,8 @@ from apache_beam.utils.shared import Shared
 from pipeline.schema import format_timestamp
 from pipeline.sources import Source
 from pipeline.sources.errors import SourceError
-from pipeline.warehouse import WarehouseRef
+from pipeline.staging import RunStaging
+from pipeline.warehouse import Warehouse, WarehouseRef
 from transforms.metrics import ThreadCounters
 from transforms.run_health import Attempts
 from transforms.select_wallets import RefreshPolicy
@@ -70,25 +72,43 @@ class LookupPlan:
         return self.markets if kind == MARKETS else self.events
 
 
-class ReadLookupPlan:
-    """Reads what production holds, lacks and found missing, in one warehouse session
-    (picklable: it travels in the LookupSpec and runs in each worker process)."""
+PLAN_PARTS = ("known", "unlanded", "missing")
+PlanRows = dict[str, dict[str, list[list[Any]]]]  # kind -> part -> rows (JSON as it stands)
 
-    def __init__(self, warehouse: WarehouseRef, policy: RefreshPolicy) -> None:
-        self._warehouse, self._policy = warehouse, policy
+
+def read_plan_rows(warehouse: Warehouse) -> PlanRows:
+    """What production holds, lacks and found missing, per kind: the rows a LookupPlan is made
+    of, in one warehouse session. Two of its queries read the whole trades table."""
+    return {
+        kind: {
+            part: [list(row) for row in getattr(warehouse, f"read_{part}_{kind}")()]
+            for part in PLAN_PARTS
+        }
+        for kind in KINDS
+    }
+
+
+def plan_of(rows: PlanRows, policy: RefreshPolicy) -> LookupPlan:
+    plans = [KeyPlan.of(*(rows[kind][part] for part in PLAN_PARTS), policy) for kind in KINDS]
+    return LookupPlan(*plans)
+
+
+class ReadLookupPlan:
+    """Reads the run's LookupPlan (picklable: it travels in the LookupSpec and runs in each worker
+    process). From the run's staging when start-up staged it there (`staged`: a run of several
+    processes, whose every process asked the warehouse before: on Dataflow, workers × vCPUs
+    reads of the whole trades table a run), else from the warehouse."""
+
+    def __init__(
+        self, warehouse: WarehouseRef, policy: RefreshPolicy, staged: RunStaging | None = None
+    ) -> None:
+        self._warehouse, self._policy, self._staged = warehouse, policy, staged
 
     def __call__(self) -> LookupPlan:
+        if self._staged is not None:
+            return plan_of(self._staged.read_lookup_plan(), self._policy)
         with self._warehouse.open() as warehouse:
-            plans = [
-                KeyPlan.of(
-                    list(getattr(warehouse, f"read_known_{kind}")()),
-                    list(getattr(warehouse, f"read_unlanded_{kind}")()),
-                    list(getattr(warehouse, f"read_missing_{kind}")()),
-                    self._policy,
-                )
-                for kind in KINDS
-            ]
-        return LookupPlan(*plans)
+            return plan_of(read_plan_rows(warehouse), self._policy)
 
 
 class _PlanReading:
@@ -138,9 +158,11 @@ class LookupSettings:
         policy: RefreshPolicy,
         markets_per_batch: int,
         events_per_batch: int,
+        staged_plan: RunStaging | None = None,
     ) -> None:
         self.warehouse, self.policy = warehouse, policy
         self.markets_per_batch, self.events_per_batch = markets_per_batch, events_per_batch
+        self.staged_plan = staged_plan  # the run's staging, when start-up staged the plan there
 
 
 class LookupSpec:
