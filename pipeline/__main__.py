@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 import threading
+from typing import NoReturn
 
 # command -> module with `add_arguments(parser)` and `main(args, argv) -> int`, where `argv` is every
 # argument after the command's name (what `run` hands to Beam's PipelineOptions).
@@ -42,9 +43,16 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An option argparse refuses (a type, a choice) is one line, not its usage's forty."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser = _OneLineParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     module = None

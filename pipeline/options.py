@@ -407,9 +407,12 @@ RUNNERS = ("DirectRunner", "DataflowRunner")
 DIRECT_RUNNER_ALIASES = ("direct", "SwitchingDirectRunner")
 
 
-def resolve(options: PipelineOptions, argv: Sequence[str] | None = None) -> BackfillConfig:
+def resolve(
+    options: PipelineOptions, argv: Sequence[str] | None = None, *, needs_key: bool = True
+) -> BackfillConfig:
     """Checks every option and returns the config, or raises OptionsError listing all problems.
-    `argv`: the command line the options came from, whose every argument must be an option."""
+    `argv`: the command line the options came from, whose every argument must be an option.
+    `needs_key`: False for the commands that never ask the source (status, commit, verify)."""
     opts = options.view_as(BackfillOptions)
     problems: list[str] = []
     for arg in [] if argv is None else unknown_options(argv):
@@ -465,7 +468,7 @@ def resolve(options: PipelineOptions, argv: Sequence[str] | None = None) -> Back
         )
     if is_dataflow(options) and opts.source == "dome" and not opts.api_key_secret:
         problems.append("--api_key_secret is required on Dataflow (workers do not see your env)")
-    elif opts.source == "dome" and not opts.api_key_secret:
+    elif opts.source == "dome" and not opts.api_key_secret and needs_key:
         try:
             load_api_key(None)  # checked now, not in every worker's setup
         except ConfigError as exc:
@@ -473,7 +476,7 @@ def resolve(options: PipelineOptions, argv: Sequence[str] | None = None) -> Back
     elif opts.source == "dome" and SECRET_VERSION.match(opts.api_key_secret or ""):
         # A local run reads it now: a failure ended the run inside its first step.
         try:
-            if not is_dataflow(options):
+            if needs_key and not is_dataflow(options):
                 load_api_key(opts.api_key_secret)
         except ConfigError as exc:
             problems.append(str(exc))
@@ -622,7 +625,7 @@ def resolve_command(args: argparse.Namespace) -> BackfillConfig:
     """
     known = {action.dest for action in _backfill_parser()._actions}
     values = {name: value for name, value in vars(args).items() if name in known}
-    return resolve(PipelineOptions([], **values))
+    return resolve(PipelineOptions([], **values), needs_key=False)
 
 
 def _backfill_parser() -> argparse.ArgumentParser:

@@ -357,3 +357,38 @@ def test_status_names_what_a_table_lacks_and_a_run_refuses_a_traders_table_witho
     assert cli([*run, "--max_attempts=1"]) == 2
     out = capsys.readouterr().out
     assert "table t2 has no wallet_address column" in out and "Traceback" not in out
+
+
+def test_status_and_commit_of_a_dome_warehouse_need_no_key(tmp_path, capsys, monkeypatch):
+    """They read the warehouse and the staging only: both refused without DOME_API_KEY."""
+    from pipeline.__main__ import main as cli
+    from pipeline.warehouse.seed import seed_traders
+
+    monkeypatch.delenv("DOME_API_KEY", raising=False)
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, ["0x" + "a" * 40])
+    base = [f"--warehouse=duckdb:{db}", f"--staging_root={tmp_path / 's'}", "--source=dome"]
+    assert cli(["status", *base]) == 0
+    assert "done wallets" in capsys.readouterr().out
+    assert cli(["commit", *base, "--run_id=r9"]) == 2  # no such run: said so, not "no API key"
+    assert "has no staging" in capsys.readouterr().out
+    assert cli(["run", *base]) == 2  # a run asks the source: the key is needed
+    assert "no API key" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["run", "--max_wallets=abc"], "argument --max_wallets: invalid int value: 'abc'"),
+        (["status", "--egress=x"], "argument --egress: invalid choice: 'x'"),
+    ],
+)
+def test_an_option_argparse_refuses_is_one_line(capsys, argv, said):
+    from pipeline.__main__ import main as cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli(argv)
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    (line,) = (out + err).strip().splitlines()  # not the usage's forty lines before it
+    assert said in line and line.endswith("(--help lists the options)")
