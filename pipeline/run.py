@@ -78,6 +78,14 @@ class RunReport:
             f"  requests: {c.get('requests', 0)} ({_by_endpoint(c)}); retries: "
             f"{c.get('retries', 0)}; HTTP 429: {c.get('http_429', 0)}",
         ]
+        unknown = {
+            name.removeprefix("unknown_fields_"): value
+            for name, value in sorted(c.items())
+            if name.startswith("unknown_fields_") and value
+        }
+        if unknown:
+            counted = ", ".join(f"{kind} {value}" for kind, value in unknown.items())
+            lines.append(f"  fields the parser does not know (named in the log): {counted}")
         done = [r.run_id for r in self.recovered if not r.failed]
         failed = [r.run_id for r in self.recovered if r.failed]
         if done:

@@ -5,6 +5,7 @@ Every step counts under `NAMESPACE`; `pipeline/run.py` reads the counters back b
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 
@@ -13,6 +14,7 @@ from apache_beam.metrics import Metrics
 from pipeline.sources.http import Telemetry
 
 NAMESPACE = "backfill"
+log = logging.getLogger(__name__)
 
 
 class ThreadCounters:
@@ -42,6 +44,8 @@ class CountingTelemetry(Telemetry):
 
     def __init__(self) -> None:
         self.counters = ThreadCounters()
+        self._named: set[tuple[str, str]] = set()  # unknown fields logged already
+        self._lock = threading.Lock()
 
     def request(self, endpoint: str) -> None:
         self.counters.add("requests")
@@ -57,7 +61,14 @@ class CountingTelemetry(Telemetry):
         self.counters.add("slowdowns")
 
     def unknown_fields(self, kind: str, counts: Counter[str]) -> None:
+        """Counted, and each field named once per process: a count alone told nobody which
+        field the API had added (Polymarket's rows keep it in `extra`; Dome's drop it)."""
         self.counters.add(f"unknown_fields_{kind}", sum(counts.values()))
+        with self._lock:
+            new = sorted(name for name in counts if (kind, name) not in self._named)
+            self._named.update((kind, name) for name in new)
+        if new:  # INFO: Gamma's markets always carry some (`icon`), kept in `extra`
+            log.info("%s: fields the parser does not know: %s", kind, ", ".join(new))
 
     def outside_window(self, endpoint: str, rows: int) -> None:
         self.counters.add(f"{endpoint}_outside_window", rows)
