@@ -140,3 +140,31 @@ def test_a_wrong_typed_value_is_shown_whole_or_by_its_length_never_cut():
         parse_page(page({**ORDER, "shares": long}), "orders", ORDER_FIELDS, WHERE)
     assert str(error.value).endswith("got str (76 characters, not shown)")
     assert "xxxxxx" not in str(error.value) and "sk_liv" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("shares", -5_000_000, "a share count from 0"),
+        ("shares", 10**18 + 1, "a share count from 0"),
+        ("shares_normalized", -5.0, "a share count from 0"),
+        ("price", -0.5, "a price from 0 to 1"),
+        ("price", 1e300, "a price from 0 to 1"),
+        ("price", 1.5, "a price from 0 to 1"),
+    ],
+)
+def test_a_value_no_sane_source_sends_fails_the_page_naming_it(field, value, said):
+    """Negative shares or prices, or a price of 1e300, were accepted and would have landed."""
+    with pytest.raises(PageError, match=f"{field!r} should be {said}"):
+        parse_page(page({**ORDER, field: value}), "orders", ORDER_FIELDS, WHERE)
+
+
+def test_share_counts_past_2_to_the_53_keep_ids_of_their_own():
+    """Through a float, 2**53 and 2**53 + 1 shares gave one id: two fills, one landed."""
+    from pipeline.sources.dome.ids import trade_id
+
+    fill = {**ORDER, "log_index": None}
+    big = trade_id("0xw", {**fill, "shares": 2**53})
+    assert big != trade_id("0xw", {**fill, "shares": 2**53 + 1})
+    # The text of an integer below 2**53 is what it was: no id changes.
+    assert trade_id("0xw", {**fill, "shares": 12}) == trade_id("0xw", {**fill, "shares": 12.0})

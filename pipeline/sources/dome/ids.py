@@ -24,6 +24,10 @@ _SEP = "\x1f"  # a unit separator never found in any field, so joined parts cann
 
 
 def _num(value: Any) -> str:
+    # An integer as itself: through a float, share counts past 2**53 shared one id (the text of
+    # every integer up to 2**53 is the same either way, so no id changes).
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     number = float(value)
     return str(int(number)) if number.is_integer() else repr(number)
 

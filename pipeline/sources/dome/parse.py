@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline.sources.errors import PageError
 from pipeline.sources.fields import (
+    Bad,
     FieldSpec,
     big_integer_text,
     integer,
@@ -27,15 +28,42 @@ from pipeline.sources.fields import (
 )
 from pipeline.sources.http import Page
 
+MAX_SHARES = 10**18  # raw shares (millionths): 10^12 shares, as Polymarket's size is bounded
+
+
+def shares(value: Any) -> int:
+    """A fill's raw shares: a whole number from 0 to MAX_SHARES (a negative one, or 2**70, is a
+    page no sane source sends: the wallet fails naming it, rather than landing it)."""
+    count = integer(value)
+    if not 0 <= count <= MAX_SHARES:
+        raise Bad(f"a share count from 0 to {MAX_SHARES}")
+    return count
+
+
+def shares_normalized(value: Any) -> float:
+    result = number(value)
+    if not 0 <= result <= MAX_SHARES / 1e6:
+        raise Bad(f"a share count from 0 to {MAX_SHARES // 10**6}")
+    return result
+
+
+def price(value: Any) -> float:
+    """USDC per share of an outcome that pays 0 or 1: from 0 to 1."""
+    result = number(value)
+    if not 0 <= result <= 1:
+        raise Bad("a price from 0 to 1")
+    return result
+
+
 ORDER_FIELDS: dict[str, FieldSpec] = {
     "token_id": FieldSpec(big_integer_text, True),
     "token_label": FieldSpec(string),
     "side": FieldSpec(side, True),
     "market_slug": FieldSpec(string, True),
     "condition_id": FieldSpec(string, True),
-    "shares": FieldSpec(integer, True),
-    "shares_normalized": FieldSpec(number, True),
-    "price": FieldSpec(number, True),
+    "shares": FieldSpec(shares, True),
+    "shares_normalized": FieldSpec(shares_normalized, True),
+    "price": FieldSpec(price, True),
     "tx_hash": FieldSpec(string, True),
     "title": FieldSpec(string, True),
     "timestamp": FieldSpec(timestamp, True),
