@@ -29,10 +29,11 @@ ARG WORKDIR=/template
 WORKDIR ${WORKDIR}
 COPY . ${WORKDIR}
 
-# The pinned requirements (the set verified together, pip check clean), then the package itself
+# The pinned requirements, held to the tested environment's versions (constraints.txt: the whole set,
+# transitive ones too, so two builds of one commit are one image), then the package itself
 # (non-editable: workers import `pipeline` and `transforms` from site-packages; `simulator` comes
 # along, stdlib only, for `python -m pipeline simulate` and `demo`), then pip check.
-RUN pip install --no-cache-dir -r requirements.txt \
+RUN pip install --no-cache-dir -c constraints.txt -r requirements.txt \
     && pip install --no-cache-dir . \
     && pip check
 

@@ -4,13 +4,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean constraints
 
-$(STAMP): requirements.txt requirements-dev.txt setup.py
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -r requirements-dev.txt -e .
+	$(BIN)/pip check
+	touch $(STAMP)
+
+# After changing requirements*.txt: install them unconstrained in a fresh .venv, then freeze.
+constraints:
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt -e .
 	$(BIN)/pip check
+	head -4 constraints.txt > constraints.new
+	$(BIN)/pip freeze --exclude-editable >> constraints.new
+	mv constraints.new constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
