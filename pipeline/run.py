@@ -36,7 +36,7 @@ from pipeline.sources import prepare_run
 from pipeline.sources.errors import SourceError
 from pipeline.staging import CommitOutcome
 from pipeline.warehouse import WarehouseUnreadable
-from transforms.metrics import NAMESPACE
+from transforms.metrics import NAMESPACE, UNKNOWN_FIELD
 from transforms.run_health import RunStopped
 from transforms.stage import LEASE_GIVEN_BACK
 
@@ -78,14 +78,18 @@ class RunReport:
             f"  requests: {c.get('requests', 0)} ({_by_endpoint(c)}); retries: "
             f"{c.get('retries', 0)}; HTTP 429: {c.get('http_429', 0)}",
         ]
-        unknown = {
-            name.removeprefix("unknown_fields_"): value
-            for name, value in sorted(c.items())
-            if name.startswith("unknown_fields_") and value
-        }
+        unknown = sorted(
+            (
+                (value, name.removeprefix(UNKNOWN_FIELD))
+                for name, value in c.items()
+                if name.startswith(UNKNOWN_FIELD) and value
+            ),
+            key=lambda pair: (-pair[0], pair[1]),
+        )
         if unknown:
-            counted = ", ".join(f"{kind} {value}" for kind, value in unknown.items())
-            lines.append(f"  fields the parser does not know (named in the log): {counted}")
+            shown = ", ".join(f"{field.replace(':', '.', 1)} {n}" for n, field in unknown[:8])
+            more = f", and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+            lines.append(f"  fields the parser does not know (rows): {shown}{more}")
         done = [r.run_id for r in self.recovered if not r.failed]
         failed = [r.run_id for r in self.recovered if r.failed]
         if done:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from simulator.data import DAY, Simulator, Wallet
+from simulator.data import DAY, EXTRA_FIELD, Simulator, Wallet
 
 THREE_YEARS = 3 * 365 * DAY
 DUST_SHARES = 10_000  # raw shares: below this a fill is < 0.01 shares, never served
@@ -162,6 +162,7 @@ class PolymarketView:
             "outcome_index": 0 if order["token_id"] == market["side_a"]["id"] else 1,
             **profile,
             "transaction_hash": order["tx_hash"],
+            **({EXTRA_FIELD[0]: EXTRA_FIELD[1]} if self.sim.config.extra_fields else {}),
         }
 
     def window(self, w: Wallet, view: int, start: int, end: int) -> range:

@@ -216,11 +216,12 @@ def _as_before_the_commit(db, wallets: list[str]) -> None:
 @pytest.mark.world(extra_fields=True, wallets=3, max_trades=200)
 def test_fields_the_api_added_are_named_in_the_log_and_counted_in_the_summary(world, caplog):
     """A count in a Beam counter told nobody which field the API had added (the simulator adds
-    one to Dome's orders; Gamma's markets always carry `icon`, which Polymarket keeps in extra)."""
-    with caplog.at_level("INFO", logger="transforms.metrics"):
+    `fee_rate_bps` to every order and trade row)."""
+    with caplog.at_level("WARNING", logger="transforms.metrics"):
         summary = run_backfill(world.argv())
     assert summary.state == "DONE"
-    assert "fields the parser does not know (named in the log):" in summary.render()
-    named = {"dome": "orders: fields the parser does not know: fee_rate_bps"}
-    assert named.get(world.source, "markets: fields the parser does not know: icon") in caplog.text
+    kind = {"dome": "orders"}.get(world.source, "trades")
+    rows = summary.counters["trades"]
+    assert f"fields the parser does not know (rows): {kind}.fee_rate_bps {rows}" in summary.render()
+    assert f"{kind}: fields the parser does not know: fee_rate_bps" in caplog.text
     assert_production_is_truth(world)

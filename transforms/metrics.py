@@ -14,6 +14,9 @@ from apache_beam.metrics import Metrics
 from pipeline.sources.http import Telemetry
 
 NAMESPACE = "backfill"
+UNKNOWN_FIELD = "unknown_field:"  # + kind:name, the count of one field the parser does not know
+NAMED_FIELDS = 20  # per kind and process; the others are counted under OTHER_FIELDS
+OTHER_FIELDS = "(others)"
 log = logging.getLogger(__name__)
 
 
@@ -61,14 +64,21 @@ class CountingTelemetry(Telemetry):
         self.counters.add("slowdowns")
 
     def unknown_fields(self, kind: str, counts: Counter[str]) -> None:
-        """Counted, and each field named once per process: a count alone told nobody which
-        field the API had added (Polymarket's rows keep it in `extra`; Dome's drop it)."""
+        """Counted per field (UNKNOWN_FIELD + kind:name), the first NAMED_FIELDS names of a
+        kind, the rest together (a server could send any number), and each named in the log
+        once per process: a count alone told nobody which field the API had added (Polymarket's
+        rows keep it in `extra`; Dome's drop it)."""
         self.counters.add(f"unknown_fields_{kind}", sum(counts.values()))
         with self._lock:
             new = sorted(name for name in counts if (kind, name) not in self._named)
-            self._named.update((kind, name) for name in new)
-        if new:  # INFO: Gamma's markets always carry some (`icon`), kept in `extra`
-            log.info("%s: fields the parser does not know: %s", kind, ", ".join(new))
+            room = NAMED_FIELDS - sum(1 for known, _ in self._named if known == kind)
+            self._named.update((kind, name) for name in new[: max(room, 0)])
+            named = {name for known, name in self._named if known == kind}
+        for name, amount in counts.items():
+            label = name if name in named else OTHER_FIELDS
+            self.counters.add(f"{UNKNOWN_FIELD}{kind}:{label}", amount)
+        if new:
+            log.warning("%s: fields the parser does not know: %s", kind, ", ".join(new))
 
     def outside_window(self, endpoint: str, rows: int) -> None:
         self.counters.add(f"{endpoint}_outside_window", rows)

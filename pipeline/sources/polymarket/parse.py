@@ -217,7 +217,10 @@ TRADE_EXTRA_FIELDS = frozenset(
     {"icon", "name", "pseudonym", "bio", "profile_image", "profile_image_optimized"}
 )
 MARKET_EXTRA_FIELDS = frozenset(
-    {"active", "archived", "volume", "umaResolutionStatus", "closedTime", "endDate", "startDate"}
+    {
+        *("active", "archived", "volume", "umaResolutionStatus", "closedTime", "endDate"),
+        *("startDate", "icon"),  # icon: Gamma's, beside image (undocumented, always there)
+    }
 )
 EVENT_EXTRA_FIELDS = frozenset({"active", "archived", "volume"})
 # Gamma kind -> (checked fields, documented fields kept only in `extra`).
