@@ -163,11 +163,20 @@ def _progress(
         )
 
 
+MAX_WALLETS = 100_000
+MAX_LATENCY_MS = 10_000
+
+
 def main(args: argparse.Namespace, argv: list[str]) -> int:
     try:  # the simulator's own checks, before anything starts (it would refuse them after)
         SimConfig(seed=args.seed, wallets=args.wallets, tier=args.tier, latency_ms=args.latency_ms)
     except ValueError as exc:
         print(f"demo: {exc}")
+        return 2
+    # A demo's own bounds: past them the simulator spends minutes building its world (10^8
+    # wallets) or every request waits as long (1e9 ms), and the demo looked hung.
+    if args.wallets > MAX_WALLETS or args.latency_ms > MAX_LATENCY_MS:
+        print(f"demo: --wallets at most {MAX_WALLETS:,}, --latency_ms at most {MAX_LATENCY_MS:,}")
         return 2
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

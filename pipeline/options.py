@@ -43,7 +43,7 @@ from pipeline.warehouse import TableNames, WarehouseRef, parse_warehouse_spec, v
 log = logging.getLogger(__name__)
 
 
-def _flag(text: str) -> bool:
+def flag(text: str) -> bool:
     """`--verify`, `--verify=true` or `--verify=false`: templates pass every option a value."""
     value = text.strip().lower()
     if value not in ("true", "false"):
@@ -192,7 +192,7 @@ class BackfillOptions(PipelineOptions):
         )
         add(
             "--verify",
-            type=_flag,
+            type=flag,
             nargs="?",
             const=True,
             default=False,
@@ -449,6 +449,8 @@ def resolve(
         problems.append(f"table names: {exc}")
         tables = TableNames()
 
+    if opts.run_id is not None and not opts.run_id.strip():  # it was replaced without a word
+        problems.append("--run_id is empty: give one, or leave the option out for a new id")
     run_id = opts.run_id or new_run_id()
     try:
         validate_run_id(run_id)

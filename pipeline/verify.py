@@ -17,7 +17,7 @@ import argparse
 import os
 import secrets
 
-from pipeline.options import BackfillOptions, OptionsError, resolve_command
+from pipeline.options import BackfillOptions, OptionsError, flag, resolve_command
 from pipeline.warehouse import VerifyReport, Warehouse, open_warehouse
 
 # How long a repair may hold the lease: far longer than its few statements take, and short
@@ -31,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     BackfillOptions._add_argparse_args(parser)
     parser.add_argument(
         "--report_only",
-        action="store_true",
+        type=flag,  # `--report_only=false` as `run --verify=false` (it was refused)
+        nargs="?",
+        const=True,
+        default=False,
         help="list the duplicates and mismatches, repair nothing (only reads)",
     )
 

@@ -114,6 +114,8 @@ def test_the_readme_demo_lands_every_trade_once_and_a_second_run_fetches_nothing
         ("--wallets=-1", "demo: wallets must be >= 0"),
         ("--latency_ms=-1", "demo: latency_ms and latency_sigma must be >= 0"),
         ("--latency_ms=nan", "demo: latency_ms and latency_sigma must be >= 0"),
+        ("--wallets=100000000", "demo: --wallets at most 100,000, --latency_ms at most 10,000"),
+        ("--latency_ms=1e9", "demo: --wallets at most 100,000, --latency_ms at most 10,000"),
     ],
 )
 def test_a_bad_demo_option_is_one_line_before_anything_starts(tmp_path, capsys, option, said):

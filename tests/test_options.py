@@ -392,3 +392,22 @@ def test_an_option_argparse_refuses_is_one_line(capsys, argv, said):
     out, err = capsys.readouterr()
     (line,) = (out + err).strip().splitlines()  # not the usage's forty lines before it
     assert said in line and line.endswith("(--help lists the options)")
+
+
+def test_an_empty_run_id_is_refused_not_replaced():
+    with pytest.raises(OptionsError, match="--run_id is empty"):
+        resolve(PipelineOptions(["--run_id="]))
+
+
+@pytest.mark.parametrize(("given", "code"), [("", 0), ("=true", 0), ("=false", 3)])
+def test_verify_takes_report_only_as_run_takes_verify(tmp_path, capsys, given, code):
+    """`verify --report_only=false` was refused while `run --verify=false` was accepted. With a
+    backfill holding the lease, reading only goes on (0) and a repair waits (3)."""
+    from pipeline.__main__ import main as cli
+    from tests.test_lease import another_backfill_holds_the_lease
+
+    db = tmp_path / "w.duckdb"
+    another_backfill_holds_the_lease(db, "run-a")
+    assert cli(["verify", f"--warehouse=duckdb:{db}", f"--report_only{given}"]) == code
+    out = capsys.readouterr().out
+    assert ("repairing nothing while a backfill runs" in out) == (code == 3)
