@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline import lease
+from pipeline import failpoints, lease
 from pipeline.options import BackfillConfig, OptionsError
 from pipeline.staging import (
     CommitOutcome,
@@ -115,4 +115,5 @@ def _prepare_holding_the_lease(config: BackfillConfig) -> list[CommitOutcome]:
     if config.stage_lookup_plan:  # last: after the recovered runs landed what they had
         with config.warehouse_ref.open() as warehouse:
             config.staging.write_lookup_plan(read_plan_rows(warehouse))
+        failpoints.reached(failpoints.LOOKUP_PLAN_STAGED)
     return recovered

@@ -55,3 +55,22 @@ def test_killed_at_each_instant_that_changes_state_then_rerun_is_exact(world, ki
     # Whatever the first run left, no run is committed twice and none is left half-committed.
     runs = query(world.db, "SELECT run_id, COUNT(*) FROM backfill_runs GROUP BY run_id")
     assert all(count == 1 for _, count in runs)
+
+
+@pytest.mark.slow
+def test_killed_after_start_up_staged_the_lookup_plan_then_later_runs_are_exact(world):
+    """A run of several processes stages what production holds before its graph runs: killed
+    right after, it leaves a claim and that file, and blocks no later run (its lease names a
+    process that is gone); the next runs, one of several processes, land the truth once."""
+    several = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    env = {failpoints.ENVIRONMENT_VARIABLE: failpoints.LOOKUP_PLAN_STAGED}
+    process = run_subprocess(world.argv(*several), world.server.api_key, env=env)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == failpoints.KILLED_EXIT_CODE, output
+    assert list(world.staging.glob("*/lookup_plan.json.gz")), "the plan was not staged"
+
+    again = run_subprocess(world.argv(*several), world.server.api_key)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert_production_is_truth(world)
+    assert query(world.db, "SELECT COUNT(*) - COUNT(DISTINCT id) FROM trades") == [(0,)]
