@@ -243,3 +243,23 @@ def test_a_staged_lookup_plan_is_what_every_process_reads_and_the_warehouses_own
         assert ours.skip == theirs.skip and ours.always == theirs.always
     assert "0xheld" in staged.of_kind(MARKETS).skip
     assert plan_of(rows, policy).of_kind(MARKETS).skip == staged.of_kind(MARKETS).skip
+
+
+def test_unknown_fields_are_named_up_to_a_cap_and_logged_once(caplog):
+    """A server can send any number of field names: the first 20 of a kind are counted and
+    logged by name, once; the rest are counted together and never logged page after page."""
+    from collections import Counter
+
+    from transforms.metrics import NAMED_FIELDS, OTHER_FIELDS, UNKNOWN_FIELD, CountingTelemetry
+
+    telemetry = CountingTelemetry()
+    names = Counter({f"f{i:02d}": 1 for i in range(NAMED_FIELDS + 5)})
+    with caplog.at_level("WARNING", logger="transforms.metrics"):
+        telemetry.unknown_fields("trades", names)
+        telemetry.unknown_fields("trades", names)
+    counts = telemetry.counters._counts
+    assert counts[f"{UNKNOWN_FIELD}trades:f00"] == 2
+    assert counts[f"{UNKNOWN_FIELD}trades:{OTHER_FIELDS}"] == 2 * 5
+    assert len([k for k in counts if k.startswith(UNKNOWN_FIELD)]) == NAMED_FIELDS + 1
+    (record,) = caplog.records  # once, naming the 20
+    assert record.getMessage().count(", ") == NAMED_FIELDS - 1

@@ -68,11 +68,11 @@ class CountingTelemetry(Telemetry):
         kind, the rest together (a server could send any number), and each named in the log
         once per process: a count alone told nobody which field the API had added (Polymarket's
         rows keep it in `extra`; Dome's drop it)."""
-        self.counters.add(f"unknown_fields_{kind}", sum(counts.values()))
         with self._lock:
             new = sorted(name for name in counts if (kind, name) not in self._named)
             room = NAMED_FIELDS - sum(1 for known, _ in self._named if known == kind)
-            self._named.update((kind, name) for name in new[: max(room, 0)])
+            new = new[: max(room, 0)]  # past the cap, never named: nor logged again and again
+            self._named.update((kind, name) for name in new)
             named = {name for known, name in self._named if known == kind}
         for name, amount in counts.items():
             label = name if name in named else OTHER_FIELDS
