@@ -461,6 +461,35 @@ def test_a_permanent_error_is_not_retried(proxy: FaultyProxy, tmp_path: Path) ->
     assert len(proxy.failed) == 1
 
 
+def test_a_lease_taken_at_the_same_time_as_another_is_retried(proxy: FaultyProxy) -> None:
+    # BigQuery aborts the later of two DML jobs on one table: two launches at once, or a launch
+    # beside a repair. The loser takes the lease again; the lease row decides, as always.
+    wh = new_warehouse(proxy.endpoint, retry_wait=0.01)
+    wh.ensure_tables()
+    conflict = "Could not serialize access to table p:d.backfill_lease due to concurrent update"
+    proxy.fail("USING (SELECT @lease_name", "invalidQuery", conflict, times=1)
+    assert wh.acquire_lease("run-a dataflow", 600)
+    assert len(proxy.failed) == 1
+    proxy.fail("USING (SELECT @lease_name", "invalidQuery", conflict, times=1)
+    assert not wh.acquire_lease("run-b dataflow", 600)  # retried, then refused: a holds it
+    assert len(proxy.failed) == 2
+    proxy.fail("SET\\n  `holder` = NULL", "invalidQuery", conflict, times=1)
+    wh.release_lease("run-a dataflow")
+    assert len(proxy.failed) == 3
+    assert wh.acquire_lease("run-b dataflow", 600)
+
+
+def test_a_lease_conflict_on_every_attempt_is_the_error_not_a_refusal(proxy: FaultyProxy) -> None:
+    wh = new_warehouse(proxy.endpoint, retry_wait=0.01)
+    wh.ensure_tables()
+    conflict = "Transaction is aborted due to concurrent update against table p:d.backfill_lease"
+    proxy.fail("USING (SELECT @lease_name", "invalidQuery", conflict, times=3)
+    with pytest.raises(gexc.BadRequest, match="concurrent update"):
+        wh.acquire_lease("run-a dataflow", 600)
+    assert len(proxy.failed) == 3
+    assert wh.read_lease() is not None and not wh.read_lease().held
+
+
 def test_load_tables_get_an_expiration(
     proxy: FaultyProxy, db: BigQueryEngine, bq: bigquery.Client, tmp_path: Path
 ) -> None:

@@ -688,6 +688,24 @@ class BigQueryWarehouse(Warehouse):
             except gexc.GoogleAPICallError as exc:  # best effort: the expiration cleans up
                 log.warning("run %s: could not drop load table %s: %s", run_id, table_id, exc)
 
+    # -- the lease: the base's statements, retried ----------------------------------------------
+
+    def acquire_lease(self, holder: str, ttl_seconds: float) -> bool:
+        # Two launches (or a launch and a repair) at once: BigQuery aborts the later of two DML
+        # jobs on the lease table ("concurrent update"). Taking it again is safe: a holder that
+        # won the first attempt is renewed, and one that lost reads the winner and is refused.
+        return self._retrying(
+            "taking the backfill lease",
+            lambda: super(BigQueryWarehouse, self).acquire_lease(holder, ttl_seconds),
+        )
+
+    def release_lease(self, holder: str) -> None:
+        # Giving it back twice is giving it back once (only `holder`'s row is cleared).
+        self._retrying(
+            "giving the backfill lease back",
+            lambda: super(BigQueryWarehouse, self).release_lease(holder),
+        )
+
     # -- verify's repair, and what killed commits left ------------------------------------------
 
     def _in_transaction(self, steps: Sequence[tuple[q.Statement, Mapping[str, Any]]]) -> None:
