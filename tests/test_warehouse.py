@@ -252,6 +252,104 @@ def test_an_older_run_committed_late_does_not_overwrite_newer_state(
     assert trade_ids(db, wh) == ["d1", "e1"]
 
 
+def refresh(wallet: str, run_id: str, processed: float, trade_count: int) -> dict:
+    """A successful refresh's outcome: it fetched only from `fetched_from` on."""
+    return {**outcome(wallet, run_id, True, processed, trade_count), "fetched_from": int(T0) - 3600}
+
+
+def test_a_refresh_after_rows_were_lost_resets_the_wallet_instead_of_taking_the_count(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    commit_done_wallets(wh, tmp_path, {"0xa": ["a1", "a2", "a3"], "0xb": ["b1"]})
+    q(db, wh, "DELETE FROM {trades} WHERE id = 'a1'")  # a dropped partition, an old snapshot
+    files = stage(
+        tmp_path,
+        "r2",
+        trades=[trade("0xa", "a4", "r2"), trade("0xb", "b2", "r2")],
+        outcomes=[refresh("0xa", "r2", 20, 1), refresh("0xb", "r2", 20, 1)],
+    )
+    wh.commit_run("r2", files, committed_at=COMMITTED_AT)
+    ckpt = checkpoint_rows(db, wh)
+    a, b = ckpt["0xa"], ckpt["0xb"]
+    # The refresh's new trade landed, but production held 2 where the checkpoint counted 3:
+    # taking production's count would hide the loss from verify forever. The wallet is reset.
+    assert "a4" in trade_ids(db, wh)
+    assert (a["completed"], a["upload_successful"], a["trade_count"]) == (True, False, 3)
+    assert a["error"] == (
+        "a refresh found 2 trades in production where the checkpoint counted 3: "
+        "the wallet is fetched whole next run"
+    )
+    assert (a["last_trade_at"], a["last_refreshed_at"]) == (None, None)
+    # An intact wallet's refresh keeps it done with production's count, as always.
+    assert (b["upload_successful"], b["trade_count"], b["error"]) == (True, 2, None)
+    assert sorted(wh.read_done_wallets()) == ["0xb"]
+    # The next run walks it whole: done again, with everything the source serves.
+    files = stage(
+        tmp_path,
+        "r3",
+        trades=[trade("0xa", i, "r3") for i in ("a1", "a2", "a3", "a4")],
+        outcomes=[outcome("0xa", "r3", True, 30, 4)],
+    )
+    wh.commit_run("r3", files, committed_at=COMMITTED_AT)
+    a = checkpoint_rows(db, wh)["0xa"]
+    assert (a["upload_successful"], a["trade_count"], a["error"]) == (True, 4, None)
+    assert wh.verify(reset=False).mismatches == ()
+
+
+def test_a_refresh_staged_before_a_verify_reset_does_not_undo_it(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    commit_done_wallets(wh, tmp_path, {"0xa": ["a1", "a2"]})
+    refreshed = stage(
+        tmp_path, "r2", trades=[trade("0xa", "a3", "r2")], outcomes=[refresh("0xa", "r2", 20, 1)]
+    )  # a run killed after staging: recovered by a later start-up
+    q(db, wh, "DELETE FROM {trades} WHERE id = 'a1'")
+    assert wh.verify().reset
+    wh.commit_run("r2", refreshed, committed_at=COMMITTED_AT)
+    a = checkpoint_rows(db, wh)["0xa"]
+    assert (a["upload_successful"], a["trade_count"]) == (False, 2)  # a2 and a3
+    assert a["error"].startswith("verify:")  # the reset's reason stands
+    assert list(wh.read_done_wallets()) == []
+
+
+def test_a_whole_walk_marks_a_wallet_done_whatever_time_its_checkpoint_says(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    # A run on a machine whose clock ran two days ahead failed the wallet: its processed_at is
+    # in the future. A whole walk that lands its trades makes it done all the same.
+    files = stage(tmp_path, "r1", outcomes=[outcome("0xa", "r1", False, 2 * 86400, error="x")])
+    wh.commit_run("r1", files, committed_at=COMMITTED_AT)
+    files = stage(
+        tmp_path,
+        "r2",
+        trades=[trade("0xa", "a1", "r2"), trade("0xa", "a2", "r2")],
+        outcomes=[outcome("0xa", "r2", True, 20, 2)],
+    )
+    wh.commit_run("r2", files, committed_at=COMMITTED_AT)
+    a = checkpoint_rows(db, wh)["0xa"]
+    assert (a["upload_successful"], a["trade_count"], a["error"]) == (True, 2, None)
+    assert a["processed_at"] == dt.datetime.fromtimestamp(T0 + 2 * 86400, dt.UTC)  # never back
+    assert list(wh.read_done_wallets()) == ["0xa"]
+
+
+def test_an_older_refresh_committed_late_counts_what_it_landed(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    commit_done_wallets(wh, tmp_path, {"0xa": ["a1"]})
+    older = stage(
+        tmp_path, "r2", trades=[trade("0xa", "a2", "r2")], outcomes=[refresh("0xa", "r2", 20, 1)]
+    )
+    newer = stage(
+        tmp_path, "r3", trades=[trade("0xa", "a3", "r3")], outcomes=[refresh("0xa", "r3", 30, 1)]
+    )
+    wh.commit_run("r3", newer, committed_at=COMMITTED_AT)
+    wh.commit_run("r2", older, committed_at=COMMITTED_AT)
+    a = checkpoint_rows(db, wh)["0xa"]
+    assert (a["upload_successful"], a["trade_count"], a["run_id"]) == (True, 3, "r3")
+    assert a["processed_at"] == dt.datetime.fromtimestamp(T0 + 30, dt.UTC)
+    assert wh.verify(reset=False).mismatches == ()
+
+
 def test_a_done_wallet_is_never_turned_into_a_failed_one(
     db: Engine, wh: Warehouse, tmp_path: Path
 ) -> None:

@@ -559,8 +559,24 @@ ADDRESS_LENGTH = 42
 # The `kind` of the missing table's rows (schema constants, as transforms.lookups stages them).
 MISSING_MARKETS = "markets"
 MISSING_EVENTS = "events"
+# What the checkpoint's `error` says of a wallet a refresh could not keep done (_merge_checkpoint).
+LOSS_FOUND = (
+    "a refresh found ",
+    " trades in production where the checkpoint counted ",
+    "none",
+    ": the wallet is fetched whole next run",
+)
+NOT_HELD = "a refresh of a wallet the checkpoint did not hold: the wallet is fetched whole next run"
 SQL_CONSTANTS: frozenset[str] = frozenset(
-    {LEGACY_SOURCE, ADDRESS_PREFIX, ADDRESS_PATTERN, MISSING_MARKETS, MISSING_EVENTS}
+    {
+        LEGACY_SOURCE,
+        ADDRESS_PREFIX,
+        ADDRESS_PATTERN,
+        MISSING_MARKETS,
+        MISSING_EVENTS,
+        *LOSS_FOUND,
+        NOT_HELD,
+    }
 )
 _SOURCE = f"IFNULL({{alias}}`source`, '{LEGACY_SOURCE}')"
 
@@ -829,10 +845,30 @@ GROUP BY s.`kind`, s.`key`
 # One outcome per wallet (a success beats a failure, then the newest). A successful wallet's
 # trade_count is what production holds for it after this transaction's INSERT (so a refresh, which
 # fetches only the newest trades, still records the total); a failed one keeps the outcome's.
-# Guards: a late commit of an older run must not overwrite newer state; a wallet whose trades are
-# in production is never turned back into a failed one (a failed refresh records only its error,
-# and its unchanged last_refreshed_at makes the next run try again); last_trade_at never moves back.
+#
+# A whole walk (`fetched_from` null) proves the wallet: it is done whatever the checkpoint said,
+# even against a `processed_at` from a clock that ran ahead. A refresh proves only what is newer
+# than its start, so it keeps a wallet done only where production held, before this INSERT,
+# exactly the trades the checkpoint counts (`held_before`): otherwise rows were lost since (a
+# dropped partition, a table restored from a snapshot, a hand delete), or the wallet is not done
+# (verify reset it, or a refresh staged before that reset is recovered after it). Then the wallet
+# is reset, so the next run walks it whole and lands what is missing: taking production's count
+# instead, as it once did, erased the only evidence of the loss and verify went blind to it.
+#
+# Guards: a late commit of an older run must not overwrite newer state (of a done wallet it
+# updates only the count; times only move forward, run/error/source follow the newest outcome); a wallet whose trades are in production is never
+# turned back into a failed one by a failed fetch (a failed refresh records only its error, and
+# its unchanged last_refreshed_at makes the next run try again); last_trade_at never moves back.
 # `source` is the source of the last successful fetch: a failure leaves it as it was.
+_NEWER = "(t.`processed_at` IS NULL OR s.`processed_at` > t.`processed_at`)"
+_DONE = "IFNULL(t.`completed` AND t.`upload_successful`, FALSE)"
+_PROVEN = f"(s.`fetched_from` IS NULL OR ({_DONE} AND t.`trade_count` = s.`held_before`))"
+
+
+def _latest(column: str) -> str:
+    return f"IF(t.`{column}` IS NULL OR s.`processed_at` > t.`{column}`, s.`processed_at`, t.`{column}`)"
+
+
 def _merge_checkpoint(name: str, wallets: str, params: tuple[Param, ...]) -> Statement:
     """MERGE_CHECKPOINT counting production's trades of `wallets` (see `_insert_trades`)."""
     return Statement(
@@ -844,6 +880,8 @@ USING (
     o.`wallet_address`,
     o.`upload_successful`,
     IF(o.`upload_successful`, IFNULL(p.`trade_count`, 0), o.`trade_count`) AS `trade_count`,
+    IFNULL(p.`trade_count`, 0) - IFNULL(p.`inserted`, 0) AS `held_before`,
+    o.`fetched_from`,
     o.`gcs_file`,
     o.`processed_at`,
     o.`run_id`,
@@ -855,6 +893,7 @@ USING (
       `wallet_address`,
       `upload_successful`,
       `trade_count`,
+      `fetched_from`,
       `gcs_file`,
       `processed_at`,
       `run_id`,
@@ -871,7 +910,8 @@ USING (
   LEFT JOIN (
     SELECT
       `wallet_address`,
-      COUNT(*) AS `trade_count`
+      COUNT(*) AS `trade_count`,
+      COUNTIF(`run_id` = @run_id) AS `inserted`
     FROM {{trades}}
     WHERE `wallet_address` IN {wallets}
     GROUP BY `wallet_address`
@@ -880,27 +920,54 @@ USING (
 ) AS s
 ON t.`wallet_address` = s.`wallet_address`
 WHEN MATCHED
-  AND (t.`processed_at` IS NULL OR s.`processed_at` > t.`processed_at`)
-  AND s.`upload_successful` THEN
+  AND s.`upload_successful`
+  AND ({_NEWER} OR NOT {_DONE})
+  AND {_PROVEN} THEN
   UPDATE SET
     `completed` = TRUE,
     `upload_successful` = TRUE,
     `trade_count` = s.`trade_count`,
-    `gcs_file` = s.`gcs_file`,
-    `processed_at` = s.`processed_at`,
-    `run_id` = s.`run_id`,
+    `gcs_file` = IF({_NEWER}, s.`gcs_file`, t.`gcs_file`),
+    `processed_at` = {_latest("processed_at")},
+    `run_id` = IF({_NEWER}, s.`run_id`, t.`run_id`),
     `attempts` = IFNULL(t.`attempts`, 0) + 1,
-    `error` = NULL,
+    `error` = IF({_NEWER} OR NOT {_DONE}, NULL, t.`error`),
     `last_trade_at` = IF(
       t.`last_trade_at` IS NULL OR s.`last_trade_at` > t.`last_trade_at`,
       s.`last_trade_at`,
       t.`last_trade_at`
     ),
-    `last_refreshed_at` = s.`processed_at`,
-    `source` = s.`source`
+    `last_refreshed_at` = {_latest("last_refreshed_at")},
+    `source` = IF({_NEWER} OR t.`source` IS NULL, s.`source`, t.`source`)
 WHEN MATCHED
-  AND (t.`processed_at` IS NULL OR s.`processed_at` > t.`processed_at`)
-  AND NOT IFNULL(t.`completed` AND t.`upload_successful`, FALSE) THEN
+  AND s.`upload_successful`
+  AND {_PROVEN} THEN
+  UPDATE SET
+    `trade_count` = s.`trade_count`
+WHEN MATCHED
+  AND s.`upload_successful` THEN
+  UPDATE SET
+    `completed` = TRUE,
+    `upload_successful` = FALSE,
+    `trade_count` = s.`trade_count`,
+    `gcs_file` = s.`gcs_file`,
+    `processed_at` = {_latest("processed_at")},
+    `run_id` = s.`run_id`,
+    `attempts` = IFNULL(t.`attempts`, 0) + 1,
+    `error` = IF(
+      {_DONE},
+      CONCAT(
+        '{LOSS_FOUND[0]}', CAST(s.`held_before` AS STRING),
+        '{LOSS_FOUND[1]}', IFNULL(CAST(t.`trade_count` AS STRING), '{LOSS_FOUND[2]}'),
+        '{LOSS_FOUND[3]}'
+      ),
+      t.`error`
+    ),
+    `last_trade_at` = NULL,
+    `last_refreshed_at` = NULL
+WHEN MATCHED
+  AND {_NEWER}
+  AND NOT {_DONE} THEN
   UPDATE SET
     `completed` = TRUE,
     `upload_successful` = FALSE,
@@ -911,7 +978,7 @@ WHEN MATCHED
     `attempts` = IFNULL(t.`attempts`, 0) + 1,
     `error` = s.`error`
 WHEN MATCHED
-  AND (t.`processed_at` IS NULL OR s.`processed_at` > t.`processed_at`) THEN
+  AND {_NEWER} THEN
   UPDATE SET
     `error` = s.`error`
 WHEN NOT MATCHED THEN
@@ -932,19 +999,23 @@ WHEN NOT MATCHED THEN
   VALUES (
     s.`wallet_address`,
     TRUE,
-    s.`upload_successful`,
+    s.`upload_successful` AND s.`fetched_from` IS NULL,
     s.`trade_count`,
     s.`gcs_file`,
     s.`processed_at`,
     s.`run_id`,
     1,
-    s.`error`,
-    s.`last_trade_at`,
-    IF(s.`upload_successful`, s.`processed_at`, NULL),
+    IF(
+      s.`upload_successful` AND s.`fetched_from` IS NOT NULL,
+      '{NOT_HELD}',
+      s.`error`
+    ),
+    IF(s.`upload_successful` AND s.`fetched_from` IS NULL, s.`last_trade_at`, NULL),
+    IF(s.`upload_successful` AND s.`fetched_from` IS NULL, s.`processed_at`, NULL),
     IF(s.`upload_successful`, s.`source`, NULL)
   )
 """,
-        params=params,
+        params=(Param("run_id", "STRING"), *params),
     )
 
 
