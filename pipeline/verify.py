@@ -14,9 +14,9 @@ to check (nor a lease to take).
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 
+from pipeline import lease
 from pipeline.options import BackfillOptions, OptionsError, flag, resolve_command
 from pipeline.warehouse import VerifyReport, Warehouse, open_warehouse
 
@@ -65,11 +65,19 @@ def repair(warehouse: Warehouse) -> VerifyReport | str:
     repairs without one, as verify always did."""
     if not warehouse.has_lease_table():
         return warehouse.verify(reset=True)
-    holder = f"verify-{os.getpid()}-{secrets.token_hex(3)}"
-    if not warehouse.acquire_lease(holder, REPAIR_LEASE_SECONDS):
-        lease = warehouse.read_lease()
-        held = lease.describe() if lease else "the backfill lease is held"
-        return f"verify: repairing nothing while a backfill runs: {held} (--report_only only reads)"
+    # Named like a local run's holder, and taken as a run takes it: a run (or verify) of this
+    # machine that was killed is seen to be gone and its lease taken over; a verify killed
+    # midway is likewise not mistaken for a live one by the next run.
+    holder = lease.holder_name(f"verify-{secrets.token_hex(3)}", local=True)
+    try:
+        lease.take(warehouse, holder, REPAIR_LEASE_SECONDS)
+    except lease.WarehouseBusy:
+        held = warehouse.read_lease()
+        described = held.describe() if held else "the backfill lease is held"
+        return (
+            f"verify: repairing nothing while a backfill runs: {described} "
+            "(--report_only only reads)"
+        )
     try:
         return warehouse.verify(reset=True)
     finally:

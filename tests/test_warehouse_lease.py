@@ -11,7 +11,11 @@ runs them one after the other): there the racing commit is caught by the re-chec
 from __future__ import annotations
 
 import datetime as dt
+import os
 import pickle
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import lease
 from pipeline import verify as verify_command
 from pipeline.status_report import render_status
 from pipeline.warehouse import CommitReport, Lease, Warehouse
@@ -169,6 +174,23 @@ def test_two_commits_of_one_run_racing_land_it_once(
 
 
 # -- who holds it, for operators; and verify's repair waits for no backfill ---------------------
+
+
+def test_verify_takes_over_the_lease_of_a_killed_run_and_its_own_is_recognised_too(
+    db: Engine, wh: Warehouse, tmp_path: Path
+) -> None:
+    wh.commit_run("r1", busy_run(tmp_path, "r1"), committed_at=COMMITTED_AT)
+    db.rows(wh, "INSERT INTO {trades} SELECT * FROM {trades} WHERE id = 'a1'")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert wh.acquire_lease(f"run-a local pid {dead.pid} on {socket.gethostname()}", 3600)
+    report = verify_command.repair(wh)  # it said "a backfill runs" and repaired nothing
+    assert not isinstance(report, str) and report.duplicates_removed == 1
+    assert trade_ids(db, wh) == ["a1", "a2"]
+    # A verify's holder names its process as a local run's does: killed midway, the next run
+    # (or verify) of this machine sees it is gone instead of waiting out its 30 minutes.
+    holder = lease.holder_name("verify-x", local=True)
+    assert lease.holder_is_gone(holder.replace(f"pid {os.getpid()}", f"pid {dead.pid}"))
 
 
 def test_status_shows_who_holds_the_lease(wh: Warehouse) -> None:
