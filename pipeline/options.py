@@ -599,7 +599,7 @@ def resolve(
     return BackfillConfig(
         warehouse=opts.warehouse,
         tables=tables,
-        staging_root=opts.staging_root,
+        staging_root=_anchored(opts.staging_root),
         run_id=run_id,
         source=source,
         job_windows=job_windows,
@@ -616,6 +616,15 @@ def resolve(
         lease_holder=holder_name(run_id, local=not is_dataflow(options)),
         stage_lookup_plan=derive_rate_shares(options) > 1,
     )
+
+
+def _anchored(staging_root: str) -> str:
+    """A local root as an absolute path: the manifest lists its files by their paths, so a
+    relative root made them relative to the folder the run started in, and a start-up (or
+    `commit`) from any other folder found none of them and refused the whole run for good."""
+    if "://" in staging_root:
+        return staging_root
+    return os.path.abspath(staging_root)
 
 
 def resolve_command(args: argparse.Namespace) -> BackfillConfig:

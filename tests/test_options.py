@@ -220,6 +220,17 @@ def test_a_staging_root_on_a_filesystem_not_supported_is_refused(root):
     assert resolve(PipelineOptions(["--staging_root=gs://my-bucket.example_1/runs"]))
 
 
+def test_a_local_staging_root_is_made_absolute(tmp_path, monkeypatch):
+    # The manifest lists files by path: with a relative root, a start-up from another folder
+    # found none of them and refused the run for good.
+    monkeypatch.chdir(tmp_path)
+    config = resolve(PipelineOptions(["--staging_root=rel/staging"]))
+    assert config.staging_root == str(tmp_path / "rel" / "staging")
+    assert config.staging.folder.startswith(str(tmp_path))
+    gcs = "gs://my-bucket/runs"
+    assert resolve(PipelineOptions([f"--staging_root={gcs}"])).staging_root == gcs
+
+
 @pytest.mark.parametrize("minutes", ["1441", "1e9", "1e300", "inf", "nan", "0", "-1"])
 def test_a_run_budget_past_a_day_is_refused(minutes):
     """A crashed run's lease lasts its budget: a century-long budget would lock the warehouse."""
