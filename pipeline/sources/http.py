@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import email.utils
+import io
+import json
 import logging
 import random
 import re
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -47,6 +50,25 @@ Params = list[tuple[str, Any]]
 # some of them late, by a queueing delay of its own that no handshake measures (the simulator,
 # under a 200-request burst, by more than 10 ms: two 429s in a 3,000-wallet run).
 BUSY_IN_FLIGHT = 8
+
+# An attempt's answer must be complete within this many read timeouts of its send. requests' read
+# timeout bounds each wait for the next bytes, not the answer: a server trickling its body one
+# byte a second would hold a worker (and its wallet) forever. Four leaves an honest slow page
+# ample room (its headers may take one read timeout, a large body the rest). It is checked
+# between reads of the body, each of which waits at most one read timeout, so an attempt whose
+# headers came in time ends within this budget plus one read timeout. (The headers themselves are
+# read by http.client, bounded per receive only: a server trickling header lines is not cut.)
+ANSWER_BUDGET_READ_TIMEOUTS = 4.0
+# Bytes asked for per read of a body: a read returns what one receive brings (read1), so a
+# trickle is seen between reads however small this is; large enough that a fast page is a few.
+_READ_CHUNK = 64 * 1024
+
+# Where a 400 blames the page size: the word `limit` naming the parameter ("limit must be at
+# most 1000", "invalid limit", "limit: 5000"), not a word or phrase built on it: "time-limited",
+# "limited", "limit-order", "rate limit", "rate_limit", "ratelimit". What precedes it is not
+# required to be a word boundary: a body may run text into the name ("...invalid_limit",
+# "EEElimit:" in tests/test_key_never_leaks.py), and what follows is what tells the parameter.
+_LIMIT_WORD = re.compile(r"(?<!-)(?<!rate )(?<!rate_)(?<!rate)limit(?![\w-])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -325,6 +347,75 @@ class HttpClient:
         trace = response.headers.get("x-trace-id")
         return self.scrub(f"{text} (trace {trace})" if trace else text)
 
+    @staticmethod
+    def _refuses_page_size(response: requests.Response, params: Params) -> bool:
+        """Whether a 400 says the page size (`limit`) is what the API refused.
+
+        Only then is it the run's setting to fix (ConfigError, `--page_limit`); any other 400 (an
+        expired cursor, a bad wallet, a body echoing a title) is this input's own error. A request
+        that sent no `limit` cannot have had it refused. Data API v2 errors may name the refused
+        parameter (`{error, code, ..., parameter?}`): when a body names one, it alone decides.
+        Otherwise the word `limit` must stand alone in the error's text (its `error`/`message`
+        fields when the body is a JSON object, so that an echoed `"limit": 1000` of a pagination
+        block does not count; the whole text otherwise)."""
+        if not any(name == "limit" for name, _ in params):
+            return False
+        try:
+            body = json.loads(response.text)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            parameter = body.get("parameter")
+            if isinstance(parameter, str):
+                return parameter.strip().lower() == "limit"
+            texts = [body.get(name) for name in ("error", "message", "detail")]
+            text = " ".join(value for value in texts if isinstance(value, str))
+        else:
+            text = response.text
+        return _LIMIT_WORD.search(text) is not None
+
+    def _read_body(
+        self, response: requests.Response, deadline: float, where: str, url: str
+    ) -> None:
+        """Reads the body of a streamed response by `deadline` (time.monotonic) and keeps it on the
+        response (`.content`, `.text`, `.json()` then work as for an unstreamed one).
+
+        Each read takes what one receive brings (`read1`), so the deadline is checked between
+        receives however slowly the bytes come; the body is read as sent and only then decoded
+        (gzip, deflate: urllib3's decoders, chosen by Content-Encoding), so a trickled encoded
+        body cannot hold a read inside the decoder either. Past the deadline the connection is
+        dropped (a half-read answer can never be reused) and a TransientError names the URL: the
+        retries and their counting apply as to any slow answer."""
+        raw = response.raw
+        chunks: list[bytes] = []
+        while True:
+            if time.monotonic() > deadline:
+                response.close()
+                budget = ANSWER_BUDGET_READ_TIMEOUTS * self.settings.read_timeout_s
+                raise TransientError(
+                    f"{where}: {self.scrub(url)} did not send its whole answer within {budget:g} s "
+                    f"({sum(map(len, chunks))} bytes came); dropped"
+                )
+            chunk = raw.read1(_READ_CHUNK, decode_content=False)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        encoding = raw.headers.get("Content-Encoding")
+        encoded = b"".join(chunks)
+        if encoding:
+            decoder = urllib3.HTTPResponse(
+                body=io.BytesIO(encoded),
+                headers={"Content-Encoding": encoding},
+                preload_content=False,
+                decode_content=True,
+            )
+            encoded = decoder.read()
+        # requests keeps a read body here; setting it is how a body read by other means is
+        # handed back to `.text`/`.json()` (requests' own `.content` does the same).
+        response._content = encoded
+        response._content_consumed = True
+        raw.release_conn()  # read to its end: the connection goes back to the pool
+
     def _attempt(
         self,
         url: str,
@@ -340,14 +431,22 @@ class HttpClient:
         self.telemetry.request(endpoint)
         timeout = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
         started = time.monotonic()
+        deadline = started + ANSWER_BUDGET_READ_TIMEOUTS * self.settings.read_timeout_s
         self._sending.slots = slots
+        response: requests.Response | None = None
         try:
-            response = self._session.get(url, params=params, timeout=timeout)
+            response = self._session.get(url, params=params, timeout=timeout, stream=True)
             self.limiter.answered(slots)  # it arrived by now: its slots may free sooner
-        except requests.Timeout:
+            self._read_body(response, deadline, where, url)
+        except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
+            if response is not None:
+                response.close()
             raise TransientError(f"{where}: no answer within {timeout[1]:g} s") from None
-        except requests.RequestException as exc:
-            # Covers resets, refused connections and bodies cut short; the text has no headers.
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # Covers resets, refused connections, bodies cut short or badly encoded; the text
+            # has no headers.
+            if response is not None:
+                response.close()
             raise TransientError(f"{where}: {type(exc).__name__}") from None
         finally:
             self._sending.slots = None
@@ -369,7 +468,7 @@ class HttpClient:
             raise TransientError(f"{where}: HTTP {status}", retry_after=retry_after, throttled=True)
         if status >= 500:
             raise TransientError(f"{where}: HTTP {status} {self._brief(response)}")
-        if status == 400 and "limit" in response.text.lower():
+        if status == 400 and self._refuses_page_size(response, params):
             raise ConfigError(
                 f"{where}: the API refused the page size (HTTP 400 {self._brief(response)}); "
                 "lower --page_limit"
