@@ -185,7 +185,7 @@ LEASE_COLUMNS: tuple[Column, ...] = (
 
 # A key the source answered a lookup without (not a failed lookup: that is retried as an error).
 # Staged by the run that asked; the commit records it once per run in the missing table, and a
-# key that MISSING_AFTER runs found missing is "missing at the source" and asked for no more.
+# key that MISSING_AFTER runs over MISSING_SPAN_S found missing is "missing at the source" (base.py).
 MISSING_COLUMNS: tuple[Column, ...] = (
     _c("kind", "STRING", "REQUIRED", "markets or events"),
     _c("key", "STRING", "REQUIRED", "the condition_id or event_slug the source does not have"),

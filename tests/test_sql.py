@@ -10,7 +10,7 @@ import sqlglot
 from sqlglot import exp
 
 from pipeline.schema import STAGED_KINDS
-from pipeline.warehouse import TableNames
+from pipeline.warehouse import TableNames, base
 from pipeline.warehouse import sql as q
 
 RUN_ID = "run-2026_11_23-XYZ"
@@ -347,7 +347,8 @@ def test_the_missing_log_holds_one_row_per_run_and_key_however_often_committed()
 
         def missing_after(runs: int) -> list[str]:
             sql = q.render_duckdb(q.SELECT_MISSING_AT_SOURCE, tables)
-            params = {"kind": q.MISSING_MARKETS, "missing_after": runs}
+            params = {"kind": q.MISSING_MARKETS, "missing_after": runs, "missing_span_s": 0}
+            params["missing_since"] = 0
             return sorted(key for (key,) in conn.execute(sql, params).fetchall())
 
         commit("r1", ["0xa", "0xa", "0xb"])
@@ -362,7 +363,7 @@ def test_the_missing_log_holds_one_row_per_run_and_key_however_often_committed()
         assert (
             conn.execute(
                 q.render_duckdb(q.SELECT_MISSING_AT_SOURCE, tables),
-                {"kind": q.MISSING_EVENTS, "missing_after": 1},
+                {"kind": q.MISSING_EVENTS, **base.missing_params(), "missing_after": 1},
             ).fetchall()
             == []
         )

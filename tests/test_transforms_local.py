@@ -165,6 +165,8 @@ def test_key_plan_decides_what_the_lookups_ask_for(tmp_path):
     when a trade names them."""
     db = tmp_path / "w.duckdb"
     seed_traders(db, [])
+    now = time.time()
+    days = {"r1": 3, "r2": 2, "r3": 1}  # runs a day apart, the last a day ago
     found_missing = [("0xgone", r) for r in ("r1", "r2", "r3")]
     found_missing += [("0xtwice", r) for r in ("r1", "r2")]
     found_missing += [("0xback", r) for r in ("r1", "r2", "r3")]
@@ -172,13 +174,14 @@ def test_key_plan_decides_what_the_lookups_ask_for(tmp_path):
         query(
             db,
             "INSERT INTO backfill_missing (kind, key, seen_at, run_id) "
-            f"VALUES ('markets', '{key}', to_timestamp(1), '{run}')",
+            f"VALUES ('markets', '{key}', to_timestamp({now - days[run] * 86400}), '{run}')",
         )
     for run in ("r1", "r2", "r3"):
+        seen = now - days[run] * 86400
         query(
-            db, f"INSERT INTO backfill_missing VALUES ('events', '0xnew', to_timestamp(1), '{run}')"
+            db,
+            f"INSERT INTO backfill_missing VALUES ('events', '0xnew', to_timestamp({seen}), '{run}')",
         )
-    now = time.time()
     for key, status, updated in (
         ("0xback", "open", 1),
         ("0xdone", "closed", 1),

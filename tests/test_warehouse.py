@@ -10,6 +10,7 @@ test_warehouse_duckdb.py.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from pipeline.schema import CHECKPOINT_COLUMNS, Column
 from pipeline.status_report import StatusReport, render_status
-from pipeline.warehouse import CommitError, TableNames, Warehouse
+from pipeline.warehouse import CommitError, TableNames, Warehouse, base
 from pipeline.warehouse import sql as wsql
 from pipeline.warehouse.base import MISSING_AFTER
 from tests import support
@@ -1037,14 +1038,19 @@ def test_a_key_found_missing_by_enough_runs_is_missing_at_the_source_and_not_rea
     assert MISSING_AFTER == 3
     wh.commit_run("r1", stage(tmp_path, "r1", **unlanded_history()), committed_at=COMMITTED_AT)
     assert _missing_counts(wh) == (2, 0, 2, 0)
-    found_missing = [
-        missing("markets", "0xc2", 1),
-        missing("markets", "0xc2", 2),  # asked twice in one run: still one run
-        missing("events", "storm", 1),
-    ]
+    day = 86400.0
+    start = time.time() - T0 - 3 * day  # sightings a day apart, the last one a day ago
+
+    def found_missing(at: float) -> list[dict]:
+        return [
+            missing("markets", "0xc2", at + 1),
+            missing("markets", "0xc2", at + 2),  # asked twice in one run: still one run
+            missing("events", "storm", at + 1),
+        ]
+
     for number in (2, 3):
         run_id = f"r{number}"
-        files = stage(tmp_path, run_id, missing=found_missing)
+        files = stage(tmp_path, run_id, missing=found_missing(start + (number - 2) * day))
         report = wh.commit_run(run_id, files, committed_at=COMMITTED_AT)
         assert not report.nothing_to_commit and not report.already_committed
         assert wh.commit_run(run_id, files, committed_at=COMMITTED_AT).already_committed
@@ -1054,9 +1060,9 @@ def test_a_key_found_missing_by_enough_runs_is_missing_at_the_source_and_not_rea
     rows = db.rows(wh, "SELECT kind, key, run_id FROM {missing} ORDER BY run_id, kind")
     assert rows == [(kind, key, run) for run in ("r2", "r3") for kind, key in EVERY_MISSING]
     first = db.rows(wh, "SELECT seen_at FROM {missing} WHERE run_id = 'r2' AND kind = 'markets'")
-    assert first == [(dt.datetime.fromtimestamp(T0 + 1, dt.UTC),)]  # the run's first sighting
+    assert first == [(dt.datetime.fromtimestamp(T0 + start + 1, dt.UTC),)]  # its first sighting
 
-    wh.commit_run("r4", stage(tmp_path, "r4", missing=found_missing), committed_at=COMMITTED_AT)
+    wh.commit_run("r4", stage(tmp_path, "r4", missing=found_missing(start + 2 * day)))
     assert list(wh.read_missing_markets()) == [("0xc2",)]
     assert list(wh.read_missing_events()) == [("storm",)]
     assert _missing_counts(wh) == (1, 1, 1, 1)
@@ -1076,6 +1082,30 @@ def test_a_key_found_missing_by_enough_runs_is_missing_at_the_source_and_not_rea
     }
     wh.commit_run("r5", stage(tmp_path, "r5", **landed), committed_at=COMMITTED_AT)
     assert _missing_counts(wh) == (1, 0, 1, 0)
+
+
+def test_a_key_is_given_up_only_over_a_day_and_asked_again_a_week_after_its_last_sighting(
+    wh: Warehouse, tmp_path: Path
+) -> None:
+    wh.commit_run("r1", stage(tmp_path, "r1", **unlanded_history()), committed_at=COMMITTED_AT)
+    now = time.time() - T0
+    # A crash, the start-up that recovered it and a rerun: three runs, seconds apart.
+    for number, offset in ((2, -30), (3, -20), (4, -10)):
+        rows = [missing("markets", "0xc2", now + offset)]
+        wh.commit_run(f"r{number}", stage(tmp_path, f"r{number}", missing=rows))
+    assert list(wh.read_missing_markets()) == []  # still asked for: the next run asks again
+    assert _missing_counts(wh)[:2] == (2, 0)
+    # Sighted again a day later: the source's word now.
+    rows = [missing("markets", "0xc2", now + base.MISSING_SPAN_S)]
+    wh.commit_run("r5", stage(tmp_path, "r5", missing=rows))
+    assert list(wh.read_missing_markets()) == [("0xc2",)]
+    assert _missing_counts(wh)[:2] == (1, 1)
+    # Sightings that ended over a week ago: asked for again (a source that lists it late).
+    week = base.MISSING_RECHECK_S + 3600
+    for number, offset in ((6, -week - 2 * 86400), (7, -week - 86400), (8, -week)):
+        rows = [missing("markets", "0xc3", now + offset)]
+        wh.commit_run(f"r{number}", stage(tmp_path, f"r{number}", missing=rows))
+    assert list(wh.read_missing_markets()) == [("0xc2",)]
 
 
 def test_a_run_staged_before_missing_rows_existed_commits(

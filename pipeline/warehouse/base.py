@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +38,30 @@ log = logging.getLogger(__name__)
 FAILED_WALLETS_LISTED = 50
 # Addresses per INSERT of `add_traders` (one array parameter each).
 TRADERS_BATCH = 10_000
-# How many runs must find a market or event missing at the source before it counts as missing for
-# good and no run asks for it again: one answer without it could be a lookup's bad moment (an index
-# lagging behind), three in a row, 30 minutes apart, are the source's word. A failed lookup never
-# counts: it is an error, retried until it lands or is found missing.
+# How many runs must find a market or event missing at the source before it counts as missing
+# there and runs stop asking for it: one answer without it could be a lookup's bad moment (an
+# index lagging behind). A failed lookup never counts: it is an error, retried until it lands or
+# is found missing.
 MISSING_AFTER = 3
+# ... and their sightings must span this long: a crash, the start-up that recovers it and a rerun
+# are three runs seconds apart, and a market Gamma lists an hour late was given up for good.
+MISSING_SPAN_S = 24 * 3600
+# A key missing at the source is asked for again once its last sighting is this old: a source
+# that lists it late is found within a week (a key still missing is sighted again and skipped
+# another week: one batch share and one slug request a week per such key).
+MISSING_RECHECK_S = 7 * 24 * 3600
+
+
+def missing_params(now: float | None = None) -> dict[str, int]:
+    """The parameters of sql.MISSING_PARAMS at `now` (unix seconds; default: this clock)."""
+    now = time.time() if now is None else now
+    return {
+        "missing_after": MISSING_AFTER,
+        "missing_span_s": MISSING_SPAN_S,
+        "missing_since": int(now - MISSING_RECHECK_S),
+    }
+
+
 # The most wallets a commit lists in its @wallets array parameter (sql.WALLETS), the filter that
 # lets BigQuery prune production's blocks by clustering. BigQuery takes a query request of up to
 # 10 MB "including additional properties like query parameters" (quotas, query jobs): one address
@@ -330,7 +350,7 @@ def status_params(statement: sql.Statement, last_runs: int) -> dict[str, Any]:
     if statement.name == sql.STATUS_LEASE.name:
         return {"lease_name": sql.LEASE_NAME}
     if statement.name == sql.STATUS_MISSING.name:
-        return {"missing_after": MISSING_AFTER}
+        return missing_params()
     limits = {
         sql.STATUS_FAILED_WALLETS.name: FAILED_WALLETS_LISTED,
         sql.STATUS_LAST_RUNS.name: last_runs,
@@ -566,16 +586,16 @@ class Warehouse(abc.ABC):
         yield from ((event_slug,) for (event_slug,) in self._stream(sql.SELECT_UNLANDED_EVENTS))
 
     def read_missing_markets(self) -> Iterator[tuple[str]]:
-        """(condition_id,) of each market MISSING_AFTER runs found missing at the source (landed
+        """(condition_id,) of each market missing at the source (sql._missing_at_source; landed
         or not: the graph drops only those production does not hold)."""
         yield from self._missing_at_source(sql.MISSING_MARKETS)
 
     def read_missing_events(self) -> Iterator[tuple[str]]:
-        """(event_slug,) of each event MISSING_AFTER runs found missing at the source."""
+        """(event_slug,) of each event missing at the source (sql._missing_at_source)."""
         yield from self._missing_at_source(sql.MISSING_EVENTS)
 
     def _missing_at_source(self, kind: str) -> Iterator[tuple[str]]:
-        params = {"kind": kind, "missing_after": MISSING_AFTER}
+        params = {"kind": kind, **missing_params()}
         yield from ((key,) for (key,) in self._stream(sql.SELECT_MISSING_AT_SOURCE, params))
 
     # -- writes ----------------------------------------------------------------------------------

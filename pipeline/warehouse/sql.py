@@ -418,8 +418,12 @@ SELECT_UNLANDED_MARKETS = Statement("select_unlanded_markets", _UNLANDED_MARKETS
 SELECT_UNLANDED_EVENTS = Statement("select_unlanded_events", _UNLANDED_EVENTS)
 
 
-# The keys of one kind that at least @missing_after runs found missing at the source: "missing at
-# the source", asked for no more (transforms.skip_known drops them unless production holds them).
+# The keys of one kind that at least @missing_after runs found missing at the source, over at
+# least @missing_span_s seconds, the last time since @missing_since (unix seconds): "missing at
+# the source", not asked for (transforms.skip_known drops them unless production holds them).
+# The span keeps a crash, its recovery and a rerun, seconds apart, from giving a key up; the
+# last sighting ageing past @missing_since makes the next run ask again (and, still missing,
+# sight it again), so a key the source lists late is found within that long, not never.
 # One text, shared by the graph's reads (`kind` a parameter) and by `status` (a schema constant).
 def _missing_at_source(kind: str) -> str:
     return f"""
@@ -428,13 +432,20 @@ FROM {{missing}}
 WHERE `kind` = {kind}
 GROUP BY `key`
 HAVING COUNT(DISTINCT `run_id`) >= @missing_after
+  AND UNIX_SECONDS(MAX(`seen_at`)) - UNIX_SECONDS(MIN(`seen_at`)) >= @missing_span_s
+  AND UNIX_SECONDS(MAX(`seen_at`)) >= @missing_since
 """
 
 
+MISSING_PARAMS = (
+    Param("missing_after", "INT64"),
+    Param("missing_span_s", "INT64"),
+    Param("missing_since", "INT64"),
+)
 SELECT_MISSING_AT_SOURCE = Statement(
     "select_missing_at_source",
     _missing_at_source("@kind"),
-    params=(Param("kind", "STRING"), Param("missing_after", "INT64")),
+    params=(Param("kind", "STRING"), *MISSING_PARAMS),
 )
 
 SELECT_COMMITTED_RUN_IDS = Statement(
@@ -1437,7 +1448,7 @@ SELECT
     )
   ) AS `events_missing`
 """,
-    params=(Param("missing_after", "INT64"),),
+    params=MISSING_PARAMS,
 )
 
 STATUS_TRADES_BY_SOURCE = Statement(
