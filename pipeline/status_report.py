@@ -70,6 +70,10 @@ class StatusReport:
     lease_expires_at: dt.datetime | None = None
     # The holder is a run of this machine whose process has ended: the next run takes over.
     lease_holder_gone: bool = False
+    # Done wallets whose last refresh failed (kept done, their error recorded: retried next
+    # run, their trades possibly stale), and the oldest successful fetch of a done wallet.
+    refresh_failing: int | None = None
+    oldest_fetch_at: dt.datetime | None = None
     # Tables status needed and did not find (status only reads: it creates nothing), and
     # numbers it could not compute for another reason (a table not migrated yet).
     missing_tables: tuple[str, ...] = ()
@@ -107,6 +111,21 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int]
     return lines
 
 
+def _currency(report: StatusReport) -> list[str]:
+    """A line on how current the done wallets are, when there is something to say."""
+    if report.oldest_fetch_at is None and not report.refresh_failing:
+        return []
+    failing = (
+        f"; {_n(report.refresh_failing)} done wallets whose last refresh failed (retried next "
+        "run; not in the failed wallets above)"
+        if report.refresh_failing
+        else ""
+    )
+    return [
+        f"current since    {_ts(report.oldest_fetch_at)} UTC (a done wallet's oldest fetch){failing}"
+    ]
+
+
 def render_status(report: StatusReport) -> str:
     """Render the report as a few aligned lines for a terminal (times in UTC)."""
     percent = "-" if report.progress_percent is None else f"{report.progress_percent:.2f} %"
@@ -121,6 +140,7 @@ def render_status(report: StatusReport) -> str:
         f"to do            {_n(report.wallets_to_do)} of {_n(report.valid_wallets)} valid distinct "
         "addresses in traders (lowercase 0x + 40 hex) not done yet",
         f"failed wallets   {_n(report.failed_wallets)}",
+        *_currency(report),
         f"production rows  trades {_n(report.trades_rows)}, markets {_n(report.markets_rows)}, "
         f"events {_n(report.events_rows)}",
     ]

@@ -368,6 +368,14 @@ def test_a_done_wallet_is_never_turned_into_a_failed_one(
     assert (a["upload_successful"], a["error"], a["run_id"]) == (True, "late retry failed", "r1")
     assert a["last_refreshed_at"] == a["processed_at"]
     assert list(wh.read_done_wallets()) == ["0xa"]
+    # The users' failed-wallets number cannot show it; status says so beside it.
+    report = wh.status()
+    assert (report.failed_wallets, report.refresh_failing) == (0, 1)
+    assert report.oldest_fetch_at == dt.datetime.fromtimestamp(T0 + 10, dt.UTC)
+    assert (
+        "current since    2026-09-21 14:13:30 UTC (a done wallet's oldest fetch); 1 done wallets "
+        "whose last refresh failed"
+    ) in render_status(report)
 
 
 def test_a_failing_transaction_rolls_everything_back(

@@ -92,7 +92,8 @@ STATUS_READS: dict[str, dict[str, tuple[str, ...]]] = {
     sql.STATUS_TOTALS.name: {"trades": (), "markets": (), "events": ()},
     sql.STATUS_LAST_RUNS.name: {"runs": tuple(column.name for column in RUN_COLUMNS)},
     sql.STATUS_PENDING.name: _UNLANDED,
-    sql.STATUS_MISSING.name: {**_UNLANDED, "missing": ("kind", "key", "run_id")},
+    sql.STATUS_MISSING.name: {**_UNLANDED, "missing": ("kind", "key", "run_id", "seen_at")},
+    sql.STATUS_CURRENCY.name: {"checkpoint": (*_DONE, "error", "last_refreshed_at")},
     sql.STATUS_TRADES_BY_SOURCE.name: {"trades": ("source",)},
     sql.STATUS_LEASE.name: {"lease": ("lease_name", "holder", "expires_at")},
 }
@@ -106,6 +107,7 @@ STATUS_STATEMENTS: tuple[sql.Statement, ...] = (
     sql.STATUS_MISSING,
     sql.STATUS_TRADES_BY_SOURCE,
     sql.STATUS_LEASE,
+    sql.STATUS_CURRENCY,
 )
 # The checkpoint columns `verify`'s reset writes that a checkpoint table older than them lacks.
 VERIFY_RESET_COLUMNS = ("error", "last_trade_at", "last_refreshed_at")
@@ -381,7 +383,10 @@ def status_report(plan: StatusPlan, results: Mapping[str, Sequence[Sequence[Any]
     # A warehouse from before the missing table: every unlanded key is pending, none is missing.
     markets_missing, events_missing = one(sql.STATUS_MISSING, 2)
     lease_holder, lease_expires_at = one(sql.STATUS_LEASE, 2)
+    refresh_failing, oldest_fetch_at = one(sql.STATUS_CURRENCY, 2)
     return StatusReport(
+        refresh_failing=_int(refresh_failing),
+        oldest_fetch_at=oldest_fetch_at,
         done_wallets=_int(done),
         failed_wallets=_int(failed),
         total_wallets=_int(total),

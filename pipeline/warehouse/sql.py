@@ -1312,6 +1312,21 @@ CROSS JOIN (
 """,
 )
 
+# How current the done wallets are: those whose last refresh failed (done, with the error it
+# left: the users' failed-wallets query, `NOT upload_successful`, never shows them, so a source
+# that fails every refresh kept every number green), and the oldest successful fetch among them.
+STATUS_CURRENCY = Statement(
+    "status_currency",
+    """
+SELECT
+  IFNULL(COUNTIF(`error` IS NOT NULL), 0) AS `refresh_failing`,
+  MIN(`last_refreshed_at`) AS `oldest_fetch_at`
+FROM {checkpoint}
+WHERE `completed` = TRUE
+  AND `upload_successful` = TRUE
+""",
+)
+
 # The true remaining work, beside the users' percentage (which counts raw `traders` values, so
 # case variants, repeats and strings that are no address never leave it): the distinct valid
 # addresses of `traders`, normalised as the graph normalises them (transforms.read_wallets:
