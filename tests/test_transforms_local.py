@@ -122,16 +122,34 @@ def test_new_wallets_come_before_refreshes_within_max_wallets(tmp_path):
         assert_that(requests, equal_to([(B, None), (C, None)]))
 
 
+def test_refreshes_within_max_wallets_go_oldest_fetch_first(tmp_path):
+    # Picked by address, the same low wallets were refreshed every period and the high ones
+    # never, once the cap was below the number of stale wallets.
+    db = tmp_path / "w.duckdb"
+    seed_traders(db, [])
+    _checkpoint_done(db, A, True, last_trade_at=1_700_000_000, refreshed=3000)
+    _checkpoint_done(db, B, True, last_trade_at=1_700_000_000, refreshed=1000)
+    _checkpoint_done(db, C, True, last_trade_at=1_700_000_000, refreshed=2000)
+    select = _select(db, refresh_after_s=3600.0, overlap_s=600.0, max_wallets=2)
+    with local_pipeline() as p:
+        requests = p | beam.Create([A, B, C]) | select
+        assert_that(requests, equal_to([(B, 1_700_000_000 - 600), (C, 1_700_000_000 - 600)]))
+
+
 @pytest.mark.parametrize(
     ("state", "refresh_after", "expected"),
     [
-        (None, None, (NEW, A, None)),
-        ((A, False, None, None), None, (NEW, A, None)),
+        (None, None, (NEW, 0.0, A, None)),
+        ((A, False, None, None), None, (NEW, 0.0, A, None)),
         ((A, True, 5000.0, 100.0), None, None),
         ((A, True, 5000.0, 9000.0), 3600.0, None),
-        ((A, True, 5000.0, 100.0), 3600.0, (REFRESH, A, 5000 - 600)),
-        ((A, True, None, 100.0), 3600.0, (REFRESH, A, None)),
-        ((A, True, 100.0, None), 3600.0, (REFRESH, A, 0)),
+        ((A, True, 5000.0, 100.0), 3600.0, (REFRESH, 100.0, A, 5000 - 600)),
+        ((A, True, None, 100.0), 3600.0, (REFRESH, 100.0, A, None)),
+        ((A, True, 100.0, None), 3600.0, (REFRESH, 0.0, A, 0)),
+        # A clock that ran ahead: a refresh stamped in the future is stale now, and a trade
+        # stamped in the future starts the refresh from now, not from then.
+        ((A, True, 5000.0, 200_000.0), 3600.0, (REFRESH, 10_000.0, A, 5000 - 600)),
+        ((A, True, 4e9, 100.0), 3600.0, (REFRESH, 100.0, A, 10_000 - 600)),
     ],
 )
 def test_plan_fetch(state, refresh_after, expected):

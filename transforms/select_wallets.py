@@ -31,22 +31,32 @@ class RefreshPolicy:
 
 def plan_fetch(
     wallet: str, states: Iterable[tuple], policy: RefreshPolicy
-) -> tuple[int, str, int | None] | None:
-    """(priority, wallet, start_time) if the wallet is to be fetched this run, else None.
+) -> tuple[int, float, str, int | None] | None:
+    """(priority, since, wallet, start_time) if the wallet is to be fetched this run, else None.
 
     `states` holds the wallet's checkpoint row, if any, as
     (wallet_address, done, last_trade_at, last_refreshed_at) with times in unix seconds.
+    `since` orders refreshes oldest fetch first (new wallets: 0), so that a cap smaller than
+    the stale wallets refreshes them in turn: by address, the highest ones starved. Times the
+    checkpoint holds in the future (a clock that ran ahead) count as now: a refresh stamped two
+    days ahead would have kept the wallet from being refreshed for two days, and a trade stamped
+    in 2100 would have started every refresh there.
     """
     state = next(iter(states), None)
     if state is None or not state[1]:
-        return NEW, wallet, None
+        return NEW, 0.0, wallet, None
     if policy.refresh_after_s is None:
         return None
     _, _, last_trade_at, last_refreshed_at = state
-    if last_refreshed_at is not None and policy.now - last_refreshed_at < policy.refresh_after_s:
+    if (
+        last_refreshed_at is not None
+        and 0 <= policy.now - last_refreshed_at < policy.refresh_after_s
+    ):
         return None
-    start = None if last_trade_at is None else max(0, int(last_trade_at - policy.overlap_s))
-    return REFRESH, wallet, start
+    since = 0.0 if last_refreshed_at is None else min(last_refreshed_at, policy.now)
+    if last_trade_at is None:
+        return REFRESH, since, wallet, None
+    return REFRESH, since, wallet, max(0, int(min(last_trade_at, policy.now) - policy.overlap_s))
 
 
 def _planned(element: tuple[str, dict[str, list]], policy: RefreshPolicy) -> Iterator[tuple]:
@@ -62,7 +72,8 @@ class SelectWallets(beam.PTransform):
     wallet to fetch, at most `max_wallets`.
 
     The join with the checkpoint groups by wallet, which makes each one request and spreads them
-    over workers by key. The cap keeps the first N by (new before refresh, address), so the same
+    over workers by key. The cap keeps the first N by (new before refresh, oldest fetch, address),
+    so the same
     state always selects the same wallets; they come out of it as one list, which a Reshuffle
     spreads again. No other barrier stands before the first request: each costs a stage.
     """
@@ -93,4 +104,4 @@ class SelectWallets(beam.PTransform):
                 | "Unlist" >> beam.FlatMap(lambda chosen: chosen)
                 | "Reshuffle" >> beam.Reshuffle()
             )
-        return plans | "Request" >> beam.Map(lambda plan: (plan[1], plan[2]))
+        return plans | "Request" >> beam.Map(lambda plan: (plan[2], plan[3]))
