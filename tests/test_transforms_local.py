@@ -167,6 +167,10 @@ def test_plan_fetch(state, refresh_after, expected):
         (True, [("open", 1.0)], None, False),
         (False, [("open", 1.0)], 3600.0, True),
         (True, [("open", 9_000.0)], 3600.0, False),
+        # Awaiting its resolution: asked again once its row is an hour old, refresh or not.
+        (False, [("resolving", 10_000.0 - 3600)], None, True),
+        (False, [("Resolving", 10_000.0 - 3600)], 7 * 86400.0, True),
+        (True, [("resolving", 10_000.0 - 3599)], None, False),
     ],
 )
 def test_needs_fetch(wanted, known, refresh_after, expected):

@@ -1,7 +1,8 @@
 """Which markets (or events) a run asks the source for, decided from what production holds.
 
-A settled market never changes again, so it is never requested twice; an open one is fetched again
-at most once per `--refresh_after` (never, when refresh is off). With refresh on, stale open ones
+A settled market never changes again, so it is never requested twice; one awaiting its
+resolution is asked again once its row is an hour old, until it is final; an open one is fetched again at most
+once per `--refresh_after` (never, when refresh is off). With refresh on, stale open ones
 are asked for even if no trade of this run names them, so open markets stay current. Keys
 production's trades name but production lacks (a fetch that failed, a market the source did not
 have) are asked for every run, so a failed fetch is retried until it lands; but a key that enough
@@ -19,6 +20,13 @@ from typing import Any
 from transforms.select_wallets import RefreshPolicy
 
 FINAL_STATUSES = frozenset({"closed", "resolved", "settled", "finalized"})
+# Closed and waiting for its resolution (pipeline/sources/polymarket/rows.py): asked again once
+# its row is an hour old, refresh or not, until it is final. Its winner is what the users wait
+# for, and with refresh off it was never asked again (a market landed `resolving` stayed so, with
+# no winner, forever). An hour: a run right after another asks nothing, and a resolution lands
+# within the hour; it costs Gamma and /v2/resolutions requests, buckets beside the trades'.
+AWAITING_RESOLUTION = "resolving"
+RESOLUTION_RECHECK_S = 3600.0
 
 
 def needs_fetch(wanted: bool, known: Iterable[tuple], policy: RefreshPolicy) -> bool:
@@ -29,6 +37,8 @@ def needs_fetch(wanted: bool, known: Iterable[tuple], policy: RefreshPolicy) -> 
     status, updated_at = row
     if status is not None and status.lower() in FINAL_STATUSES:
         return False
+    if status is not None and status.lower() == AWAITING_RESOLUTION:
+        return updated_at is None or policy.now - updated_at >= RESOLUTION_RECHECK_S
     if policy.refresh_after_s is None:
         return False
     return updated_at is None or policy.now - updated_at >= policy.refresh_after_s
