@@ -318,3 +318,34 @@ def test_the_simulators_page_size_refusal_still_stops_the_run_and_a_bad_cursor_d
     with pytest.raises(HTTPStatusError) as raised:
         get(client, url, [("user", wallet), ("limit", 1000), ("cursor", "not-a-cursor")])
     assert raised.value.status == 400 and not raised.value.run_level
+
+
+# --- a redirect to another origin is not followed ----------------------------------------------
+
+
+def test_a_redirect_to_another_origin_is_the_inputs_error_and_one_within_it_is_followed(wire):
+    other = WireServer(answer=lambda h: send(h, 200, PAGE_JSON))
+    other.start()
+    try:
+
+        def answer(handler: Handler) -> None:
+            if handler.path.startswith("/elsewhere"):
+                send(handler, 302, b"", ("Location", f"{other.base_url}/v2/trades?user=0xdd"))
+            elif handler.path.startswith("/moved"):
+                send(handler, 301, b"", ("Location", "/v2/trades"))
+            else:
+                send(handler, 200, PAGE_JSON)
+
+        wire.answer = answer
+        client, _, _ = client_for()
+        with pytest.raises(HTTPStatusError, match="redirects to another origin") as caught:
+            get(client, f"{wire.base_url}/elsewhere")
+        assert other.base_url in str(caught.value) and caught.value.status == 302
+        assert other.requests == 0  # the other host's answer never landed as the API's
+        assert get(client, f"{wire.base_url}/moved") == {
+            "data": [{"price": Decimal("0.1234567890123456789"), "size": 3}],
+            "next_cursor": None,
+        }
+        assert client._in_flight == {}
+    finally:
+        other.close()

@@ -18,6 +18,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,35 @@ _READ_CHUNK = 64 * 1024
 # required to be a word boundary: a body may run text into the name ("...invalid_limit",
 # "EEElimit:" in tests/test_key_never_leaks.py), and what follows is what tells the parameter.
 _LIMIT_WORD = re.compile(r"(?<!-)(?<!rate )(?<!rate_)(?<!rate)limit(?![\w-])", re.IGNORECASE)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _same_origin_redirects(
+    url: str, where: str, scrub: Callable[[str], str]
+) -> Callable[..., None]:
+    """A response hook refusing a redirect to another scheme, host or port: its answer would land
+    as the API's without a word (and uncharged to the limiter). A redirect within the API's own
+    origin (a trailing slash, a moved path) is followed as requests follows it."""
+    origin = _origin(url)
+
+    def check(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if not response.is_redirect:
+            return
+        target = urllib.parse.urljoin(response.url, response.headers.get("location", ""))
+        if _origin(target) != origin:
+            response.close()
+            raise HTTPStatusError(
+                f"{where}: HTTP {response.status_code} redirects to another origin "
+                f"({scrub(target)[:200]}); not followed",
+                response.status_code,
+            )
+
+    return check
 
 
 @dataclass(frozen=True)
@@ -435,7 +465,13 @@ class HttpClient:
         self._sending.slots = slots
         response: requests.Response | None = None
         try:
-            response = self._session.get(url, params=params, timeout=timeout, stream=True)
+            response = self._session.get(
+                url,
+                params=params,
+                timeout=timeout,
+                stream=True,
+                hooks={"response": _same_origin_redirects(url, where, self.scrub)},
+            )
             self.limiter.answered(slots)  # it arrived by now: its slots may free sooner
             self._read_body(response, deadline, where, url)
         except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
