@@ -9,7 +9,8 @@ a run whose commit keeps failing in the warehouse is retried by a few start-ups,
 
 Start-up stays as fast with ten thousand runs staged as with ten: it lists the staging index (the
 runs not committed yet), never the root (see `pipeline.staging`), and deletes the staging of at
-most a few dozen expired runs per start-up.
+most a few dozen expired runs per start-up, and of at most as many runs that died before
+staging (a day old; found from the index too: `staging.delete_abandoned_staging`).
 
 One staging root may serve several warehouses (the default `./staging` serves every local DuckDB
 file): a run records its warehouse when it claims its id, and start-up recovers, and retention
@@ -27,8 +28,10 @@ import logging
 from pipeline import failpoints, lease
 from pipeline.options import BackfillConfig, OptionsError
 from pipeline.staging import (
+    ABANDONED_AFTER_S,
     CommitOutcome,
     RunIdTaken,
+    delete_abandoned_staging,
     delete_expired_staging,
     recover_staged_run,
     runs_to_recover,
@@ -42,8 +45,9 @@ log = logging.getLogger(__name__)
 def prepare(config: BackfillConfig) -> list[CommitOutcome]:
     """Start of every run: create missing tables, take the warehouse's lease (one backfill at a
     time: WarehouseBusy if another holds it), claim the run id, drop load tables a killed commit
-    left, commit any earlier run left staged, delete the staging of runs committed more than
-    --staging_retention_days ago (by default none is), then (with --verify) repair production.
+    left, commit any earlier run left staged, delete the staging of this warehouse's runs that died
+    before staging (a day old), and of runs committed more than --staging_retention_days ago (by
+    default none is), then (with --verify) repair production.
 
     The lease is given back by the run's commit step; if start-up itself fails, here (and the
     run id with it, see `release`)."""
@@ -82,6 +86,19 @@ def release(config: BackfillConfig, lease: bool = True) -> None:
         log.warning("could not give back run id %s: %s", config.run_id, exc)
 
 
+def _sweep_abandoned(config: BackfillConfig, ours: str) -> None:
+    """Deletes the staging of this warehouse's runs that died before staging (a day old, or
+    older than the lease's TTL when that is longer): a run that keeps crashing mid-fetch would
+    otherwise fill the disk, since nothing will ever read those part files. Holding the lease,
+    no live run of this warehouse writes there. A failure only leaves them for the next
+    start-up: it must not stop this run."""
+    age = max(ABANDONED_AFTER_S, lease.ttl_seconds(config.max_run_minutes, config.lease_minutes))
+    try:
+        delete_abandoned_staging(config.staging_root, ours, older_than_s=age, keep=(config.run_id,))
+    except Exception as exc:
+        log.warning("could not delete the staging of runs that died before staging: %s", exc)
+
+
 def _prepare_holding_the_lease(config: BackfillConfig) -> list[CommitOutcome]:
     ours = warehouse_identity(config.warehouse_ref)
     try:
@@ -105,6 +122,7 @@ def _prepare_holding_the_lease(config: BackfillConfig) -> list[CommitOutcome]:
         # parked instead: its staging is wrong, so committing it by hand would not help).
         # After MAX_FAILED_COMMITS failed start-ups it is parked, and start-up stops trying.
         recovered.append(recover_staged_run(earlier, config.warehouse_ref))
+    _sweep_abandoned(config, ours)
     if config.staging_retention_days:
         delete_expired_staging(
             config.staging_root, committed, config.staging_retention_days, warehouse=ours

@@ -27,6 +27,12 @@ start-up lists only a flat index, whose folder name holds a '.', which no run id
     <staging_root>/_index.d/committed/<UTC>_<run_id>.<key>.json   committed at <UTC>: what retention
                                                        lists
     <staging_root>/_index.d/warehouses/<key>.json      a warehouse that has claimed runs here
+    <staging_root>/_index.d/claimed/<UTC>_<run_id>.<key>.json   claimed at <UTC>, no manifest yet:
+                                                       removed once the manifest is written (or
+                                                       the claim given back); what start-up's
+                                                       sweep of abandoned runs lists
+    <staging_root>/_index.d/claimed/BUILT              (local roots) the folders claimed before
+                                                       `claimed/` existed are in it
 
 One staging root may serve several warehouses (the default `./staging` does, for every local
 DuckDB file): each run records its warehouse (`warehouse_identity`) in its claim, and `<key>`, a
@@ -46,7 +52,9 @@ is refused and parked (_REFUSED.json): production is untouched, its wallets stay
 next run fetches them again. A run whose commit fails in the warehouse is retried by the next
 start-ups, and parked once MAX_FAILED_COMMITS of them failed (`commit --run_id` still lands it).
 Staging files are kept after the commit, so any load can be replayed; only retention
-(`delete_expired_staging`) deletes them. Paths go through Beam's FileSystems, so that a folder
+(`delete_expired_staging`) deletes them. A run killed before its manifest left part files no run
+will ever read: start-up deletes those of its own warehouse once their claim is a day old
+(`delete_abandoned_staging`), found from `claimed/`, never by listing the root. Paths go through Beam's FileSystems, so that a folder
 and gs:// work alike. The graph's last step, start-up recovery and `python -m pipeline commit` all
 commit through `commit_staged_run`.
 """
@@ -61,6 +69,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -73,6 +82,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import failpoints
+from pipeline.lease import WarehouseBusy
 from pipeline.schema import STAGED_KINDS
 from pipeline.warehouse import (
     CommitError,
@@ -100,6 +110,11 @@ INDEX_REFRESH_S = 86_400.0  # BUILT is rewritten daily, so a bucket age rule nev
 INDEX_BUILD_THREADS = 8  # the one-time build writes one entry per run: in parallel on gs://
 MAX_FAILED_COMMITS = 3  # start-ups that try to commit an earlier run before it is parked
 RETENTION_RUNS_PER_START = 50  # staging folders one start-up deletes at most
+# A claim this old without a manifest is a run that died before staging (never one still
+# writing): no run without a budget is expected to live longer, and a budgeted one's lease (its
+# TTL) is taken as the bound when it is longer. A run whose process is alive on this machine is
+# kept whatever its age.
+ABANDONED_AFTER_S = 86_400.0
 _STAMP = "%Y%m%dT%H%M%SZ"  # committed entries' names start with the commit time in UTC
 KEY_CHARS = 16  # hex digits of a warehouse's key in entry names: 64 bits, no collision in practice
 
@@ -313,13 +328,14 @@ class RunStaging:
         """
         if self.has_files():
             raise RunIdTaken(f"run_id {self.run_id} already has staging under {self.root}")
+        claimed_at = time.time()
         content = json.dumps(
             {
                 "run_id": self.run_id,
                 "warehouse": warehouse,
                 "holder": holder,
                 "pid": os.getpid(),
-                "claimed_at": time.time(),
+                "claimed_at": claimed_at,
             },
             sort_keys=True,
         ).encode()
@@ -340,6 +356,29 @@ class RunStaging:
             registered = _index(self.root, "warehouses", f"{warehouse_key(warehouse)}.json")
             if not FileSystems.exists(registered):
                 _write_json(registered, {"warehouse": warehouse})
+            # Until the manifest is written: a kill before it leaves this entry, by which
+            # start-up finds the abandoned folder without listing the root.
+            _write_empty(self.claimed_entry(claimed_at, warehouse_key(warehouse)))
+
+    def claimed_entry(self, claimed_at: float, key: str) -> str:
+        """`_index.d/claimed/<UTC>_<run_id>.<key>.json`: the run claimed at `claimed_at` for the
+        warehouse of `key` has no manifest yet. The time in the name sorts the listing oldest
+        first and dates the claim without reading it."""
+        stamp = dt.datetime.fromtimestamp(claimed_at, dt.UTC)
+        return _index(self.root, "claimed", f"{stamp:{_STAMP}}_{self.run_id}.{key}.json")
+
+    def _drop_claimed_entry(self, claim: Mapping[str, Any] | None) -> None:
+        """Removes the run's `claimed/` entry (named from its claim): it is staged, or gave its
+        id back. A failure leaves an entry the sweep drops once it sees the manifest."""
+        if claim is None:
+            return
+        at, warehouse = claim.get("claimed_at"), claim.get("warehouse")
+        if not isinstance(at, int | float) or not isinstance(warehouse, str) or not warehouse:
+            return
+        try:
+            _delete_if_there([self.claimed_entry(float(at), warehouse_key(warehouse))])
+        except Exception as exc:
+            log.warning("could not remove run %s's claimed index entry: %s", self.run_id, exc)
 
     def _read_claim(self) -> dict[str, Any] | None:
         """The claim's content, or None: no claim, a claim written before claims were JSON (a
@@ -381,6 +420,7 @@ class RunStaging:
             return False
         if LOOKUP_PLAN in names:
             FileSystems.delete([self.lookup_plan])
+        self._drop_claimed_entry(claim)
         FileSystems.delete([self.claim_file])
         if "://" not in self.root:  # on gs:// a folder is only a prefix: gone with its object
             # Something that appeared meanwhile (or an empty kind folder) keeps the folder.
@@ -395,7 +435,9 @@ class RunStaging:
         if unknown:
             raise ValueError(f"unknown staging kinds {sorted(unknown)}")
         # The graph's commit step knows only the run's folder: the claim says whose run it is.
-        warehouse = self.recorded_warehouse()
+        claim = self._read_claim()
+        warehouse = (claim or {}).get("warehouse")
+        warehouse = warehouse if isinstance(warehouse, str) and warehouse else None
         manifest = {
             "run_id": self.run_id,
             "warehouse": warehouse,
@@ -411,6 +453,7 @@ class RunStaging:
             )
         failpoints.reached(failpoints.INDEXED)
         _write_json(self.manifest, manifest, failpoints.MANIFEST_WRITTEN)
+        self._drop_claimed_entry(claim)  # staged: the `staged/` entry tracks it from here
 
     def read_manifest(self) -> dict[str, list[str]]:
         """The run's staged files by kind; StagingError (naming the file) when the manifest is
@@ -835,6 +878,75 @@ def parked_runs(staging_root: str) -> list[ParkedRun]:
     return parked
 
 
+@dataclass(frozen=True)
+class WaitingRun:
+    """A run indexed as staged and not committed yet (for `status`): the next start-up of its
+    warehouse commits it. `failed_commits` and `last_error`: the start-ups that tried and failed
+    (MAX_FAILED_COMMITS of them park it)."""
+
+    run_id: str
+    failed_commits: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class WaitingRuns:
+    """What `waiting_runs` found: this warehouse's runs, the count of other warehouses' runs,
+    and whether the index is built (before it is, runs staged by older code are not in it)."""
+
+    runs: tuple[WaitingRun, ...]
+    others: int
+    built: bool
+
+
+def waiting_runs(
+    staging_root: str, committed_run_ids: Collection[str], warehouse: str | None = None
+) -> WaitingRuns:
+    """The runs staged and not committed yet that start-up will commit, for `status`: one listing
+    of `_index.d/staged/` and one read of each of this warehouse's entries (never the root, so
+    it stays fast however many runs the root holds); only reads.
+
+    An entry whose run the warehouse's runs table holds (`committed_run_ids`: a commit cut short
+    before its entry moved) is not waiting. With `warehouse` (a `warehouse_identity`), another
+    warehouse's entries are only counted; an entry without a key (staged by older code) is
+    listed, as nothing tells whose it is. An unreadable entry is listed with why."""
+    own = None if warehouse is None else warehouse_key(warehouse)
+    built, others = False, 0
+    found: dict[str, tuple[str, str | None]] = {}
+    for path in _match(_index(staging_root, "staged", "*")):
+        name = _name(path)
+        if name == INDEX_BUILT:
+            built = True
+            continue
+        if not name.endswith(".json"):
+            continue  # a temporary file of a write in progress
+        run_id, key = _split_stem(name[: -len(".json")])
+        if run_id in committed_run_ids:
+            continue
+        if own is not None and key not in (own, None):
+            others += 1
+        elif key is not None or run_id not in found:  # a keyed entry says more
+            found[run_id] = (path, key)
+    runs = []
+    for run_id, (path, _key) in sorted(found.items()):
+        try:
+            entry = _read_json(path)
+            if not isinstance(entry, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            runs.append(WaitingRun(run_id, last_error=f"{path} is unreadable: {exc}"))
+            continue
+        failed, error = entry.get("failed_commits"), entry.get("last_error")
+        runs.append(
+            WaitingRun(
+                run_id,
+                failed if isinstance(failed, int) and failed >= 0 else 0,
+                str(error) if error else None,
+            )
+        )
+    return WaitingRuns(tuple(runs), others, built)
+
+
 def delete_expired_staging(
     staging_root: str,
     committed_run_ids: Collection[str],
@@ -905,6 +1017,123 @@ def delete_expired_staging(
             older_than_days,
         )
     return deleted
+
+
+def delete_abandoned_staging(
+    staging_root: str,
+    warehouse: str,
+    *,
+    older_than_s: float = ABANDONED_AFTER_S,
+    keep: Collection[str] = (),
+    limit: int = RETENTION_RUNS_PER_START,
+    now: float | None = None,
+) -> list[str]:
+    """Deletes the staging folders of `warehouse`'s runs that died before writing their manifest
+    (a claim, part files, nothing any run will read: their wallets were fetched again), claimed
+    more than `older_than_s` ago, oldest first, at most `limit` per call. Returns their run ids.
+
+    Called by start-up while it holds the warehouse's lease, so no live run of this warehouse
+    is writing, bar one whose lease expired under it: the age (a day, or the lease TTL if
+    longer) and a claim whose process is alive on this machine keep that one. Found from one
+    listing of `_index.d/claimed/`, whose names carry the claim time and the warehouse key, so
+    no other warehouse's run is read; each candidate's claim is read again and must record
+    this very warehouse (an unreadable claim, or another warehouse's, leaves the folder as it
+    is). `keep`: run ids never touched (the starting run's own). A folder that was staged
+    after all (a manifest) only loses its `claimed/` entry. On a local root, the first call
+    also indexes the folders claimed before `claimed/` existed (`_index_claims_once`)."""
+    now = time.time() if now is None else now
+    _index_claims_once(staging_root, now)
+    cutoff, own = now - older_than_s, warehouse_key(warehouse)
+    deleted: list[str] = []
+    for path in sorted(_match(_index(staging_root, "claimed", "*.json"))):
+        name = _name(path)
+        try:
+            stamp = dt.datetime.strptime(name[:16], _STAMP).replace(tzinfo=dt.UTC).timestamp()
+        except ValueError:
+            continue  # not an entry's name
+        if stamp > cutoff or len(deleted) >= limit:
+            break
+        run_id, key = _split_stem(name[17 : -len(".json")])
+        if key != own or run_id in keep:
+            continue  # another warehouse's: its own start-up sweeps it
+        run = RunStaging(staging_root, run_id)
+        if FileSystems.exists(run.manifest):  # staged after all: the index has it elsewhere
+            _delete_if_there([path])
+            continue
+        claim = run._read_claim()
+        if claim is None or claim.get("warehouse") != warehouse:
+            if run.has_files():
+                log.warning(
+                    "run %s has no manifest but its claim %s; its staging is left as it is",
+                    run_id,
+                    "is unreadable" if claim is None else "records another warehouse",
+                )
+            _delete_if_there([path])  # looked at once: not again at every start-up
+            continue
+        if _claimer_alive(claim):
+            continue
+        _delete_folder(run.folder)
+        _delete_if_there([*run.staged_entries(), run.parked_entry, path])
+        deleted.append(run_id)
+        log.warning(
+            "deleted the staging of run %s: it was claimed at %s and died before staging "
+            "(no %s; its wallets were fetched again)",
+            run_id,
+            dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            MANIFEST,
+        )
+    return deleted
+
+
+def _claimer_alive(claim: Mapping[str, Any]) -> bool:
+    """Whether the claim's process may still run: it names this machine and its pid exists. A
+    pid of this process is over (a process runs its runs one after another, and the starting
+    run is kept by the caller). Another machine's claim is judged by its age alone."""
+    pid, holder = claim.get("pid"), claim.get("holder")
+    if not isinstance(pid, int) or not isinstance(holder, str):
+        return False
+    if not holder.endswith(f" on {socket.gethostname()}") or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, someone else's
+        return True
+    return True
+
+
+def _index_claims_once(staging_root: str, now: float) -> None:
+    """Gives a `claimed/` entry to each local folder claimed before `claimed/` existed and left
+    without a manifest (runs killed mid-fetch by older code), then writes `claimed/BUILT`.
+
+    One listing of the root's folders and a check of two files in each, once per root: on a
+    local disk that is milliseconds for thousands of runs. Not on gs://, where listing the root
+    lists every object ever staged (the bucket's age rule deletes such folders there)."""
+    if "://" in staging_root or not os.path.isdir(staging_root):
+        return
+    built = _index(staging_root, "claimed", INDEX_BUILT)
+    if os.path.exists(built):
+        return
+    found = 0
+    with os.scandir(staging_root) as entries:
+        for entry in entries:
+            if entry.name == INDEX or not entry.is_dir():
+                continue
+            run = RunStaging(staging_root, entry.name)
+            if not os.path.exists(run.claim_file) or os.path.exists(run.manifest):
+                continue
+            claim = run._read_claim() or {}
+            warehouse, at = claim.get("warehouse"), claim.get("claimed_at")
+            if not isinstance(warehouse, str) or not warehouse:
+                continue  # nothing says whose it is: left alone
+            if not isinstance(at, int | float):
+                at = os.path.getmtime(run.claim_file)
+            _write_empty(run.claimed_entry(float(at), warehouse_key(warehouse)))
+            found += 1
+    _write_json(built, {"built_at": now})
+    if found:
+        log.info("indexed %d runs claimed without a manifest under %s", found, staging_root)
 
 
 def _delete_folder(folder: str) -> None:
@@ -1031,6 +1260,7 @@ class CommitOutcome:
     refused: bool = False
     parked: bool = False  # the MAX_FAILED_COMMITS-th failed start-up commit: no more tries
     foreign: bool = False  # the run belongs to another warehouse: nothing was touched
+    busy: bool = False  # the warehouse was held by another process: not the run's fault
 
     @property
     def failed(self) -> bool:
@@ -1090,6 +1320,11 @@ def commit_staged_run(
     except CommitError as exc:
         log.error("run %s stays uncommitted: %s", staging.run_id, exc)
         return CommitOutcome(staging.run_id, error=str(exc))
+    except TimeoutError as exc:  # a DuckDB file another process kept open (WarehouseLocked)
+        # Production is untouched (the transaction never began, or was rolled back): the run
+        # stays staged for the next start-up, and a caller reports it in one line, not a trace.
+        log.error("run %s stays uncommitted: %s", staging.run_id, exc)
+        return CommitOutcome(staging.run_id, error=str(exc), busy=isinstance(exc, WarehouseBusy))
     staging.mark_committed(report, warehouse=ours)
     log.info("run %s committed: %s", staging.run_id, report)
     return CommitOutcome(staging.run_id, report)
@@ -1143,7 +1378,9 @@ def recover_staged_run(staging: RunStaging, warehouse: WarehouseRef) -> CommitOu
     failed bundle), and a commit by hand is a person trying again, neither a reason to give up.
     """
     outcome = commit_staged_run(staging, warehouse)
-    if not outcome.failed or outcome.refused or outcome.foreign:
+    # A busy warehouse says nothing of the run: counting it would park a sound run after three
+    # start-ups that met a dashboard holding the file open.
+    if not outcome.failed or outcome.refused or outcome.foreign or outcome.busy:
         return outcome
     try:
         parked = staging.record_failed_commit(outcome.error or "")

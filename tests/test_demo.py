@@ -87,12 +87,20 @@ def test_the_readme_demo_lands_every_trade_once_and_a_second_run_fetches_nothing
 
     first = demo()
     assert "seeded traders: 20 wallets, 5 duplicates, 6 bad rows" in first
-    assert re.search(r"DONE\n  wallets: 20 fetched, 0 failed, 6 rejected\n", first), first
+    shown = re.search(
+        r"DONE\n  wallets: 20 fetched \((\d+) with no trades at all\), 0 failed, 6 "
+        r"rejected\n",
+        first,
+    )
+    assert shown, first
     fetched, landed = map(int, re.search(r"trades: (\d+) fetched, (\d+) new", first).groups())
     assert fetched == landed > 0
     with duckdb.connect(str(workdir / "backfill.duckdb"), read_only=True) as db:
         rows, ids = db.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM trades").fetchone()
+        empty_sql = "SELECT COUNT(*) FROM backfill_checkpoint WHERE trade_count = 0"
+        (empty,) = db.execute(empty_sql).fetchone()
     assert rows == ids == landed
+    assert empty == int(shown[1]) > 0  # landed done with nothing: said so
     assert "failed wallets   0" in first and "to do            0 of 20" in first
 
     second = demo()

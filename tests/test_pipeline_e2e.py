@@ -49,6 +49,8 @@ def test_backfill_lands_truth_once_and_a_second_run_fetches_nothing(world):
     assert summary.state == "DONE"
     assert summary.counters["wallets_rejected"] == len(INVALID_TRADERS)
     assert summary.counters["wallets_fetched"] == WALLETS
+    empty = [w for w in _wallets if not server.simulator.orders(w)]
+    assert summary.counters.get("wallets_empty", 0) == len(empty) > 0  # landed done, nothing
     assert_production_is_truth(world)
     sources = query(
         db, "SELECT DISTINCT source FROM trades UNION SELECT DISTINCT source FROM markets"

@@ -30,6 +30,7 @@ from pipeline.staging import (
     commit_staged_run,
     delete_expired_staging,
     parked_runs,
+    recover_staged_run,
     runs_to_recover,
     warehouse_identity,
 )
@@ -330,3 +331,45 @@ def test_status_does_not_say_none_for_a_staging_folder_that_is_not_there(tmp_pat
     claimed_run(missing, "xa", new_warehouse(db)).mark_refused("xa is short")
     assert cli(["status", f"--warehouse=duckdb:{db}", f"--staging_root={missing}"]) == 0
     assert "xa is short" in capsys.readouterr().out
+
+
+def test_status_lists_its_own_runs_staged_and_waiting_with_their_failed_commits(tmp_path, capsys):
+    """A run killed after its manifest (xa), and one whose commit failed in the warehouse and
+    waits for its next try (xb), are shown with the failed count and last error; a run whose
+    commit landed though its index entry was left behind (xc), and another warehouse's (ya),
+    are not. Before, status named neither: "0 done, nothing parked" over a whole staged run."""
+    root = tmp_path / "staging"
+    db = tmp_path / "x.duckdb"
+    x, y = new_warehouse(db), new_warehouse(tmp_path / "y.duckdb")
+    claimed_run(root, "xa", x)
+    failing, landed = claimed_run(root, "xb", x), claimed_run(root, "xc", x)
+    claimed_run(root, "ya", y)
+    left_behind = {Path(path): Path(path).read_bytes() for path in landed.staged_entries()}
+    assert commit_staged_run(landed, x).committed
+    for path, content in left_behind.items():  # a commit cut short before its entry moved
+        path.write_bytes(content)
+    query(db, "ALTER TABLE trades ADD COLUMN audit_tag VARCHAR NOT NULL DEFAULT 'x'")
+    query(db, "ALTER TABLE trades ALTER COLUMN audit_tag DROP DEFAULT")
+    tried = recover_staged_run(failing, x)
+    assert tried.failed and not tried.refused and not tried.parked
+    query(db, "ALTER TABLE trades DROP COLUMN audit_tag")
+
+    files_before = sorted(str(p) for p in root.rglob("*"))
+    capsys.readouterr()
+    assert cli(["status", f"--warehouse=duckdb:{db}", f"--staging_root={root}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(str(p) for p in root.rglob("*")) == files_before  # status only reads
+    start = next(i for i, line in enumerate(out) if line.startswith("staged runs"))
+    section = [out[start], *[line for line in out[start + 1 :] if line.startswith("  ")][:2]]
+    assert section[0].startswith("staged runs      2 staged, not committed yet: the next run"), out
+    assert "1 of other warehouses sharing this root" in section[0], section[0]
+    assert section[1] == "  xa", section
+    assert section[2].startswith("  xb: commit failed 1 time, last error: "), section
+    assert "NOT NULL" in section[2] or "audit_tag" in section[2], section[2]
+    assert not any("xc" in line or "ya" in line for line in section), section
+
+    assert commit_staged_run(RunStaging(str(root), "xa"), x).committed
+    assert commit_staged_run(failing, x).committed
+    assert cli(["status", f"--warehouse=duckdb:{db}", f"--staging_root={root}"]) == 0
+    shown = capsys.readouterr().out
+    assert "staged runs      none waiting for a commit; 1 of other warehouses" in shown, shown

@@ -172,6 +172,11 @@ class _FetchWalletFn(ConcurrentFetchFn):
             source=self._source,
         )
         if failure is None:
+            if count == 0 and start_time is None:
+                # Landed done with nothing: true of a wallet that never traded, and of every
+                # wallet if the source matched `user` in another case than the lowercase sent
+                # (undocumented): the run's summary shows how many, so the second stands out.
+                self.counters.add("wallets_empty")
             ready = [outcome, *self.health.succeeded()]
         else:
             ready = self.health.failed(failure, outcome)

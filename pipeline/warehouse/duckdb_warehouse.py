@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import duckdb
 
 from pipeline import failpoints
+from pipeline.lease import WarehouseBusy
 from pipeline.warehouse import sql as q
 from pipeline.warehouse.base import (
     FAILED_WALLETS_LISTED,
@@ -28,12 +30,29 @@ from pipeline.warehouse.base import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FAILED_WALLETS_LISTED", "DuckDBWarehouse"]
+__all__ = ["FAILED_WALLETS_LISTED", "DuckDBWarehouse", "WarehouseLocked"]
 
 _LOCK_MESSAGE = "Could not set lock on file"
+# DuckDB names the process that holds the file: "Conflicting lock is held in <program> (PID n)".
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<holder>.+?\(PID \d+\))")
 # Two transactions of one process writing one row: DuckDB fails the second writer.
 _CONFLICT_MESSAGE = "Conflict"
 CONFLICT_ATTEMPTS = 5
+# How long a connection waits for another process to let go of the file before the command
+# ends as busy (WarehouseLocked). Read when a warehouse is made, so a test can shorten it.
+LOCK_TIMEOUT_S = 60.0
+
+
+class WarehouseLocked(WarehouseBusy, TimeoutError):
+    """Another process kept the DuckDB file open past the lock timeout (a dashboard, a DuckDB
+    shell, another pipeline): busy, not broken, so every command reports it in one line and a
+    run exits as a busy warehouse does (3: try again later). A TimeoutError too, as it was."""
+
+
+def _lock_holder(error: BaseException) -> str | None:
+    """The program and PID DuckDB says holds the file, or None when its message does not say."""
+    found = _LOCK_HOLDER.search(str(error))
+    return found.group("holder") if found else None
 
 
 class DuckDBWarehouse(Warehouse):
@@ -53,12 +72,12 @@ class DuckDBWarehouse(Warehouse):
         path: str | Path,
         tables: TableNames = TableNames(),  # noqa: B008 - frozen, validated, immutable
         *,
-        lock_timeout: float = 60.0,
+        lock_timeout: float | None = None,
     ) -> None:
         # Absolute now, so a copy unpickled in a worker with another cwd opens the same file.
         self._path = str(Path(path).expanduser().absolute())
         self._tables = tables
-        self._lock_timeout = lock_timeout
+        self._lock_timeout = LOCK_TIMEOUT_S if lock_timeout is None else lock_timeout
 
     @property
     def path(self) -> str:
@@ -85,10 +104,12 @@ class DuckDBWarehouse(Warehouse):
                         f"the DuckDB file {self._path} cannot be opened: {first}"
                     ) from exc
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"DuckDB file {self._path} stayed locked by another process for "
-                        f"{self._lock_timeout:g} s; is another pipeline or a DuckDB shell "
-                        f"holding it open? ({exc})"
+                    holder = _lock_holder(exc)
+                    by = f" (held by {holder})" if holder else ""
+                    raise WarehouseLocked(
+                        f"the DuckDB file {self._path} stayed locked by another process{by} "
+                        f"for {self._lock_timeout:g} s: is another pipeline, a dashboard or a "
+                        "DuckDB shell holding it open? Close it, or try again later"
                     ) from exc
                 time.sleep(min(delay, max(deadline - time.monotonic(), 0)) * random.uniform(1, 1.5))
                 delay = min(delay * 2, 1.0)
