@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -39,4 +40,41 @@ def outcome_row(
 
 def to_ndjson(rows: Iterable[Mapping[str, Any]]) -> str:
     """Rows as newline-delimited JSON without the final newline (the staging writer adds it)."""
-    return "\n".join(json.dumps(row, separators=(",", ":")) for row in rows)
+    return "\n".join(json_line(row, separators=(",", ":")) for row in rows)
+
+
+class NotJson(ValueError):
+    """A row holding a number JSON has no spelling for (NaN, Infinity): never staged."""
+
+
+# Fields that name a row, in the order an error names it by.
+ROW_NAMES = ("id", "condition_id", "event_slug", "wallet_address", "key")
+
+
+def json_line(row: Mapping[str, Any], separators: tuple[str, str] | None = None) -> str:
+    """One staged row as JSON text, refusing NaN and ±Infinity (NotJson, naming the field).
+
+    json.dumps writes them as the tokens `NaN`/`Infinity`, which no JSON reader need accept
+    (BigQuery's load refuses the file, DuckDB's reads text): a bad value would surface at
+    commit, far from its cause, or land as something else. Every source bounds its floats
+    (fields.py), so this is the last line: a row that got past them stops here, named."""
+    try:
+        return json.dumps(row, separators=separators, allow_nan=False)
+    except ValueError:
+        bad = sorted(name for name, value in row.items() if not _finite(value))
+        named = next((f"{k} {row[k]!r}" for k in ROW_NAMES if row.get(k)), "without a key")
+        raise NotJson(
+            f"a row ({named}) holds NaN or Infinity in {', '.join(bad) or 'a nested value'}: "
+            "JSON cannot carry it, so it is not staged"
+        ) from None
+
+
+def _finite(value: Any) -> bool:
+    """False for a float NaN or ±Infinity anywhere in `value` (lists and objects included)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_finite(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(_finite(item) for item in value.values())
+    return True

@@ -82,3 +82,6 @@ class CountingTelemetry(Telemetry):
 
     def outside_window(self, endpoint: str, rows: int) -> None:
         self.counters.add(f"{endpoint}_outside_window", rows)
+
+    def malformed(self, kind: str, items: int) -> None:
+        self.counters.add(f"{kind}_malformed", items)

@@ -7,7 +7,6 @@ the work done is kept, and the failure is not mistaken for a success.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import failpoints
-from pipeline.rows import to_ndjson
+from pipeline.rows import json_line, to_ndjson
 from pipeline.staging import CommitOutcome, RunStaging, commit_staged_run
 from pipeline.warehouse import CommitError, WarehouseRef
 from transforms.metrics import NAMESPACE
@@ -57,7 +56,8 @@ class _WriteFilesFn(beam.DoFn):
         self._abandon()  # a bundle that failed on this instance: its file is never listed
 
     def process(self, row: Any) -> None:
-        line = (to_ndjson(row) if self._batched else json.dumps(row)) + "\n"
+        # Neither path writes NaN or Infinity (json_line refuses them, naming the row).
+        line = (to_ndjson(row) if self._batched else json_line(row)) + "\n"
         if self._handle is None:
             self._path = f"{self._prefix}-{uuid.uuid4().hex}.json"
             self._handle = FileSystems.create(self._path, mime_type="application/json")

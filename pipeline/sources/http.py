@@ -139,6 +139,10 @@ class Telemetry:
     def outside_window(self, endpoint: str, rows: int) -> None:
         """Rows served outside the time window asked for (dropped, not landed)."""
 
+    def malformed(self, kind: str, items: int) -> None:
+        """Lookup items (markets, events) set aside for failing their checks: their keys count
+        as not served (missing), the rest of their batch lands."""
+
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.sources.errors import PageError
 from pipeline.sources.fields import (
+    MAX_FLOAT,
     MAX_INT64,
     MAX_TIMESTAMP,
     Bad,
@@ -31,6 +32,9 @@ from pipeline.sources.fields import (
 from pipeline.sources.http import Page
 
 MAX_SIZE = Decimal(10) ** 12  # shares; x 1e6 must still fit in INT64
+# A served number's power of ten, either way, at most: `1E-999999999` is a few bytes of JSON
+# and within a size's range, but its fixed-point text (the trade id hashes it) is a gigabyte.
+MAX_EXPONENT = 400
 MICRO = Decimal(1_000_000)
 
 
@@ -49,6 +53,10 @@ def decimal(value: Any) -> Decimal:
         raise Bad("a number")
     if not number.is_finite():
         raise Bad("a finite number")
+    if number.is_zero():
+        return Decimal(0)  # 0E+999999999 is zero: its exponent must not travel on
+    if abs(number.adjusted()) > MAX_EXPONENT:
+        raise Bad(f"a number from 1E-{MAX_EXPONENT} to 1E+{MAX_EXPONENT} in magnitude")
     return number
 
 
@@ -57,6 +65,18 @@ def size(value: Any) -> Decimal:
     if not Decimal(0) <= number < MAX_SIZE:
         raise Bad(f"a size from 0 to {MAX_SIZE}")
     return number
+
+
+def amount(value: Any) -> Decimal:
+    """A number kept as FLOAT64 (Gamma's volumeNum), bounded like fields.number's floats: `1E+400`
+    is a finite Decimal but inf as a float, which staged as the non-JSON token `Infinity`."""
+    number = decimal(value)
+    if abs(number) > MAX_AMOUNT:
+        raise Bad(f"a number within ±{MAX_FLOAT:g}")
+    return number
+
+
+MAX_AMOUNT = Decimal(repr(MAX_FLOAT))
 
 
 def price(value: Any) -> Decimal:
@@ -160,7 +180,7 @@ MARKET_FIELDS: dict[str, FieldSpec] = {
     "closedTime": FieldSpec(text),
     "closed": FieldSpec(boolean),
     "negRisk": FieldSpec(boolean),
-    "volumeNum": FieldSpec(decimal),
+    "volumeNum": FieldSpec(amount),
     "resolutionSource": FieldSpec(text),
     "events": FieldSpec(object_list),
     "outcomes": FieldSpec(json_list),
@@ -200,16 +220,54 @@ def parse_items(
     """(checked item, raw item) pairs, and the fields neither checked nor expected (counted)."""
     if not isinstance(raw_items, list):
         raise PageError(f"{where}: expected a list of items, got {type(raw_items).__name__}")
+    pairs, unknown, bad = parse_each(raw_items, fields, where, known_extra)
+    if bad:
+        raise bad[0][1]
+    return pairs, unknown
+
+
+def parse_each(
+    raw_items: Any, fields: Mapping[str, FieldSpec], where: str, known_extra: frozenset[str]
+) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], Counter[str], list[tuple[Any, PageError]]]:
+    """Like parse_items, but an item that fails its checks is set aside, with its PageError,
+    instead of failing the list: Gamma's items are independent of each other (one market's
+    `volumeNum: NaN` says nothing about the 49 others of its batch, which otherwise failed
+    with it on every run). A trades page is whole or nothing (parse_items): a wallet's history
+    with a row dropped would be passed off as complete."""
+    if not isinstance(raw_items, list):
+        raise PageError(f"{where}: expected a list of items, got {type(raw_items).__name__}")
     unknown: Counter[str] = Counter()
     pairs = []
+    bad: list[tuple[Any, PageError]] = []
     for index, raw in enumerate(raw_items):
         seen: Counter[str] = Counter()
-        item = parse_item(raw, fields, f"{where}, item {index}", seen)
+        try:
+            item = parse_item(raw, fields, f"{where}, item {index}", seen)
+        except PageError as error:
+            bad.append((raw, error))
+            continue
         for name, count in seen.items():
             if name not in known_extra:
                 unknown[name] += count
         pairs.append((item, raw))
-    return pairs, unknown
+    return pairs, unknown, bad
+
+
+# Gamma kind -> the field that is its key (what the caller asked for).
+GAMMA_KEYS = {"markets": "conditionId", "events": "slug"}
+
+
+def gamma_key(kind: str, raw: Any) -> str | None:
+    """The key a Gamma item (even one that failed its checks) names, as lookups compare keys
+    (condition ids lower case); None when it names none usable."""
+    value = raw.get(GAMMA_KEYS[kind]) if isinstance(raw, dict) else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value.lower() if kind == "markets" else value
 
 
 # Row fields the docs list that have no column of their own: kept in `extra`, never counted unknown.
@@ -261,6 +319,7 @@ def payouts(value: Any) -> list[int] | None:
     out = []
     for item in value:
         number = decimal(item)
+        # Compared as Decimals, so int() only ever sees a value within INT64 (fields.integer).
         if number != number.to_integral_value() or not 0 <= number <= MAX_INT64:
             raise Bad("a list of non-negative integers")
         out.append(int(number))

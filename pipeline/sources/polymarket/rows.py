@@ -64,11 +64,23 @@ def trade_row(
     }
 
 
+# outcomePrices are probabilities (0 to 1, a few decimals): one whose power of ten is past this
+# either way is kept as served, since its canonical text would be as long as the exponent is big
+# (`1E+10000000` spelt out is ten million digits, built while holding the GIL).
+MAX_PRICE_EXPONENT = 40
+
+
 def _decimal_text(value: str) -> str:
+    """One text per price (`0.50` and `0.5` alike), or the served text if it is no sane price."""
     try:
-        return canonical_decimal(Decimal(value))
+        number = Decimal(value)
     except (InvalidOperation, ValueError):
         return value
+    if number.is_zero():
+        return "0"  # 0E+999999999 too, whose exponent alone would make it long
+    if not number.is_finite() or abs(number.adjusted()) > MAX_PRICE_EXPONENT:
+        return value
+    return canonical_decimal(number)
 
 
 def winner(payouts: list[int] | None) -> int | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,8 +25,8 @@ from urllib.parse import quote
 
 from pipeline.schema import format_timestamp
 from pipeline.sources import Lookup, MarketRef, Source, SourceSpec
-from pipeline.sources.errors import HTTPStatusError, PageError, PaginationError
-from pipeline.sources.fields import Bad
+from pipeline.sources.errors import HTTPStatusError, PageError, PaginationError, SourceUnavailable
+from pipeline.sources.fields import Bad, shown
 from pipeline.sources.http import HttpClient, Page, Params, Telemetry, follow_cursor
 from pipeline.sources.limiter import RateLimiter, Window
 from pipeline.sources.polymarket import ids, parse, rows, walk
@@ -56,6 +57,8 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "events_keyset": ("events", "listing", "gamma", "all"),
     "events_slug": ("events", "gamma", "all"),
 }
+# A keyset call refused with these is taken as too many keys (Unprocessable, URI Too Long).
+BATCH_TOO_BIG = frozenset({414, 422})
 MARKETS_PER_REQUEST = 50  # condition_ids per keyset call: the cap is undocumented, URLs stay short
 EVENTS_PER_REQUEST = 50
 KEYSET_LIMIT = 100  # Gamma's documented maximum page size for markets (two clients quote it)
@@ -77,9 +80,59 @@ def windows(overrides: dict[str, float] | None = None) -> tuple[Window, ...]:
     )
 
 
+# The most /v2/status may say the feed lags. The run's `end` trails the lag, and every wallet
+# whose history lies after `end` ends DONE with none of it: a lag of now+1000 s (a timestamp
+# sent as a lag) or one in milliseconds made `end` negative or hours back, and each wallet was
+# marked done with 0 trades. A feed a day behind is broken, not slow: the run does not start.
+MAX_LAG_S = 86_400
+
+
+class ImplausibleStatus(SourceUnavailable):
+    """/v2/status answered a lag no working feed has, or one that puts the run's `end` before
+    1970: the run must not start (walks up to that `end` would mark wallets done without their
+    trades). A SourceUnavailable: run-level, and `run` says the run could not start."""
+
+    heading = "the source's answer was refused"  # it answered: `run` must not say it did not
+
+
 def run_end(lag_seconds: int, now: float | None = None) -> int:
-    """The fixed `end` of every walk of a run: behind the feed's lag, with a margin."""
-    return int(now if now is not None else time.time()) - max(0, lag_seconds) - END_MARGIN_S
+    """The fixed `end` of every walk of a run: behind the feed's lag, with a margin.
+
+    Raises ImplausibleStatus for a lag over MAX_LAG_S or an `end` of 1 or less (a clock at 1970):
+    no walk may run up to such an `end`."""
+    if lag_seconds > MAX_LAG_S:
+        raise ImplausibleStatus(
+            f"/v2/status: data.serving.lag_seconds is {lag_seconds}, "
+            f"expected at most {MAX_LAG_S} seconds (one day)"
+        )
+    end = int(now if now is not None else time.time()) - max(0, lag_seconds) - END_MARGIN_S
+    if end <= 1:
+        raise ImplausibleStatus(
+            f"/v2/status: the run's end would be {end} (lag {lag_seconds} s), "
+            "expected a unix time after 1"
+        )
+    return end
+
+
+Pair = tuple[dict[str, Any], dict[str, Any]]  # (checked item, raw item)
+
+
+class Malformed:
+    """Gamma items one lookup set aside because they failed their checks: the key each named
+    (or None, for an item naming no usable key) and why, first reason kept. Filled from the
+    lookup's threads (its slug lookups run on a pool), hence the lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reasons: dict[str, str] = {}
+        self.unkeyed: list[str] = []
+
+    def add(self, key: str | None, reason: str) -> None:
+        with self._lock:
+            if key is None:
+                self.unkeyed.append(reason)
+            else:
+                self.reasons.setdefault(key, reason)
 
 
 class PolymarketClient:
@@ -91,6 +144,10 @@ class PolymarketClient:
         self._http = http
         self.page_limit = spec.page_limit
         self.max_pages = spec.max_pages
+        # Keys per keyset call, per kind: lowered for the rest of the process when Gamma refuses
+        # a batch as too big (its cap is undocumented; see _in_batches).
+        self._caps = {"markets": MARKETS_PER_REQUEST, "events": EVENTS_PER_REQUEST}
+        self._caps_lock = threading.Lock()
 
     def _get(self, url: str, params: Params, endpoint: str, where: str, priority: int = 0) -> Any:
         return self._http.get_json(
@@ -108,14 +165,27 @@ class PolymarketClient:
             self._http.telemetry.unknown_fields(kind, unknown)
 
     def lag_seconds(self) -> int:
+        """The feed's lag in whole seconds (a fraction rounds up), at least 0.
+
+        Checked before any conversion: a bool is no number here, and int() of a Decimal like
+        1E+10000000 would hold the GIL for minutes. Over MAX_LAG_S: ImplausibleStatus."""
         body = self._get(f"{self._data}/v2/status", [], "status", "/v2/status")
         try:
-            lag = body["data"]["serving"]["lag_seconds"]
-            return max(0, int(lag))
-        except (KeyError, TypeError, ValueError, ArithmeticError):
+            served = body["data"]["serving"]["lag_seconds"]
+        except (KeyError, TypeError):
+            served = None
+        lag = _as_decimal(served)
+        if lag is None:
             raise PageError(
-                "/v2/status: data.serving.lag_seconds is missing or not a number"
-            ) from None
+                "/v2/status: data.serving.lag_seconds is missing or not a number, got "
+                f"{type(served).__name__} {shown(served)}"
+            )
+        if lag > MAX_LAG_S:  # compared as a Decimal: no int() of an absurd value
+            raise ImplausibleStatus(
+                f"/v2/status: data.serving.lag_seconds is {shown(served)}, "
+                f"expected at most {MAX_LAG_S} seconds (one day)"
+            )
+        return 0 if lag <= 0 else math.ceil(lag)  # a lag below 0 (clock skew) is none
 
     def trade_pages(
         self, wallet: str, start: int, end: int, depth: int = 0
@@ -152,22 +222,47 @@ class PolymarketClient:
         ):
             yield page, raws.pop(id(page))
 
+    def _checked(
+        self,
+        raw_items: Any,
+        kind: str,
+        where: str,
+        malformed: Malformed | None,
+        unknown_as: str | None = None,
+    ) -> list[Pair]:
+        """A Gamma answer's items that pass their checks; each that does not is set aside in
+        `malformed` (its key is then one the source did not serve), never failing the others.
+        `unknown_as`: the name unknown fields are counted under (default `kind`)."""
+        fields, known_extra = parse.GAMMA_FIELDS[kind]
+        pairs, unknown, bad = parse.parse_each(raw_items, fields, where, known_extra)
+        self._unknown(unknown_as or kind, unknown)
+        for raw, error in bad:
+            if malformed is None:
+                raise error
+            malformed.add(parse.gamma_key(kind, raw), str(error))
+        return pairs
+
     def _keyset(
-        self, path: str, endpoint: str, params: Params, items_key: str, where: str
-    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        found: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        fields, known_extra = parse.GAMMA_FIELDS[items_key]
+        self,
+        path: str,
+        endpoint: str,
+        params: Params,
+        items_key: str,
+        where: str,
+        malformed: Malformed | None = None,
+    ) -> list[Pair]:
+        found: list[Pair] = []
 
         def get_page(cursor: str | None, page_where: str) -> Page:
             page_params = [*params, ("after_cursor", cursor)] if cursor else params
             body = self._get(f"{self._gamma}{path}", page_params, endpoint, page_where)
             raw_items, next_cursor = parse.keyset_page(body, items_key, page_where)
-            pairs, unknown = parse.parse_items(raw_items, fields, page_where, known_extra)
-            self._unknown(items_key, unknown)
+            pairs = self._checked(raw_items, items_key, page_where, malformed)
             found.extend(pairs)
             # Gamma sends next_cursor only on a full page, so a full last page is followed by
-            # an empty one: an empty page ends the walk here.
-            return Page([item for item, _ in pairs], None, next_cursor if pairs else None)
+            # an empty one: an empty page ends the walk here. A page whose items were all
+            # set aside is not empty: its cursor is followed.
+            return Page([item for item, _ in pairs], None, next_cursor if raw_items else None)
 
         for _ in follow_cursor(
             get_page, max_pages=self.max_pages, where=where, empty_pages_end=False, strict=False
@@ -176,45 +271,98 @@ class PolymarketClient:
         return found
 
     def markets(
-        self, condition_ids: Sequence[str], closed: bool
-    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        params: Params = [("condition_ids", cid) for cid in condition_ids]
-        params += [("closed", "true" if closed else "false"), ("limit", KEYSET_LIMIT)]
-        where = f"markets of {len(condition_ids)} condition_ids from {condition_ids[0]}"
-        return self._keyset("/markets/keyset", "markets_keyset", params, "markets", where)
+        self, condition_ids: Sequence[str], closed: bool, malformed: Malformed | None = None
+    ) -> list[Pair]:
+        """The markets Gamma's keyset serves for these ids. An item failing its checks is set
+        aside in `malformed`; without one, it fails the call (PageError)."""
+
+        def call(chunk: list[str]) -> list[Pair]:
+            params: Params = [("condition_ids", cid) for cid in chunk]
+            params += [("closed", "true" if closed else "false"), ("limit", KEYSET_LIMIT)]
+            where = f"markets of {len(chunk)} condition_ids from {chunk[0]}"
+            return self._keyset(
+                "/markets/keyset", "markets_keyset", params, "markets", where, malformed
+            )
+
+        return self._in_batches("markets", condition_ids, call)
 
     def events(
-        self, slugs: Sequence[str], closed: bool
-    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        params: Params = [("slug", slug) for slug in slugs]
-        params += [("closed", "true" if closed else "false"), ("limit", KEYSET_LIMIT)]
-        where = f"events of {len(slugs)} slugs from {slugs[0]}"
-        return self._keyset("/events/keyset", "events_keyset", params, "events", where)
+        self, slugs: Sequence[str], closed: bool, malformed: Malformed | None = None
+    ) -> list[Pair]:
+        """The events Gamma's keyset serves for these slugs (`malformed` as for markets)."""
+
+        def call(chunk: list[str]) -> list[Pair]:
+            params: Params = [("slug", slug) for slug in chunk]
+            params += [("closed", "true" if closed else "false"), ("limit", KEYSET_LIMIT)]
+            where = f"events of {len(chunk)} slugs from {chunk[0]}"
+            return self._keyset(
+                "/events/keyset", "events_keyset", params, "events", where, malformed
+            )
+
+        return self._in_batches("events", slugs, call)
+
+    def _in_batches(
+        self, kind: str, keys: Sequence[str], call: Callable[[list[str]], list[Pair]]
+    ) -> list[Pair]:
+        """`call` on `keys` in chunks of the kind's cap. Gamma's cap on repeated keys is
+        undocumented: a server answering 422 (or 414, URL too long) to a batch refused every
+        batch of every run. Such a chunk is split in halves and each asked again, down to one
+        key (whose refusal is then the batch's failure), and the half becomes the kind's cap
+        for the rest of the process, so later batches are not refused first."""
+        found: list[Pair] = []
+        pending = [list(keys)]
+        while pending:
+            chunk = pending.pop(0)
+            with self._caps_lock:
+                cap = self._caps[kind]
+            if len(chunk) > cap:
+                pending[:0] = [chunk[i : i + cap] for i in range(0, len(chunk), cap)]
+                continue
+            try:
+                found.extend(call(chunk))
+            except HTTPStatusError as exc:
+                if exc.status not in BATCH_TOO_BIG or len(chunk) == 1:
+                    raise
+                half = (len(chunk) + 1) // 2
+                with self._caps_lock:
+                    lowered = half < self._caps[kind]
+                    self._caps[kind] = min(self._caps[kind], half)
+                if lowered:
+                    log.warning(
+                        "%s keyset: HTTP %d to %d keys; asking %d at a time from now on",
+                        kind,
+                        exc.status,
+                        len(chunk),
+                        half,
+                    )
+                pending[:0] = [chunk[:half], chunk[half:]]
+        return found
 
     def _one(
-        self, path: str, endpoint: str, kind: str, where: str
-    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        self, path: str, endpoint: str, kind: str, where: str, malformed: Malformed | None
+    ) -> Pair | None:
         try:
             body = self._get(f"{self._gamma}{path}", [], endpoint, where)
         except HTTPStatusError as exc:
             if exc.status == 404:
                 return None
             raise
-        fields, known_extra = parse.GAMMA_FIELDS[kind]
-        pairs, unknown = parse.parse_items([body], fields, where, known_extra)
-        self._unknown(endpoint, unknown)
-        return pairs[0]
+        pairs = self._checked([body], kind, where, malformed, unknown_as=endpoint)
+        return pairs[0] if pairs else None
 
-    def market_by_slug(self, slug: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def market_by_slug(self, slug: str, malformed: Malformed | None = None) -> Pair | None:
         where = f"market {slug}"
-        return self._one(f"/markets/slug/{quote(slug, safe='')}", "markets_slug", "markets", where)
+        return self._one(
+            f"/markets/slug/{quote(slug, safe='')}", "markets_slug", "markets", where, malformed
+        )
 
-    def event_by_slug(self, slug: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def event_by_slug(self, slug: str, malformed: Malformed | None = None) -> Pair | None:
         return self._one(
             f"/events/slug/{quote(slug, safe='')}",
             "events_slug",
             "events",
             f"event {slug}",
+            malformed,
         )
 
     def resolutions(self, condition_ids: Sequence[str]) -> dict[str, list[int] | None]:
@@ -237,11 +385,27 @@ class PolymarketClient:
         return out
 
 
+def _as_decimal(value: Any) -> Decimal | None:
+    """A served number (or numeric string) as a finite Decimal; None for anything else, a bool
+    included (Python's True is 1, a lag of one second)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = Decimal(value.strip())
+        except ArithmeticError:
+            return None
+    elif isinstance(value, float):
+        value = Decimal(repr(value))
+    elif isinstance(value, int):
+        value = Decimal(value)
+    if not isinstance(value, Decimal) or not value.is_finite():
+        return None
+    return value
+
+
 def _has_slug(slug: str | None) -> bool:
     return bool(slug and slug.strip())
-
-
-Pair = tuple[dict[str, Any], dict[str, Any]]  # (checked item, raw item)
 
 
 def _look_up(
@@ -291,6 +455,8 @@ class PolymarketSource(Source):
         self._run_id = spec.run_id
         self._end = spec.trades_end
         self._end_lock = threading.Lock()
+        self._logged: set[tuple[str, str]] = set()  # (kind, key) of malformed items, logged once
+        self._logged_lock = threading.Lock()
         # A batch's follow-up requests go out together, not one after another. Submitted to only
         # from a batch's own thread and never from the pool's, so it cannot deadlock.
         self._pool = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="polymarket-lookup")
@@ -308,6 +474,10 @@ class PolymarketSource(Source):
         (walk.py says why and when)."""
         start = 1 if start_time is None else max(1, int(start_time))
         span = walk.Span(start, self.trades_end())
+        if span.start > span.end:
+            # A refresh whose start is past this run's end (its last trade came after the
+            # feed's lag): nothing to ask; a request with start > end would be the API's to judge.
+            return
 
         def walk_window(window: walk.Span, depth: int, whole: walk.Walk) -> Iterator[list[dict]]:
             return self._walk_window(wallet, window, depth, whole)
@@ -452,14 +622,18 @@ class PolymarketSource(Source):
                     asked_ids.update(chunk)
                     asked.append(self._pool.submit(self.client.resolutions, chunk))
 
+        malformed = Malformed()
         found = _look_up(
             sorted(slugs),
-            self.client.markets,
+            lambda cids, closed: self.client.markets(cids, closed, malformed),
             lambda item: item["conditionId"].lower(),
-            lambda cid: self.client.market_by_slug(slugs[cid]) if _has_slug(slugs[cid]) else None,
+            lambda cid: (
+                self.client.market_by_slug(slugs[cid], malformed) if _has_slug(slugs[cid]) else None
+            ),
             self._pool,
             closed_found=lambda pairs: resolve(pairs, last=False),
         )
+        self._set_aside("markets", malformed, set(slugs), found)
         resolve(found, last=True)
         payouts: dict[str, list[int] | None] = {}
         for future in asked:
@@ -477,19 +651,49 @@ class PolymarketSource(Source):
 
     def events(self, slugs: Sequence[str]) -> Lookup:
         wanted = sorted(set(slugs))
+        malformed = Malformed()
         found = _look_up(
             wanted,
-            self.client.events,
+            lambda keys, closed: self.client.events(keys, closed, malformed),
             lambda item: item["slug"],
-            lambda slug: self.client.event_by_slug(slug) if _has_slug(slug) else None,
+            lambda slug: self.client.event_by_slug(slug, malformed) if _has_slug(slug) else None,
             self._pool,
         )
+        self._set_aside("events", malformed, set(wanted), found)
         fetched_at = format_timestamp(time.time())
         lookup = Lookup(missing=[slug for slug in wanted if slug not in found])
         for slug in sorted(found):
             item, raw = found[slug]
             lookup.rows.append(rows.event_row(item, raw, self._run_id, fetched_at))
         return lookup
+
+    def _set_aside(
+        self, kind: str, malformed: Malformed, asked: set[str], found: dict[str, Pair]
+    ) -> None:
+        """Counts (`<kind>_malformed`) and logs the items a lookup set aside: an asked key none
+        of whose answers passed its checks (it is then in the Lookup's `missing`, like a key
+        the source did not serve: recorded, and asked again by later runs up to the limit),
+        and each item that named no usable key. Each key is logged once per process, naming
+        the field, so that a market Gamma serves broken on every run does not flood the log.
+        A key that another answer served well (say its slug lookup) is not counted."""
+        keys = sorted(k for k in malformed.reasons if k in asked and k not in found)
+        count = len(keys) + len(malformed.unkeyed)
+        if not count:
+            return
+        self._http.telemetry.malformed(kind, count)
+        with self._logged_lock:
+            new = [k for k in keys if (kind, k) not in self._logged]
+            self._logged.update((kind, k) for k in new)
+        for key in new:
+            log.warning(
+                "%s %s: served malformed, set aside (counted missing, asked again by later "
+                "runs): %s",
+                kind,
+                key,
+                malformed.reasons[key],
+            )
+        for reason in malformed.unkeyed:
+            log.warning("%s: an item naming no usable key was set aside: %s", kind, reason)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
