@@ -36,6 +36,7 @@ from pipeline.sources.errors import PageError, SourceUnavailable
 from pipeline.sources.fields import MAX_INT64, Bad, integer, timestamp
 from pipeline.sources.http import HttpSettings
 from pipeline.sources.polymarket.parse import MARKET_FIELDS, parse_items
+from pipeline.sources.polymarket.rows import market_status
 from pipeline.sources.polymarket.source import (
     MAX_LAG_S,
     ImplausibleStatus,
@@ -496,3 +497,38 @@ def test_a_batch_refused_as_too_big_is_split_and_the_smaller_size_kept(loopback,
         assert sorted(r["event_slug"] for r in events.rows) == sorted(slugs)
     # 50 refused, 25 refused, then 13s answered: twice per kind, in the first lookup only.
     assert refused == Counter({"/markets/keyset": 2, "/events/keyset": 2})
+
+
+# ---- a resolution is final only when it pays something ---------------------------------------
+
+
+def test_a_resolution_that_pays_nothing_or_says_unresolved_is_not_final(loopback):
+    """`resolved: null, payouts: []` made the market `resolved` (never asked again, no winner).
+    The docs name no `resolved` field, so payouts decide when it says nothing."""
+    rows = [
+        {"condition_id": "0xA", "resolved": None, "payouts": []},
+        {"condition_id": "0xb", "resolved": True, "payouts": [0, 0]},
+        {"condition_id": "0xc", "resolved": False, "payouts": [1000000, 0]},
+        {"condition_id": "0xd", "payouts": [0, 1000000]},  # no `resolved` field at all
+        {"condition_id": "0xe", "resolved": True, "payouts": [500000, 500000]},
+    ]
+    server = loopback(lambda path, query: (200, json.dumps({"data": rows})))
+    source = source_at(server.url)
+    try:
+        got = source.client.resolutions(["0xa", "0xb", "0xc", "0xd", "0xe"])
+    finally:
+        source.close()
+    assert got == {
+        "0xa": None,
+        "0xb": None,
+        "0xc": None,
+        "0xd": [0, 1000000],
+        "0xe": [500000, 500000],
+    }
+    assert [market_status(True, got[cid]) for cid in sorted(got)] == [
+        "resolving",
+        "resolving",
+        "resolving",
+        "resolved",
+        "resolved",
+    ]

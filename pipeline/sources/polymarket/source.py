@@ -381,7 +381,12 @@ class PolymarketClient:
                 paid = parse.payouts(raw.get("payouts"))
             except Bad as bad:
                 raise PageError(f"{where}, item {index}: field 'payouts' should be {bad}") from None
-            out[item["condition_id"].lower()] = paid if item["resolved"] is not False else None
+            # Final only when the row pays something and does not say it is unresolved (the
+            # docs name no `resolved` field: payouts decide when it says nothing). A row
+            # answered `resolved: null, payouts: []` (or all zeros) made the market `resolved`,
+            # never asked again, with no winner; it is `resolving` now: asked again (hourly).
+            final = item.get("resolved") is not False and bool(paid) and sum(paid or ()) > 0
+            out[item["condition_id"].lower()] = paid if final else None
         return out
 
 
