@@ -275,31 +275,32 @@ class PolymarketClient:
     ) -> list[Pair]:
         """The markets Gamma's keyset serves for these ids. An item failing its checks is set
         aside in `malformed`; without one, it fails the call (PageError)."""
-
-        def call(chunk: list[str]) -> list[Pair]:
-            params: Params = [("condition_ids", cid) for cid in chunk]
-            params += [("closed", "true" if closed else "false"), ("limit", KEYSET_LIMIT)]
-            where = f"markets of {len(chunk)} condition_ids from {chunk[0]}"
-            return self._keyset(
-                "/markets/keyset", "markets_keyset", params, "markets", where, malformed
-            )
-
-        return self._in_batches("markets", condition_ids, call)
+        return self._keyed("markets", "condition_ids", condition_ids, closed, malformed)
 
     def events(
         self, slugs: Sequence[str], closed: bool, malformed: Malformed | None = None
     ) -> list[Pair]:
         """The events Gamma's keyset serves for these slugs (`malformed` as for markets)."""
+        return self._keyed("events", "slug", slugs, closed, malformed, named="slugs")
+
+    def _keyed(
+        self,
+        kind: str,
+        key_param: str,
+        keys: Sequence[str],
+        closed: bool,
+        malformed: Malformed | None,
+        named: str | None = None,
+    ) -> list[Pair]:
+        """`/<kind>/keyset` for `keys`, each repeated as `key_param`, in batches (_in_batches)."""
 
         def call(chunk: list[str]) -> list[Pair]:
-            params: Params = [("slug", slug) for slug in chunk]
+            params: Params = [(key_param, key) for key in chunk]
             params += [("closed", "true" if closed else "false"), ("limit", KEYSET_LIMIT)]
-            where = f"events of {len(chunk)} slugs from {chunk[0]}"
-            return self._keyset(
-                "/events/keyset", "events_keyset", params, "events", where, malformed
-            )
+            where = f"{kind} of {len(chunk)} {named or key_param} from {chunk[0]}"
+            return self._keyset(f"/{kind}/keyset", f"{kind}_keyset", params, kind, where, malformed)
 
-        return self._in_batches("events", slugs, call)
+        return self._in_batches(kind, keys, call)
 
     def _in_batches(
         self, kind: str, keys: Sequence[str], call: Callable[[list[str]], list[Pair]]
