@@ -1,6 +1,6 @@
 """`status`: done, failed (with their errors), remaining and percent done as the users' monitoring
 counts them, beside the true work left (valid distinct addresses not done), markets and events
-pending (the next run asks again) or missing at the source (asked for no more), trades per
+pending (the next run asks again) or missing at the source (asked again weekly), trades per
 source, who holds the backfill's lease and the last runs; then, from the staging index, the runs
 staged and waiting for the next start-up's commit (with their failed commits) and the parked ones.
 It only reads: missing tables are named, never created, and the staging root is never listed

@@ -58,7 +58,8 @@ class StatusReport:
     markets_pending: int | None = None
     events_pending: int | None = None
     # Of those named and not held, the ones enough runs found missing at the source (the source
-    # answered without them): lost for good, no run asks for them any more. None when the missing
+    # answered without them): no run asks for them until a week after they were last found
+    # missing (pipeline.warehouse.base.MISSING_RECHECK_S). None when the missing
     # table is not there yet (a warehouse from before it: every unlanded key counts as pending).
     markets_missing: int | None = None
     events_missing: int | None = None
@@ -153,7 +154,7 @@ def render_status(report: StatusReport) -> str:
         lines.append(
             f"missing          markets {_n(report.markets_missing)}, events "
             f"{_n(report.events_missing)} (named by production, missing at the source; "
-            "asked for no more)"
+            "asked again a week after they were last found missing)"
         )
     if report.trades_by_source:
         counts = ", ".join(f"{source} {_n(rows)}" for source, rows in report.trades_by_source)
