@@ -410,8 +410,11 @@ def _as_decimal(value: Any) -> Decimal | None:
     return value
 
 
-def _has_slug(slug: str | None) -> bool:
-    return bool(slug and slug.strip())
+def has_slug(slug: str | None) -> bool:
+    """Whether `slug` can be asked for by `/<kind>/slug/{slug}`. Not a slug of dots only: `..`
+    is a path step, not a name (requests sends `%2E%2E` as `..` too), and a server normalising
+    the path answers `/markets/` (the list route), which failed the batch on every run."""
+    return bool(slug and slug.strip().strip("."))
 
 
 def _look_up(
@@ -634,7 +637,7 @@ class PolymarketSource(Source):
             lambda cids, closed: self.client.markets(cids, closed, malformed),
             lambda item: item["conditionId"].lower(),
             lambda cid: (
-                self.client.market_by_slug(slugs[cid], malformed) if _has_slug(slugs[cid]) else None
+                self.client.market_by_slug(slugs[cid], malformed) if has_slug(slugs[cid]) else None
             ),
             self._pool,
             closed_found=lambda pairs: resolve(pairs, last=False),
@@ -662,7 +665,7 @@ class PolymarketSource(Source):
             wanted,
             lambda keys, closed: self.client.events(keys, closed, malformed),
             lambda item: item["slug"],
-            lambda slug: self.client.event_by_slug(slug, malformed) if _has_slug(slug) else None,
+            lambda slug: self.client.event_by_slug(slug, malformed) if has_slug(slug) else None,
             self._pool,
         )
         self._set_aside("events", malformed, set(wanted), found)
