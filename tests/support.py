@@ -4,10 +4,12 @@ end-to-end tests), staging rows and a warehouse of each engine (the warehouse te
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -675,3 +677,20 @@ def local_config(db: Path | str, root: Path | str, run_id: str = "now") -> Backf
         duckdb.connect(str(db)).close()
     argv = [f"--warehouse=duckdb:{db}", f"--staging_root={root}", f"--run_id={run_id}"]
     return resolve(PipelineOptions(argv))
+
+
+class Loopback:
+    """A threaded HTTP server on 127.0.0.1 (a free port) answering with `handler`: the one way the
+    tests stand up a scripted server. `url` is its base, http://127.0.0.1:PORT."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -34,6 +34,7 @@ from pipeline.sources.http import (
     Telemetry,
 )
 from pipeline.sources.limiter import RateLimiter, Window
+from tests.support import Loopback
 
 # Half a second per receive: the answer's budget is ANSWER_BUDGET_READ_TIMEOUTS times that.
 SETTINGS = HttpSettings(
@@ -81,17 +82,11 @@ class WireServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
-        self._server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
+        self._loopback = Loopback(Serve)
+        self.base_url = self._loopback.url
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._loopback.close()
 
 
 @pytest.fixture
@@ -205,6 +200,16 @@ def test_a_limit_refusal_to_a_request_that_sent_no_limit_is_not_the_page_size(wi
 # --- an answer has a wall-clock budget, not only a per-receive timeout -----------------------
 
 
+def headers(handler: Handler, body: bytes, encoding: str | None) -> None:
+    """A 200's headers for `body` (sent as `encoding`, if any), the body left to the caller."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    if encoding:
+        handler.send_header("Content-Encoding", encoding)
+    handler.end_headers()
+
+
 def trickle(encoding: str | None) -> Callable[[Handler], None]:
     """Headers at once, then a body (gzip-encoded if asked) one byte every 0.1 s: each receive
     is well within the read timeout, the whole would take minutes."""
@@ -212,12 +217,7 @@ def trickle(encoding: str | None) -> Callable[[Handler], None]:
     body = gzip.compress(payload) if encoding == "gzip" else payload
 
     def answer(handler: Handler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        if encoding:
-            handler.send_header("Content-Encoding", encoding)
-        handler.end_headers()
+        headers(handler, body, encoding)
         handler.wfile.flush()
         stop = time.monotonic() + TRICKLE_CAP_S
         for byte in body:
@@ -266,12 +266,7 @@ def test_a_body_in_pieces_within_the_budget_is_read_whole_and_the_connection_reu
     body = gzip.compress(payload) if encoding == "gzip" else payload
 
     def answer(handler: Handler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        if encoding:
-            handler.send_header("Content-Encoding", encoding)
-        handler.end_headers()
+        headers(handler, body, encoding)
         for start in range(0, len(body), 16):
             handler.wfile.write(body[start : start + 16])
             handler.wfile.flush()

@@ -9,7 +9,6 @@ import http.server
 import json
 import logging
 import secrets
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pipeline.sources.errors import (
 )
 from pipeline.sources.http import HttpSettings, Secret
 from pipeline.sources.limiter import RateLimiter
+from tests.support import Loopback
 from tests.test_dome_parse import ORDER
 
 UNLIMITED = RateLimit(10_000, 100_000)
@@ -142,16 +142,11 @@ class HostileServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
+        self._loopback = Loopback(Handler)
+        self.base_url = f"{self._loopback.url}/v1"
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._loopback.close()
 
 
 @pytest.fixture

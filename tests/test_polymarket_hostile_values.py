@@ -20,7 +20,6 @@ import logging
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -45,6 +44,7 @@ from pipeline.sources.polymarket.source import (
     run_end,
     windows,
 )
+from tests import support
 from tests.support import REPO, query, run_argv, seed_traders
 from tests.test_polymarket_source import Recorder, make_source, walk
 
@@ -80,14 +80,11 @@ class Loopback:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._loopback = support.Loopback(Serve)
+        self.url = self._loopback.url
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._loopback.close()
 
 
 @pytest.fixture
