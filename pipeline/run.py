@@ -345,8 +345,7 @@ def run_and_report(argv: list[str], *, wait: bool | None = None) -> tuple[int, R
         return 2, None
     except SourceError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the source's error holds
-        heading = getattr(exc, "heading", "the source did not answer")
-        print(f"the run could not start: {heading}: {message}")
+        print(f"the run could not start: {exc.heading}: {message}")
         return 1, None
     except WarehouseBusy as exc:
         print(exc)

@@ -12,6 +12,8 @@ class SourceError(Exception):
     """
 
     run_level = False
+    # How `run` heads the one line of a run that could not start on this error.
+    heading = "the source did not answer"
 
 
 class ConfigError(SourceError):
